@@ -1,0 +1,77 @@
+// GgufFile — reads a GGUF v2/v3 file (the llama.cpp ecosystem's model format): metadata key/values
+// and the tensor directory, over a read-only memory map. Every length, count, offset, type and shape
+// is validated against the file size before use, so a truncated or hostile file gives a
+// swiftkv::Error naming the file (and key or tensor), never an out-of-bounds read.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/mapped_file.h"
+
+namespace swiftkv {
+
+// One metadata value. Arrays hold homogeneous scalars or strings (nested arrays are rejected).
+struct GgufValue {
+    using Array = std::variant<std::vector<int64_t>, std::vector<double>, std::vector<std::string>,
+                               std::vector<bool>>;
+    std::variant<int64_t, uint64_t, double, bool, std::string, Array> value;
+    uint32_t gguf_type = 0;  // the GGUF type code as stored (for inspect)
+};
+
+struct GgufTensorInfo {
+    std::string name;
+    DType dtype;
+    std::vector<int64_t> shape;  // Hugging Face order: shape[0] is the slowest axis (ggml ne reversed)
+    uint64_t offset = 0;         // absolute offset of the data in the file
+    uint64_t nbytes = 0;
+    const uint8_t* data = nullptr;
+};
+
+class GgufFile {
+public:
+    // Opens, maps and validates the file. Throws swiftkv::Error on any problem.
+    explicit GgufFile(const std::string& path);
+
+    const std::string& path() const;
+    uint32_t version() const { return version_; }
+    uint64_t alignment() const { return alignment_; }
+
+    const std::map<std::string, GgufValue>& metadata() const { return metadata_; }
+    const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
+
+    bool has(const std::string& key) const { return metadata_.count(key) != 0; }
+    // Typed getters; throw a clear error when the key is missing or has another type.
+    int64_t get_int(const std::string& key) const;
+    std::optional<int64_t> find_int(const std::string& key) const;
+    double get_float(const std::string& key) const;  // accepts integer values too
+    std::optional<double> find_float(const std::string& key) const;
+    bool get_bool(const std::string& key) const;
+    std::string get_string(const std::string& key) const;
+    std::optional<std::string> find_string(const std::string& key) const;
+    std::vector<std::string> get_string_array(const std::string& key) const;
+    std::vector<int64_t> get_int_array(const std::string& key) const;
+    std::vector<double> get_float_array(const std::string& key) const;
+
+    const GgufTensorInfo* find_tensor(const std::string& name) const;
+    const GgufTensorInfo& tensor(const std::string& name) const;  // throws if missing
+
+private:
+    std::unique_ptr<MappedFile> file_;
+    uint32_t version_ = 0;
+    uint64_t alignment_ = 32;
+    std::map<std::string, GgufValue> metadata_;
+    std::vector<GgufTensorInfo> tensors_;
+    std::map<std::string, size_t> tensor_index_;
+};
+
+// Converts n elements of a tensor row of any supported dtype (F32, F16, BF16, Q8_0, Q4_0, Q4_1) to f32.
+void dequantize_to_f32(DType dtype, const uint8_t* src, float* dst, int64_t n);
+
+}  // namespace swiftkv
