@@ -22,8 +22,19 @@ struct GgufValue {
     using Array = std::variant<std::vector<int64_t>, std::vector<double>, std::vector<std::string>,
                                std::vector<bool>>;
     std::variant<int64_t, uint64_t, double, bool, std::string, Array> value;
-    uint32_t gguf_type = 0;  // the GGUF type code as stored (for inspect)
+    uint32_t gguf_type = 0;   // the GGUF type code as stored (for inspect)
+    uint32_t array_type = 0;  // for arrays (gguf_type 9): the element type code
 };
+
+// GGUF value type codes (gguf_type / array_type above).
+enum class GgufType : uint32_t {
+    U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, BOOL = 7, STRING = 8, ARRAY = 9,
+    U64 = 10, I64 = 11, F64 = 12,
+};
+// "u32", "string", "array of i32", ... (for messages and inspect).
+std::string gguf_type_name(uint32_t gguf_type, uint32_t array_type = 0);
+// The ggml tensor type's name ("Q4_K"), or "unknown" — for messages.
+std::string ggml_type_name(uint32_t ggml_type);
 
 struct GgufTensorInfo {
     std::string name;
@@ -38,6 +49,10 @@ class GgufFile {
 public:
     // Opens, maps and validates the file. Throws swiftkv::Error on any problem.
     explicit GgufFile(const std::string& path);
+    // Parses a GGUF image already in memory (fuzzing, tests, embedded models). The bytes are not
+    // copied: they must outlive this object and its tensors' data pointers. `name` is used in
+    // messages in place of a path.
+    GgufFile(const uint8_t* data, size_t size, std::string name);
 
     const std::string& path() const;
     uint32_t version() const { return version_; }
@@ -62,8 +77,18 @@ public:
     const GgufTensorInfo* find_tensor(const std::string& name) const;
     const GgufTensorInfo& tensor(const std::string& name) const;  // throws if missing
 
+    // Absolute offset of the tensor data section (aligned end of the tensor directory).
+    uint64_t data_offset() const { return data_offset_; }
+
 private:
+    void parse();
+    const GgufValue& value(const std::string& key) const;  // throws if missing
+
     std::unique_ptr<MappedFile> file_;
+    std::string path_;
+    const uint8_t* bytes_ = nullptr;
+    size_t size_ = 0;
+    uint64_t data_offset_ = 0;
     uint32_t version_ = 0;
     uint64_t alignment_ = 32;
     std::map<std::string, GgufValue> metadata_;
@@ -72,6 +97,10 @@ private:
 };
 
 // Converts n elements of a tensor row of any supported dtype (F32, F16, BF16, Q8_0, Q4_0, Q4_1) to f32.
+// n must be a multiple of the block size (32) for the quantized types; src holds
+// dtype_row_bytes(dtype, n) bytes. Throws swiftkv::Error for other dtypes.
 void dequantize_to_f32(DType dtype, const uint8_t* src, float* dst, int64_t n);
+// The same through plain scalar loops (no SIMD), the reference tests check the fast path against.
+void dequantize_to_f32_reference(DType dtype, const uint8_t* src, float* dst, int64_t n);
 
 }  // namespace swiftkv

@@ -27,13 +27,24 @@ struct SafetensorsTensorInfo {
 class SafetensorsFile {
 public:
     explicit SafetensorsFile(const std::string& path);
+    // Parses a safetensors image already in memory (fuzzing, tests). The bytes are not copied: they
+    // must outlive this object. `name` is used in messages and as each tensor's `file`.
+    SafetensorsFile(const uint8_t* data, size_t size, std::string name);
     const std::string& path() const;
+    const SafetensorsTensorInfo* find(const std::string& name) const;
+    const SafetensorsTensorInfo& at(const std::string& name) const;  // throws if missing
     const std::vector<SafetensorsTensorInfo>& tensors() const { return tensors_; }
     const std::map<std::string, std::string>& metadata() const { return metadata_; }  // "__metadata__"
 
 private:
+    void parse();
+
     std::unique_ptr<MappedFile> file_;
-    std::vector<SafetensorsTensorInfo> tensors_;
+    std::string path_;
+    const uint8_t* bytes_ = nullptr;
+    size_t size_ = 0;
+    std::vector<SafetensorsTensorInfo> tensors_;  // in file order (ascending data offset)
+    std::map<std::string, size_t> tensor_index_;
     std::map<std::string, std::string> metadata_;
 };
 
@@ -50,7 +61,11 @@ private:
     std::map<std::string, SafetensorsTensorInfo> tensors_;
 };
 
-// Writes tensors to a single safetensors file (used by convert and distill). Data is copied as given.
+// Writes tensors to a single safetensors file (used by convert and distill). Data is copied as given
+// (host byte order, which safetensors defines as little-endian). The file is written to path + ".tmp"
+// and renamed into place, so an error never leaves a partial file at `path`. Tensors are laid out in
+// the order given; the JSON header is padded with spaces to a multiple of 8 bytes as the reference
+// implementation does. Supported dtypes: F32, F16, BF16, I32, I64, U8.
 struct SafetensorsWriteItem {
     std::string name;
     DType dtype;

@@ -3,9 +3,19 @@
 // added tokens matched before pre-tokenization. Built from GGUF metadata (tokenizer.ggml.*) or from a
 // Hugging Face tokenizer.json.
 //
-// Invalid UTF-8 input rule: each byte that is not part of a valid UTF-8 sequence is replaced by
-// U+FFFD before pre-tokenization, exactly as Rust's String::from_utf8_lossy (which the Hugging Face
-// tokenizers Python binding applies to bytes) does.
+// Invalid UTF-8 input rule: each maximal invalid subpart (Unicode 3.9, "U+FFFD substitution of maximal
+// subparts") is replaced by one U+FFFD before anything else, exactly as Python's
+// bytes.decode('utf-8', errors='replace') and Rust's String::from_utf8_lossy do: "\xE2\x82" (a
+// truncated character) becomes one U+FFFD, "\xC0\xAF" (an overlong form) becomes two.
+//
+// A byte that has no token in the vocabulary (SmolLM2 lacks 21 of the 256, e.g. 0x04 and 0xF1) is
+// dropped before merging, as Hugging Face's BPE does when the model has no unk_token; so
+// decode(encode(x)) == x for valid UTF-8 text made of bytes the vocabulary covers.
+//
+// Token kinds follow Hugging Face's added tokens: Control (and Unknown) tokens are "special" — matched
+// in the text only with parse_special, dropped by skip_special; UserDefined tokens are added tokens
+// that are not special — always matched, always rendered. Their text is stored raw (not in the
+// byte-level form of Normal tokens).
 #pragma once
 
 #include <cstdint>
@@ -35,7 +45,22 @@ struct TokenizerSpec {
     int32_t bos_id = -1, eos_id = -1, pad_id = -1, unk_id = -1;
     bool add_bos = false;                       // prepend BOS in encode(..., add_special=true)
     std::vector<int32_t> eos_ids;               // all end-of-generation ids (eos, <|im_end|>, <|eot_id|>, ...)
+    // A piece that is itself a vocabulary token is taken whole, without merges (Hugging Face BPE
+    // "ignore_merges"; Llama-3's tokenizer sets it, llama.cpp sets it for the llama-bpe family).
+    bool ignore_merges = false;
+    // Optional, per id (empty = all 0): bit 0 lstrip, bit 1 rstrip of a Hugging Face added token
+    // (the match also swallows the whitespace on that side).
+    std::vector<uint8_t> added_strip;
 };
+
+// The ids a generation should stop at: eos_id plus the known end-of-turn tokens (<|im_end|>,
+// <|eot_id|>, <|eom_id|>, <|end_of_text|>, <|endoftext|>, <|end|>, <end_of_turn>) present in the
+// vocabulary as special (Control) tokens. Sorted, unique.
+std::vector<int32_t> end_of_generation_ids(const TokenizerSpec& spec);
+
+// UTF-8 helpers with the rule above.
+bool is_valid_utf8(std::string_view bytes);
+std::string utf8_lossy(std::string_view bytes);  // maximal subparts -> U+FFFD
 
 class BpeTokenizer {
 public:
@@ -43,7 +68,10 @@ public:
     ~BpeTokenizer();
 
     // From a Hugging Face tokenizer.json document (model.type "BPE", byte_level). Throws on unsupported.
-    static BpeTokenizer from_tokenizer_json(const nlohmann::json& tokenizer_json);
+    // tokenizer_config (optional, tokenizer_config.json) supplies bos/eos/pad/unk and add_bos_token;
+    // without it BOS comes from a TemplateProcessing post-processor and EOS from the known names.
+    static BpeTokenizer from_tokenizer_json(const nlohmann::json& tokenizer_json,
+                                            const nlohmann::json* tokenizer_config = nullptr);
     // Maps tokenizer.ggml.pre names ("gpt2", "smollm", "llama-bpe", ...) to a PreTokenizer; throws if unknown.
     static PreTokenizer pre_tokenizer_from_name(const std::string& name);
 
@@ -57,7 +85,7 @@ public:
 
     int32_t vocab_size() const;
     const TokenizerSpec& spec() const;
-    bool is_special(int32_t id) const;
+    bool is_special(int32_t id) const;  // Control or Unknown (what skip_special drops)
     bool is_eos(int32_t id) const;
     int32_t token_id(std::string_view token) const;  // -1 if absent (token in byte-level unicode form)
 

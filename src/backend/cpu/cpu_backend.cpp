@@ -1,0 +1,218 @@
+// The CPU backend: host memory, argument validation, the RoPE cos/sin table, and dispatch to the kernels
+// in cpu_matmul.cpp, cpu_elementwise.cpp and cpu_attention.cpp.
+#include "backend/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "backend/cpu/cpu_simd.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+
+namespace swiftkv {
+
+namespace {
+
+// Copies below this many bytes are not worth waking the pool for.
+constexpr int64_t kParallelCopyBytes = 1 << 20;
+
+// cos/sin of angle = float(position) * inv_freq[i] for positions [0, positions()), computed once per
+// inv_freq: angles in f32 as PyTorch does, cos/sin in double then rounded (PyTorch's f32 cos/sin are
+// accurate to ~1 ulp too). Entry layout per position: half cos values, then half sin values.
+class RopeTable {
+public:
+    bool matches(const float* inv_freq, int64_t half) const {
+        return int64_t(inv_freq_.size()) == half && std::memcmp(inv_freq_.data(), inv_freq, size_t(half) * 4) == 0;
+    }
+    void reset(const float* inv_freq, int64_t half) {
+        inv_freq_.assign(inv_freq, inv_freq + half);
+        table_.clear();
+        positions_ = 0;
+    }
+    const float* ensure(int64_t max_position) {
+        if (max_position >= positions_) {
+            const int64_t half = int64_t(inv_freq_.size());
+            const int64_t n = cpu::round_up(max_position + 1, 1024);
+            table_.resize(size_t(n * 2 * half));
+            for (int64_t p = positions_; p < n; ++p) {
+                float* entry = table_.data() + p * 2 * half;
+                for (int64_t i = 0; i < half; ++i) {
+                    const float angle = float(p) * inv_freq_[size_t(i)];
+                    entry[i] = float(std::cos(double(angle)));
+                    entry[half + i] = float(std::sin(double(angle)));
+                }
+            }
+            positions_ = n;
+        }
+        return table_.data();
+    }
+
+private:
+    std::vector<float> inv_freq_;
+    std::vector<float> table_;
+    int64_t positions_ = 0;
+};
+
+class CpuBackend final : public Backend {
+public:
+    explicit CpuBackend(const CpuBackendOptions& options) : options_(options.matmul) {
+        if (options.num_threads > 0) ThreadPool::set_global_threads(options.num_threads);
+        pool_ = &ThreadPool::global();
+        cpu::setup_openblas(options_.threading, pool_->size());
+    }
+
+    std::string name() const override { return "cpu"; }
+
+    void* alloc(size_t bytes) override {
+        SKV_CHECK(bytes <= SIZE_MAX - 64, "CPU backend: cannot allocate {} bytes", bytes);
+        const size_t rounded = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+        void* p = std::aligned_alloc(64, rounded);
+        if (!p)
+            SKV_THROW("CPU backend: out of memory allocating {} bytes ({:.1f} MiB); use a smaller KV cache or model",
+                      bytes, double(bytes) / (1 << 20));
+        return p;
+    }
+    void free(void* ptr) override { std::free(ptr); }
+    void upload(void* dst, const void* host_src, size_t bytes) override { copy(dst, host_src, bytes); }
+    void download(void* host_dst, const void* src, size_t bytes) override { copy(host_dst, src, bytes); }
+    void copy(void* dst, const void* src, size_t bytes) override {
+        if (bytes > 0) std::memcpy(dst, src, bytes);
+    }
+    void fill_zero(void* dst, size_t bytes) override {
+        if (bytes > 0) std::memset(dst, 0, bytes);
+    }
+    void synchronize() override {}
+    bool supports_weight_dtype(DType dtype) const override { return dtype == DType::F32 || dtype == DType::BF16; }
+
+    void embedding(const WeightMatrix& table, const int32_t* tokens, int64_t n, float* out) override {
+        check_weight(table, "embedding");
+        const int64_t vocab = table.rows, dim = table.cols;
+        for (int64_t i = 0; i < n; ++i)
+            SKV_CHECK(tokens[i] >= 0 && tokens[i] < vocab,
+                      "embedding: token id {} at position {} is outside the vocabulary of {} tokens", tokens[i], i,
+                      vocab);
+        auto rows = [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) {
+                float* dst = out + i * dim;
+                if (table.dtype == DType::F32) {
+                    std::memcpy(dst, static_cast<const float*>(table.data) + int64_t(tokens[i]) * dim,
+                                size_t(dim) * sizeof(float));
+                } else {
+                    const uint16_t* src = static_cast<const uint16_t*>(table.data) + int64_t(tokens[i]) * dim;
+                    for (int64_t j = 0; j < dim; ++j) dst[j] = bf16_to_f32(src[j]);
+                }
+            }
+        };
+        parallel_copy(n, dim * 4, rows);
+    }
+
+    void matmul(const float* x, int64_t rows, const WeightMatrix& w, float* out) override {
+        check_weight(w, "matmul");
+        SKV_CHECK(rows >= 0, "matmul: negative row count {}", rows);
+        cpu::matmul(x, rows, w, out, *pool_, options_);
+    }
+
+    void rmsnorm(const float* x, const float* weight, float* out, int64_t rows, int64_t dim, float eps) override {
+        cpu::rmsnorm(x, weight, out, rows, dim, eps, *pool_);
+    }
+
+    void add_rmsnorm(float* residual, const float* delta, const float* weight, float* out, int64_t rows, int64_t dim,
+                     float eps) override {
+        cpu::add_rmsnorm(residual, delta, weight, out, rows, dim, eps, *pool_);
+    }
+
+    void rope(float* x, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim, const int32_t* positions,
+              const float* inv_freq) override {
+        if (rows <= 0 || n_heads <= 0) return;
+        SKV_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim {} must be even", head_dim);
+        SKV_CHECK(row_stride >= n_heads * head_dim, "rope: row stride {} is shorter than {} heads of {}", row_stride,
+                  n_heads, head_dim);
+        int32_t max_position = 0;
+        for (int64_t r = 0; r < rows; ++r) {
+            SKV_CHECK(positions[r] >= 0, "rope: row {} has negative position {}", r, positions[r]);
+            max_position = std::max(max_position, positions[r]);
+        }
+        const int64_t half = head_dim / 2;
+        std::lock_guard<std::mutex> lock(rope_mutex_);
+        RopeTable* table = nullptr;
+        for (auto& t : rope_tables_)
+            if (t.matches(inv_freq, half)) table = &t;
+        if (!table) {
+            // A handful of distinct inv_freq arrays (one per model) is the expected case; recycle beyond that.
+            if (rope_tables_.size() >= 4) rope_tables_.erase(rope_tables_.begin());
+            rope_tables_.emplace_back();
+            table = &rope_tables_.back();
+            table->reset(inv_freq, half);
+        }
+        const float* cos_sin = table->ensure(max_position);
+        cpu::rope_apply(x, rows, row_stride, n_heads, head_dim, positions, cos_sin, *pool_);
+    }
+
+    void silu_mul(const float* gate_up, float* out, int64_t rows, int64_t ffn) override {
+        cpu::silu_mul(gate_up, out, rows, ffn, *pool_);
+    }
+
+    void kv_write(const float* k, const float* v, int64_t rows, int64_t row_stride, const int32_t* slots,
+                  const KvLayout& layout, float* k_cache, float* v_cache) override {
+        SKV_CHECK(row_stride >= layout.n_kv_heads * layout.head_dim,
+                  "kv_write: row stride {} is shorter than {} KV heads of {}", row_stride, layout.n_kv_heads,
+                  layout.head_dim);
+        cpu::kv_write(k, v, rows, row_stride, slots, layout, k_cache, v_cache);
+    }
+
+    void attention(const float* q, int64_t q_row_stride, const AttentionBatch& batch, const KvLayout& layout,
+                   const float* k_cache, const float* v_cache, int64_t n_heads, float scale, float* out) override {
+        cpu::attention(q, q_row_stride, batch, layout, k_cache, v_cache, n_heads, scale, out, *pool_);
+    }
+
+    void gather_rows(const float* x, const int32_t* indices, int64_t n, int64_t dim, float* out) override {
+        for (int64_t i = 0; i < n; ++i)
+            SKV_CHECK(indices[i] >= 0, "gather_rows: index {} at position {} is negative", indices[i], i);
+        parallel_copy(n, dim * 4, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i)
+                std::memcpy(out + i * dim, x + int64_t(indices[i]) * dim, size_t(dim) * sizeof(float));
+        });
+    }
+
+private:
+    void check_weight(const WeightMatrix& w, const char* op) const {
+        SKV_CHECK(supports_weight_dtype(w.dtype), "{}: the CPU backend does not support {} weights (use F32 or BF16)",
+                  op, dtype_name(w.dtype));
+        SKV_CHECK(w.rows >= 0 && w.cols >= 0, "{}: invalid weight shape [{}, {}]", op, w.rows, w.cols);
+    }
+
+    template <class F>
+    void parallel_copy(int64_t n, int64_t bytes_per_row, F&& rows) {
+        if (n * bytes_per_row < kParallelCopyBytes || pool_->size() == 1) {
+            rows(0, n);
+            return;
+        }
+        pool_->parallel_for(n, [&](int64_t begin, int64_t end, int) { rows(begin, end); });
+    }
+
+    cpu::MatmulOptions options_;
+    ThreadPool* pool_ = nullptr;
+    std::mutex rope_mutex_;
+    std::vector<RopeTable> rope_tables_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& options) {
+    return std::make_unique<CpuBackend>(options);
+}
+
+std::unique_ptr<Backend> make_cpu_backend(int num_threads) {
+    CpuBackendOptions options;
+    options.num_threads = num_threads;
+    return make_cpu_backend(options);
+}
+
+const char* cpu_backend_blas_core() { return cpu::openblas_core_name(); }
+
+}  // namespace swiftkv

@@ -1,0 +1,22 @@
+// The CPU backend's tuning knobs, for benchmarks and tests that compare configurations. Production code
+// uses make_cpu_backend(num_threads) from backend/backend.h, which picks the defaults below.
+#pragma once
+
+#include <memory>
+
+#include "backend/backend.h"
+#include "backend/cpu/cpu_kernels.h"
+
+namespace swiftkv {
+
+struct CpuBackendOptions {
+    int num_threads = 0;  // <= 0: all cores (sizes the global pool if it does not exist yet)
+    cpu::MatmulOptions matmul;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& options);
+
+// "Cooperlake", "SkylakeX", ...: the OpenBLAS kernel family the backend ended up with.
+const char* cpu_backend_blas_core();
+
+}  // namespace swiftkv

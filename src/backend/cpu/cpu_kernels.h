@@ -1,0 +1,53 @@
+// The CPU backend's kernels, one function per op. cpu_backend.cpp validates user-facing arguments
+// (token ids, slots, block tables) and then calls these, which assume valid input. Each kernel
+// parallelises itself on the given pool.
+#pragma once
+
+#include <cstdint>
+
+#include "backend/backend.h"
+#include "core/thread_pool.h"
+
+namespace swiftkv::cpu {
+
+// --- cpu_matmul.cpp ------------------------------------------------------------------------------
+// How matrix products use threads. With kPool, OpenBLAS runs single-threaded inside our pool's workers
+// (one thread system, nobody spins against anybody); with kOpenBlas, OpenBLAS uses its own threads.
+enum class BlasThreading { kPool, kOpenBlas };
+
+// Makes OpenBLAS usable: fixes its CPU detection where it fell back to generic kernels, and sets its
+// thread count for the chosen threading mode. Idempotent.
+void setup_openblas(BlasThreading mode, int num_threads);
+// The OpenBLAS kernel family in use, e.g. "Cooperlake" (for logs and benchmarks).
+const char* openblas_core_name();
+
+struct MatmulOptions {
+    BlasThreading threading = BlasThreading::kPool;
+    // Use our own AVX-512 kernel (not BLAS) up to this many rows, per weight dtype.
+    int64_t max_rows_small_f32 = 1;
+    int64_t max_rows_small_bf16 = 8;
+};
+
+// out[rows, w.rows] = x[rows, w.cols] * W^T for F32 and BF16 weights.
+void matmul(const float* x, int64_t rows, const WeightMatrix& w, float* out, ThreadPool& pool,
+            const MatmulOptions& options);
+
+// --- cpu_elementwise.cpp -------------------------------------------------------------------------
+void rmsnorm(const float* x, const float* weight, float* out, int64_t rows, int64_t dim, float eps,
+             ThreadPool& pool);
+void add_rmsnorm(float* residual, const float* delta, const float* weight, float* out, int64_t rows,
+                 int64_t dim, float eps, ThreadPool& pool);
+// cos_sin_table: per position, head_dim/2 cos values then head_dim/2 sin values; row r uses the entry of
+// positions[r] (validated by the caller).
+void rope_apply(float* x, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim,
+                const int32_t* positions, const float* cos_sin_table, ThreadPool& pool);
+void silu_mul(const float* gate_up, float* out, int64_t rows, int64_t ffn, ThreadPool& pool);
+
+// --- cpu_attention.cpp ---------------------------------------------------------------------------
+void kv_write(const float* k, const float* v, int64_t rows, int64_t row_stride, const int32_t* slots,
+              const KvLayout& layout, float* k_cache, float* v_cache);
+void attention(const float* q, int64_t q_row_stride, const AttentionBatch& batch, const KvLayout& layout,
+               const float* k_cache, const float* v_cache, int64_t n_heads, float scale, float* out,
+               ThreadPool& pool);
+
+}  // namespace swiftkv::cpu

@@ -1,0 +1,285 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "io/gguf_reader.h"
+#include "model/model_source.h"
+#include "tokenizer/gguf_vocab.h"
+
+namespace swiftkv {
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// One sequence's step: appends `count` tokens starting at `start` of `tokens` to the batch.
+void append_sequence(ForwardBatch& batch, const std::vector<int32_t>& tokens, int64_t start, int64_t count,
+                     const std::vector<int32_t>& blocks) {
+    const int64_t s = batch.num_seqs();
+    (void)s;
+    for (int64_t i = start; i < start + count; ++i) {
+        batch.tokens.push_back(tokens[i]);
+        batch.positions.push_back(int32_t(i));
+    }
+    batch.query_start.push_back(int32_t(batch.tokens.size()));
+    batch.seq_lens.push_back(int32_t(start + count));
+    for (int32_t b : blocks) batch.block_tables.push_back(b);
+    for (int64_t b = int64_t(blocks.size()); b < batch.max_blocks_per_seq; ++b) batch.block_tables.push_back(0);
+}
+
+ForwardBatch single_sequence_batch(const std::vector<int32_t>& tokens, int64_t start, int64_t count,
+                                   const std::vector<int32_t>& blocks) {
+    ForwardBatch batch;
+    batch.query_start.push_back(0);
+    batch.max_blocks_per_seq = int32_t(blocks.size());
+    append_sequence(batch, tokens, start, count, blocks);
+    return batch;
+}
+
+// Holds back generated text that might be the beginning of a stop string.
+class StopStringFilter {
+public:
+    explicit StopStringFilter(const std::vector<std::string>& stops) : stops_(stops) {
+        for (const auto& s : stops_) max_len_ = std::max(max_len_, s.size());
+    }
+    // Appends text; returns (text now safe to emit, whether a stop string was found).
+    std::pair<std::string, bool> push(std::string_view text) {
+        pending_ += text;
+        for (const auto& s : stops_) {
+            if (s.empty()) continue;
+            const size_t at = pending_.find(s);
+            if (at != std::string::npos) {
+                std::string out = pending_.substr(0, at);
+                pending_.clear();
+                return {out, true};
+            }
+        }
+        if (max_len_ == 0) return {std::exchange(pending_, {}), false};
+        // Keep the longest suffix that is a proper prefix of some stop string.
+        size_t keep = 0;
+        for (const auto& s : stops_) {
+            for (size_t n = std::min(s.size() - 1, pending_.size()); n > keep; --n) {
+                if (pending_.compare(pending_.size() - n, n, s, 0, n) == 0) {
+                    keep = n;
+                    break;
+                }
+            }
+        }
+        // Never split a UTF-8 character when holding back.
+        size_t cut = pending_.size() - keep;
+        while (cut > 0 && cut < pending_.size() && (uint8_t(pending_[cut]) & 0xC0) == 0x80) --cut;
+        std::string out = pending_.substr(0, cut);
+        pending_.erase(0, cut);
+        return {out, false};
+    }
+    std::string finish() { return std::exchange(pending_, {}); }
+
+private:
+    std::vector<std::string> stops_;
+    size_t max_len_ = 0;
+    std::string pending_;
+};
+
+}  // namespace
+
+BpeTokenizer load_tokenizer(const ModelSource& source) {
+    if (source.is_gguf()) return BpeTokenizer(tokenizer_spec_from_gguf(*source.gguf()));
+    SKV_CHECK(!source.tokenizer_json().empty(), "{}: tokenizer.json is missing", source.path());
+    return BpeTokenizer::from_tokenizer_json(source.tokenizer_json());
+}
+
+std::optional<std::string> load_chat_template(const ModelSource& source) {
+    if (source.is_gguf()) return chat_template_from_gguf(*source.gguf());
+    const auto& tc = source.tokenizer_config();
+    if (tc.contains("chat_template")) {
+        const auto& t = tc["chat_template"];
+        if (t.is_string()) return t.get<std::string>();
+        if (t.is_array()) {  // named templates: use "default"
+            for (const auto& item : t) {
+                if (item.value("name", "") == "default") return item.value("template", "");
+            }
+        }
+    }
+    return std::nullopt;
+}
+
+Engine::Engine(const EngineOptions& options) : options_(options) {
+    if (options_.threads > 0) ThreadPool::set_global_threads(options_.threads);
+    auto source = ModelSource::open(options_.model_path);
+    backend_ = make_cpu_backend(options_.threads);
+    LoadOptions lo;
+    lo.weight_dtype = options_.weight_dtype;
+    lo.swiftkv = options_.swiftkv;
+    model_ = std::make_unique<LlamaModel>(*source, *backend_, lo);
+    tokenizer_ = std::make_unique<BpeTokenizer>(load_tokenizer(*source));
+    SKV_CHECK(tokenizer_->vocab_size() <= model_->config().vocab,
+              "{}: the tokenizer has {} tokens but the model's vocabulary is {}", options_.model_path,
+              tokenizer_->vocab_size(), model_->config().vocab);
+    if (auto tmpl = load_chat_template(*source)) chat_template_ = std::make_unique<ChatTemplate>(*tmpl);
+    const auto& spec = tokenizer_->spec();
+    if (spec.bos_id >= 0) bos_text_ = tokenizer_->token_bytes(spec.bos_id);
+    if (spec.eos_id >= 0) eos_text_ = tokenizer_->token_bytes(spec.eos_id);
+    generation_defaults_ = source->generation_config();
+
+    context_length_ = options_.context_length > 0 ? options_.context_length
+                                                  : std::min<int64_t>(model_->config().max_position, 8192);
+    SKV_CHECK(context_length_ > 0 && context_length_ <= model_->config().max_position,
+              "context length {} is out of range (1..{})", context_length_, model_->config().max_position);
+    const int64_t cache_tokens = options_.kv_cache_tokens > 0 ? options_.kv_cache_tokens : context_length_;
+    const int64_t blocks = (cache_tokens + options_.block_size - 1) / options_.block_size;
+    kv_cache_ = std::make_unique<PagedKvCache>(*backend_, model_->config(), blocks, options_.block_size);
+}
+
+Engine::~Engine() = default;
+
+std::string Engine::apply_chat_template(const nlohmann::json& messages, bool add_generation_prompt) const {
+    SKV_CHECK(chat_template_ != nullptr, "{} has no chat template", options_.model_path);
+    nlohmann::json ctx = {{"messages", messages},
+                          {"add_generation_prompt", add_generation_prompt},
+                          {"bos_token", bos_text_},
+                          {"eos_token", eos_text_}};
+    return chat_template_->render(ctx);
+}
+
+GenerationResult Engine::generate(const GenerationRequest& req, const std::function<bool(std::string_view)>& on_text) {
+    req.sampling.validate();
+    SKV_CHECK(!req.prompt.empty(), "the prompt is empty");
+    SKV_CHECK(req.max_tokens >= 0, "max_tokens must be >= 0, got {}", req.max_tokens);
+    const int64_t n_prompt = int64_t(req.prompt.size());
+    SKV_CHECK(n_prompt < context_length_,
+              "the prompt has {} tokens but the context holds {}; shorten the prompt or raise --ctx", n_prompt,
+              context_length_);
+    for (int32_t t : req.prompt) {
+        SKV_CHECK(t >= 0 && t < config().vocab, "prompt token id {} is outside the vocabulary", t);
+    }
+    const int64_t max_new = std::min<int64_t>(req.max_tokens, context_length_ - n_prompt);
+    GenerationResult result;
+    result.prompt_tokens = n_prompt;
+    result.finish_reason = "length";
+
+    SequenceBlocks blocks(kv_cache_->allocator(), kv_cache_->block_size());
+    SKV_CHECK(blocks.reserve(n_prompt + max_new), "the KV cache cannot hold {} tokens; raise --kv-cache-tokens",
+              n_prompt + max_new);
+    std::vector<int32_t> tokens = req.prompt;
+    Sampler sampler(req.sampling, req.prompt);
+    StreamDecoder decoder(*tokenizer_);
+    StopStringFilter stop_filter(req.stop);
+    std::vector<float> logits;
+    const int64_t vocab = config().vocab;
+
+    const auto t0 = std::chrono::steady_clock::now();
+    // Prefill in chunks; only the last chunk asks for logits (its last token).
+    for (int64_t start = 0; start < n_prompt; start += options_.prefill_chunk) {
+        const int64_t count = std::min(options_.prefill_chunk, n_prompt - start);
+        ForwardBatch batch = single_sequence_batch(tokens, start, count, blocks.blocks());
+        if (start + count == n_prompt) batch.logits_indices.push_back(int32_t(count - 1));
+        model_->forward(batch, kv_cache_->view(), logits);
+    }
+    result.prefill_seconds = seconds_since(t0);
+    if (max_new == 0) return result;
+
+    const auto t1 = std::chrono::steady_clock::now();
+    bool stopped = false;       // by the caller or a stop string: nothing more is emitted
+    auto emit = [&](const std::string& text) {
+        if (text.empty() || stopped) return;
+        result.text += text;
+        if (on_text && !on_text(text)) stopped = true;
+    };
+    auto emit_filtered = [&](const std::string& text) {
+        auto [safe, hit] = stop_filter.push(text);
+        emit(safe);
+        if (hit) {
+            result.finish_reason = "stop";
+            stopped = true;
+        }
+    };
+    for (int64_t step = 0; step < max_new && !stopped; ++step) {
+        if (step > 0) {
+            ForwardBatch batch = single_sequence_batch(tokens, int64_t(tokens.size()) - 1, 1, blocks.blocks());
+            batch.logits_indices.push_back(0);
+            model_->forward(batch, kv_cache_->view(), logits);
+        }
+        const int32_t next = sampler.sample(logits.data(), vocab);
+        sampler.accept(next);
+        tokens.push_back(next);
+        result.tokens.push_back(next);
+        const bool is_stop_token =
+            (!req.ignore_eos && tokenizer_->is_eos(next)) ||
+            std::find(req.stop_token_ids.begin(), req.stop_token_ids.end(), next) != req.stop_token_ids.end();
+        if (is_stop_token) {
+            result.finish_reason = "stop";
+            break;
+        }
+        emit_filtered(decoder.push(next));
+    }
+    emit_filtered(decoder.finish());
+    emit(stop_filter.finish());
+    result.decode_seconds = seconds_since(t1);
+    return result;
+}
+
+std::vector<float> Engine::prompt_logits(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions) {
+    const int64_t n = int64_t(tokens.size());
+    SKV_CHECK(n > 0 && n <= context_length_, "prompt of {} tokens does not fit the context of {}", n, context_length_);
+    SequenceBlocks blocks(kv_cache_->allocator(), kv_cache_->block_size());
+    SKV_CHECK(blocks.reserve(n), "the KV cache cannot hold {} tokens", n);
+    std::vector<int32_t> wanted = positions;
+    if (wanted.empty()) {
+        wanted.resize(n);
+        for (int64_t i = 0; i < n; ++i) wanted[i] = int32_t(i);
+    }
+    std::vector<float> out;
+    out.reserve(wanted.size() * size_t(config().vocab));
+    std::vector<float> logits;
+    for (int64_t start = 0; start < n; start += options_.prefill_chunk) {
+        const int64_t count = std::min(options_.prefill_chunk, n - start);
+        ForwardBatch batch = single_sequence_batch(tokens, start, count, blocks.blocks());
+        // Rows wanted in this chunk: a suffix of the chunk is required by the forward contract, so
+        // compute from the first wanted row to the end and keep the wanted ones.
+        auto lo = std::lower_bound(wanted.begin(), wanted.end(), int32_t(start));
+        auto hi = std::lower_bound(wanted.begin(), wanted.end(), int32_t(start + count));
+        if (lo == hi) {
+            model_->forward(batch, kv_cache_->view(), logits);
+            continue;
+        }
+        for (int32_t r = *lo - int32_t(start); r < count; ++r) batch.logits_indices.push_back(r);
+        model_->forward(batch, kv_cache_->view(), logits);
+        for (auto it = lo; it != hi; ++it) {
+            const int64_t row = *it - *lo;
+            out.insert(out.end(), logits.begin() + row * config().vocab, logits.begin() + (row + 1) * config().vocab);
+        }
+    }
+    return out;
+}
+
+std::vector<std::vector<float>> Engine::batch_last_logits(const std::vector<std::vector<int32_t>>& prompts) {
+    std::vector<SequenceBlocks> blocks;
+    ForwardBatch batch;
+    batch.query_start.push_back(0);
+    int64_t max_blocks = 0;
+    for (const auto& p : prompts) {
+        SKV_CHECK(!p.empty() && int64_t(p.size()) <= context_length_, "each prompt needs 1..{} tokens", context_length_);
+        blocks.emplace_back(kv_cache_->allocator(), kv_cache_->block_size());
+        SKV_CHECK(blocks.back().reserve(int64_t(p.size())), "the KV cache cannot hold this batch");
+        max_blocks = std::max<int64_t>(max_blocks, int64_t(blocks.back().blocks().size()));
+    }
+    batch.max_blocks_per_seq = int32_t(max_blocks);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        append_sequence(batch, prompts[i], 0, int64_t(prompts[i].size()), blocks[i].blocks());
+        batch.logits_indices.push_back(batch.query_start.back() - 1);
+    }
+    std::vector<float> logits;
+    model_->forward(batch, kv_cache_->view(), logits);
+    std::vector<std::vector<float>> out(prompts.size());
+    const int64_t V = config().vocab;
+    for (size_t i = 0; i < prompts.size(); ++i) out[i].assign(logits.begin() + i * V, logits.begin() + (i + 1) * V);
+    return out;
+}
+
+}  // namespace swiftkv

@@ -1,0 +1,100 @@
+// Engine — the user-facing API: loads a model (GGUF file or Hugging Face directory) with its tokenizer
+// and chat template onto a backend, owns the paged KV cache, and generates. Every model step goes
+// through the one batched forward interface (LlamaModel::forward with a ForwardBatch).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "backend/backend.h"
+#include "engine/sampler.h"
+#include "kv/paged_kv_cache.h"
+#include "model/llama_model.h"
+#include "tokenizer/bpe_tokenizer.h"
+#include "tokenizer/chat_template.h"
+
+namespace swiftkv {
+
+struct EngineOptions {
+    std::string model_path;
+    DType weight_dtype = DType::F32;
+    int threads = 0;                  // 0: all cores
+    int64_t context_length = 0;       // 0: the model's max_position_embeddings, capped at 8192
+    int64_t kv_cache_tokens = 0;      // 0: context_length
+    int64_t block_size = 16;
+    int64_t prefill_chunk = 2048;     // prompt tokens per forward step
+    bool swiftkv = true;              // false: run a SwiftKV checkpoint as its teacher
+};
+
+struct GenerationRequest {
+    std::vector<int32_t> prompt;
+    SamplingParams sampling;
+    int64_t max_tokens = 128;
+    std::vector<std::string> stop;           // stop strings (not included in the output)
+    std::vector<int32_t> stop_token_ids;     // extra stop tokens
+    bool ignore_eos = false;
+};
+
+struct GenerationResult {
+    std::vector<int32_t> tokens;    // generated tokens (a stop token is included, a stop string's are not cut)
+    std::string text;               // generated text, cut before a stop string
+    std::string finish_reason;      // "stop" or "length"
+    int64_t prompt_tokens = 0;
+    double prefill_seconds = 0;     // time to first token
+    double decode_seconds = 0;      // time for the remaining tokens
+};
+
+class Engine {
+public:
+    explicit Engine(const EngineOptions& options);
+    ~Engine();
+
+    const ModelConfig& config() const { return model_->config(); }
+    const BpeTokenizer& tokenizer() const { return *tokenizer_; }
+    bool has_chat_template() const { return chat_template_ != nullptr; }
+    const EngineOptions& options() const { return options_; }
+    int64_t context_length() const { return context_length_; }
+    LlamaModel& model() { return *model_; }
+    const PagedKvCache& kv_cache() const { return *kv_cache_; }
+    const nlohmann::json& generation_defaults() const { return generation_defaults_; }
+
+    // Renders the chat template: messages is a JSON array of {"role", "content"}.
+    std::string apply_chat_template(const nlohmann::json& messages, bool add_generation_prompt = true) const;
+
+    // Generates; on_text receives text as it becomes final (never a broken UTF-8 sequence, never part
+    // of a stop string). Return false from on_text to stop early.
+    GenerationResult generate(const GenerationRequest& request,
+                              const std::function<bool(std::string_view)>& on_text = {});
+
+    // Logits at the chosen positions of a prompt (prompt prefix only; positions sorted, or all when
+    // empty), computed through the batched forward. For evaluation and tests.
+    std::vector<float> prompt_logits(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions);
+
+    // Runs several prompts as one flattened batch and returns each one's last-position logits.
+    std::vector<std::vector<float>> batch_last_logits(const std::vector<std::vector<int32_t>>& prompts);
+
+private:
+    EngineOptions options_;
+    std::unique_ptr<Backend> backend_;
+    std::unique_ptr<LlamaModel> model_;
+    std::unique_ptr<PagedKvCache> kv_cache_;
+    std::unique_ptr<BpeTokenizer> tokenizer_;
+    std::unique_ptr<ChatTemplate> chat_template_;
+    std::string bos_text_, eos_text_;
+    nlohmann::json generation_defaults_ = nlohmann::json::object();
+    int64_t context_length_ = 0;
+};
+
+// The tokenizer and chat template source text of a model on disk.
+class ModelSource;
+BpeTokenizer load_tokenizer(const ModelSource& source);
+std::optional<std::string> load_chat_template(const ModelSource& source);
+
+}  // namespace swiftkv

@@ -1,0 +1,53 @@
+// Sampler — turns one row of logits into the next token under the request's sampling parameters:
+// penalties (repetition over prompt+output; frequency and presence over output, as vLLM and the
+// OpenAI API define them), then temperature, top-k, top-p, min-p, and a draw from a per-request
+// seeded generator (same seed, same parameters, same model: same tokens). temperature 0 is greedy.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace swiftkv {
+
+struct SamplingParams {
+    float temperature = 0.0f;
+    int32_t top_k = 0;   // 0 or -1: disabled
+    float top_p = 1.0f;
+    float min_p = 0.0f;
+    float repetition_penalty = 1.0f;
+    float frequency_penalty = 0.0f;
+    float presence_penalty = 0.0f;
+    std::optional<uint64_t> seed;
+
+    // Throws swiftkv::Error naming the parameter and its allowed range.
+    void validate() const;
+};
+
+class Sampler {
+public:
+    Sampler(const SamplingParams& params, const std::vector<int32_t>& prompt);
+
+    // Samples from logits[vocab]; `logits` is used as scratch and modified.
+    int32_t sample(float* logits, int64_t vocab);
+    // Records a generated token (feeds the penalties).
+    void accept(int32_t token);
+
+    // log-softmax of the raw logits at `token` (for logprobs); does not modify logits.
+    static float log_prob(const float* logits, int64_t vocab, int32_t token);
+
+private:
+    void apply_penalties(float* logits, int64_t vocab) const;
+
+    SamplingParams params_;
+    std::mt19937_64 rng_;
+    std::unordered_map<int32_t, int32_t> output_counts_;
+    std::vector<uint8_t> seen_;  // tokens in prompt or output (repetition penalty), indexed by id
+};
+
+int32_t argmax(const float* logits, int64_t n);
+
+}  // namespace swiftkv

@@ -1,0 +1,47 @@
+#include "kv/paged_kv_cache.h"
+
+#include "core/error.h"
+
+namespace swiftkv {
+
+int64_t PagedKvCache::bytes_per_token(const ModelConfig& c) { return 2 * c.kv_cache_layers() * c.kv_dim() * 4; }
+
+int64_t PagedKvCache::blocks_for_bytes(const ModelConfig& c, int64_t bytes, int64_t block_size) {
+    return bytes / (bytes_per_token(c) * block_size);
+}
+
+PagedKvCache::PagedKvCache(Backend& backend, const ModelConfig& c, int64_t num_blocks, int64_t block_size)
+    : allocator_(int32_t(num_blocks)) {
+    SKV_CHECK(block_size > 0 && block_size <= 1024, "KV block size {} is out of range (1..1024)", block_size);
+    SKV_CHECK(num_blocks > 0 && num_blocks < (int64_t(1) << 31) / block_size, "KV block count {} is out of range",
+              num_blocks);
+    view_.layout.num_blocks = num_blocks;
+    view_.layout.block_size = block_size;
+    view_.layout.n_kv_heads = c.n_kv_heads;
+    view_.layout.head_dim = c.head_dim;
+    const int64_t layer_floats = num_blocks * view_.layout.block_elems();
+    const int64_t layers = c.kv_cache_layers();
+    total_bytes_ = 2 * layers * layer_floats * 4;
+    storage_ = DeviceBuffer(backend, size_t(total_bytes_));
+    backend.fill_zero(storage_.get(), size_t(total_bytes_));
+    float* base = storage_.as<float>();
+    for (int64_t l = 0; l < layers; ++l) {
+        view_.k_layers.push_back(base + (2 * l) * layer_floats);
+        view_.v_layers.push_back(base + (2 * l + 1) * layer_floats);
+    }
+}
+
+bool SequenceBlocks::reserve(int64_t tokens) {
+    const int64_t needed = (tokens + block_size_ - 1) / block_size_ - int64_t(blocks_.size());
+    if (needed <= 0) return true;
+    if (needed > allocator_->num_free()) return false;
+    for (int64_t i = 0; i < needed; ++i) blocks_.push_back(*allocator_->allocate());
+    return true;
+}
+
+void SequenceBlocks::release_all() {
+    for (int32_t b : blocks_) allocator_->release(b);
+    blocks_.clear();
+}
+
+}  // namespace swiftkv

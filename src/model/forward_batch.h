@@ -1,0 +1,41 @@
+// ForwardBatch and KvCacheView — the one forward interface (DESIGN.md section 3).
+// Every forward pass (prefill, decode or mixed) takes one flattened batch of tokens from several
+// sequences and returns logits only at logits_indices.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace swiftkv {
+
+struct ForwardBatch {
+    // All scheduled tokens of all sequences, sequence by sequence, and their absolute positions.
+    std::vector<int32_t> tokens;
+    std::vector<int32_t> positions;
+    // Sequence s owns tokens [query_start[s], query_start[s+1]); they are the last tokens of its
+    // context, which holds seq_lens[s] tokens after this step.
+    std::vector<int32_t> query_start;
+    std::vector<int32_t> seq_lens;
+    // [num_seqs, max_blocks_per_seq] physical KV block ids (unused entries may be anything >= 0).
+    std::vector<int32_t> block_tables;
+    int32_t max_blocks_per_seq = 0;
+    // Sorted rows of `tokens` whose logits are wanted; each sequence contributes a suffix of its rows.
+    std::vector<int32_t> logits_indices;
+
+    int64_t num_tokens() const { return int64_t(tokens.size()); }
+    int64_t num_seqs() const { return query_start.empty() ? 0 : int64_t(query_start.size()) - 1; }
+
+    // Throws swiftkv::Error if the arrays disagree with each other (sizes, ordering, ranges).
+    void validate(int64_t block_size, int64_t num_blocks) const;
+};
+
+// Device memory of the paged KV cache: one K and one V pool per physical cache layer.
+struct KvCacheView {
+    KvLayout layout;
+    std::vector<float*> k_layers;
+    std::vector<float*> v_layers;
+};
+
+}  // namespace swiftkv

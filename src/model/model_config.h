@@ -1,0 +1,65 @@
+// ModelConfig — the architecture hyper-parameters of a Llama-family model (and its SwiftKV cut),
+// read from a Hugging Face config.json or from GGUF metadata, validated before any weight is touched.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace swiftkv {
+
+class GgufFile;
+
+struct RopeScaling {
+    enum class Type { None, Linear, Llama3 } type = Type::None;
+    double factor = 1.0;
+    double low_freq_factor = 1.0;
+    double high_freq_factor = 4.0;
+    int64_t original_max_position = 8192;
+};
+
+struct ModelConfig {
+    std::string architecture = "llama";  // "llama" or "llama_swiftkv"
+    int64_t n_layers = 0;
+    int64_t hidden = 0;
+    int64_t n_heads = 0;
+    int64_t n_kv_heads = 0;
+    int64_t head_dim = 0;
+    int64_t ffn = 0;
+    int64_t vocab = 0;
+    int64_t max_position = 2048;
+    double rms_eps = 1e-5;
+    double rope_theta = 10000.0;
+    RopeScaling rope_scaling;
+    bool tie_embeddings = false;
+
+    // SwiftKV (DESIGN.md section 1): layers >= swiftkv_layers take K/V from norm_swiftkv(h_L);
+    // later layers form groups of kv_group_size sharing one KV cache. swiftkv_layers == n_layers is
+    // the base model.
+    int64_t swiftkv_layers = 0;
+    int64_t kv_group_size = 1;
+
+    bool is_swiftkv() const { return swiftkv_layers < n_layers; }
+    // Physical KV cache layers: L + (N - L) / g.
+    int64_t kv_cache_layers() const { return swiftkv_layers + (n_layers - swiftkv_layers) / kv_group_size; }
+    // The physical cache layer a transformer layer reads.
+    int64_t kv_cache_layer_of(int64_t layer) const {
+        return layer < swiftkv_layers ? layer : swiftkv_layers + (layer - swiftkv_layers) / kv_group_size;
+    }
+    int64_t q_dim() const { return n_heads * head_dim; }
+    int64_t kv_dim() const { return n_kv_heads * head_dim; }
+
+    // Inverse RoPE frequencies [head_dim/2], with rope scaling applied (as Hugging Face computes them).
+    std::vector<float> rope_inv_freq() const;
+
+    // Throws swiftkv::Error naming the key when a value is missing, out of range or inconsistent.
+    void validate(const std::string& source) const;
+
+    static ModelConfig from_hf_json(const nlohmann::json& config, const std::string& source);
+    static ModelConfig from_gguf(const GgufFile& gguf);
+    nlohmann::json to_hf_json() const;
+};
+
+}  // namespace swiftkv

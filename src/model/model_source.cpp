@@ -1,0 +1,161 @@
+#include "model/model_source.h"
+
+#include <filesystem>
+#include <fstream>
+#include <fmt/ranges.h>
+
+#include "core/error.h"
+#include "io/gguf_reader.h"
+#include "io/safetensors_reader.h"
+
+namespace swiftkv {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// (GGUF per-layer suffix, Hugging Face per-layer suffix)
+const std::pair<const char*, const char*> kLayerNames[] = {
+    {"attn_norm.weight", "input_layernorm.weight"},
+    {"attn_q.weight", "self_attn.q_proj.weight"},
+    {"attn_k.weight", "self_attn.k_proj.weight"},
+    {"attn_v.weight", "self_attn.v_proj.weight"},
+    {"attn_output.weight", "self_attn.o_proj.weight"},
+    {"ffn_norm.weight", "post_attention_layernorm.weight"},
+    {"ffn_gate.weight", "mlp.gate_proj.weight"},
+    {"ffn_up.weight", "mlp.up_proj.weight"},
+    {"ffn_down.weight", "mlp.down_proj.weight"},
+    // SwiftKV tensors (swiftkv's own GGUF names; see docs in README "SwiftKV in GGUF").
+    {"attn_q_swiftkv.weight", "self_attn.q_proj_swiftkv.weight"},
+    {"attn_k_swiftkv.weight", "self_attn.k_proj_swiftkv.weight"},
+    {"attn_v_swiftkv.weight", "self_attn.v_proj_swiftkv.weight"},
+};
+
+const std::pair<const char*, const char*> kGlobalNames[] = {
+    {"token_embd.weight", "model.embed_tokens.weight"},
+    {"output_norm.weight", "model.norm.weight"},
+    {"output.weight", "lm_head.weight"},
+    {"swiftkv_norm.weight", "model.norm_swiftkv.weight"},
+    {"rope_freqs.weight", "rope_freqs.weight"},
+};
+
+}  // namespace
+
+int64_t SourceTensor::numel() const {
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    return n;
+}
+
+std::optional<std::string> canonical_name_from_gguf(const std::string& g) {
+    for (const auto& [gg, hf] : kGlobalNames) {
+        if (g == gg) return std::string(hf);
+    }
+    if (g.rfind("blk.", 0) == 0) {
+        const size_t dot = g.find('.', 4);
+        if (dot == std::string::npos) return std::nullopt;
+        const std::string layer = g.substr(4, dot - 4);
+        if (layer.empty() || layer.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+        const std::string rest = g.substr(dot + 1);
+        for (const auto& [gg, hf] : kLayerNames) {
+            if (rest == gg) return "model.layers." + layer + "." + hf;
+        }
+    }
+    return std::nullopt;
+}
+
+std::string gguf_name_from_canonical(const std::string& c) {
+    for (const auto& [gg, hf] : kGlobalNames) {
+        if (c == hf) return gg;
+    }
+    static const std::string prefix = "model.layers.";
+    if (c.rfind(prefix, 0) == 0) {
+        const size_t dot = c.find('.', prefix.size());
+        const std::string layer = c.substr(prefix.size(), dot - prefix.size());
+        const std::string rest = c.substr(dot + 1);
+        for (const auto& [gg, hf] : kLayerNames) {
+            if (rest == hf) return "blk." + layer + "." + gg;
+        }
+    }
+    SKV_THROW("tensor '{}' has no GGUF name", c);
+}
+
+nlohmann::json read_json_file(const std::string& path) {
+    std::ifstream in(path);
+    SKV_CHECK(in.good(), "cannot read '{}'", path);
+    try {
+        return nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+        SKV_THROW("'{}' is not valid JSON: {}", path, e.what());
+    }
+}
+
+std::unique_ptr<ModelSource> ModelSource::open(const std::string& path) {
+    std::error_code ec;
+    SKV_CHECK(fs::exists(path, ec), "model path '{}' does not exist", path);
+    std::unique_ptr<ModelSource> src(new ModelSource());
+    src->path_ = path;
+    if (fs::is_directory(path, ec)) {
+        src->open_hf_dir(path);
+    } else {
+        src->open_gguf(path);
+    }
+    return src;
+}
+
+ModelSource::~ModelSource() = default;
+
+void ModelSource::open_gguf(const std::string& path) {
+    gguf_ = std::make_unique<GgufFile>(path);
+    config_ = ModelConfig::from_gguf(*gguf_);
+    for (const auto& t : gguf_->tensors()) {
+        auto canonical = canonical_name_from_gguf(t.name);
+        if (!canonical) continue;
+        SourceTensor st;
+        st.name = *canonical;
+        st.file_name = t.name;
+        st.dtype = t.dtype;
+        st.shape = t.shape;
+        st.data = t.data;
+        const bool is_q = st.name.ends_with("self_attn.q_proj.weight") || st.name.ends_with("q_proj_swiftkv.weight");
+        const bool is_k = st.name.ends_with("self_attn.k_proj.weight") || st.name.ends_with("k_proj_swiftkv.weight");
+        st.gguf_rope_permuted = is_q || is_k;
+        tensors_.emplace(st.name, std::move(st));
+    }
+}
+
+void ModelSource::open_hf_dir(const std::string& dir) {
+    const fs::path d(dir);
+    SKV_CHECK(fs::exists(d / "config.json"), "'{}' has no config.json (expected a Hugging Face model directory or a .gguf file)", dir);
+    hf_config_ = read_json_file((d / "config.json").string());
+    config_ = ModelConfig::from_hf_json(hf_config_, (d / "config.json").string());
+    if (fs::exists(d / "tokenizer.json")) tokenizer_json_ = read_json_file((d / "tokenizer.json").string());
+    if (fs::exists(d / "tokenizer_config.json")) tokenizer_config_ = read_json_file((d / "tokenizer_config.json").string());
+    if (fs::exists(d / "generation_config.json")) generation_config_ = read_json_file((d / "generation_config.json").string());
+    safetensors_ = std::make_unique<SafetensorsModel>(dir);
+    for (const auto& [name, t] : safetensors_->tensors()) {
+        SourceTensor st;
+        st.name = name;
+        st.file_name = name;
+        st.dtype = t.dtype;
+        st.shape = t.shape;
+        st.data = t.data;
+        tensors_.emplace(name, std::move(st));
+    }
+}
+
+const SourceTensor* ModelSource::find(const std::string& name) const {
+    auto it = tensors_.find(name);
+    return it == tensors_.end() ? nullptr : &it->second;
+}
+
+const SourceTensor& ModelSource::require(const std::string& name, const std::vector<int64_t>& shape) const {
+    const SourceTensor* t = find(name);
+    SKV_CHECK(t != nullptr, "{}: tensor '{}' is missing", path_, name);
+    auto fmt_shape = [](const std::vector<int64_t>& s) { return fmt::format("[{}]", fmt::join(s, ", ")); };
+    SKV_CHECK(t->shape == shape, "{}: tensor '{}' ({}) has shape {}, but the config implies {}", path_, name,
+              t->file_name, fmt_shape(t->shape), fmt_shape(shape));
+    return *t;
+}
+
+}  // namespace swiftkv

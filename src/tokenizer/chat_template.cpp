@@ -1,0 +1,497 @@
+// chat_template.cpp — ChatTemplate: parses a model's Jinja chat template once and renders it per
+// request with a tree-walking interpreter that follows jinja2's runtime rules: scoping (a for
+// iteration, macro, {% with %} or block-capturing {% set %} gets its own scope; if does not),
+// namespace objects as the only mutable state, Python and/or returning operands, and Undefined that
+// is harmless to print or test but an error to compute with. Limits on output size, loop steps and
+// call depth make a hostile template fail with swiftkv::Error instead of hanging or crashing.
+#include "tokenizer/chat_template.h"
+
+#include <string_view>
+
+#include "core/error.h"
+#include "tokenizer/jinja_ast.h"
+#include "tokenizer/jinja_builtins.h"
+#include "tokenizer/jinja_parser.h"
+#include "tokenizer/jinja_value.h"
+
+namespace swiftkv {
+namespace {
+
+using namespace jinja;
+
+constexpr size_t kMaxOutputBytes = 10u << 20;
+constexpr int64_t kMaxSteps = 20'000'000;  // statements run + loop iterations
+constexpr int kMaxCallDepth = 100;         // nested macro calls / recursive loops
+
+struct Scope {
+    std::shared_ptr<Scope> parent;
+    std::vector<std::pair<std::string, Value>> vars;
+
+    Value* find_local(std::string_view name) {
+        for (auto& [k, v] : vars)
+            if (k == name) return &v;
+        return nullptr;
+    }
+    void set(const std::string& name, Value value) {
+        if (Value* v = find_local(name)) {
+            *v = std::move(value);
+        } else {
+            vars.emplace_back(name, std::move(value));
+        }
+    }
+};
+using ScopePtr = std::shared_ptr<Scope>;
+
+ScopePtr child_of(const ScopePtr& parent) {
+    auto s = std::make_shared<Scope>();
+    s->parent = parent;
+    return s;
+}
+
+bool references_name(const Expr* e, std::string_view name);
+
+bool references_name(const StmtList& body, std::string_view name) {
+    for (const auto& s : body) {
+        if (references_name(s->expr.get(), name) || references_name(s->target.get(), name) ||
+            references_name(s->condition.get(), name) || references_name(s->filter.get(), name) ||
+            references_name(s->body, name) || references_name(s->else_body, name))
+            return true;
+        for (const auto& [test, branch] : s->branches)
+            if (references_name(test.get(), name) || references_name(branch, name)) return true;
+        for (const auto& d : s->defaults)
+            if (references_name(d.get(), name)) return true;
+        for (const auto& [t, v] : s->assignments)
+            if (references_name(t.get(), name) || references_name(v.get(), name)) return true;
+    }
+    return false;
+}
+
+bool references_name(const Expr* e, std::string_view name) {
+    if (!e) return false;
+    if (e->kind == ExprKind::Name && e->name == name) return true;
+    for (const auto& o : e->operands)
+        if (references_name(o.get(), name)) return true;
+    for (const auto& [_, v] : e->keywords)
+        if (references_name(v.get(), name)) return true;
+    return references_name(e->star_args.get(), name) || references_name(e->star_kwargs.get(), name);
+}
+
+class Renderer {
+public:
+    explicit Renderer(const Value& context) : root_(std::make_shared<Scope>()) {
+        if (context.is_dict()) {
+            for (const auto& [k, v] : context.as_dict().entries)
+                if (k.is_string()) root_->set(k.as_string(), v);
+        }
+    }
+
+    // Values stored in scopes can point back at scopes (a loop object kept in a namespace holds
+    // its recursive-call closure); clearing the root breaks such cycles.
+    ~Renderer() { root_->vars.clear(); }
+
+    std::string render(const StmtList& body) {
+        std::string out;
+        try {
+            exec_list(body, root_, out);
+        } catch (const Error& e) {
+            throw Error(fmt::format("{} (template line {})", e.what(), current_line_), __FILE__, __LINE__);
+        }
+        return out;
+    }
+
+private:
+    enum class Flow { Normal, Break, Continue };
+
+    void step() {
+        if (++steps_ > kMaxSteps) fail("the template runs too long (more than 20 million steps)");
+    }
+
+    void emit(std::string& out, std::string_view text) {
+        if (out.size() + text.size() > kMaxOutputBytes) fail("the template output exceeds 10 MB");
+        out.append(text);
+    }
+
+    // --- statements
+
+    Flow exec_list(const StmtList& body, const ScopePtr& scope, std::string& out) {
+        for (const auto& stmt : body) {
+            Flow f = exec(*stmt, scope, out);
+            if (f != Flow::Normal) return f;
+        }
+        return Flow::Normal;
+    }
+
+    Flow exec(const Stmt& s, const ScopePtr& scope, std::string& out) {
+        step();
+        current_line_ = s.line;
+        switch (s.kind) {
+            case StmtKind::Output: emit(out, s.text); return Flow::Normal;
+            case StmtKind::Print: {
+                Value v = eval(*s.expr, scope);
+                if (v.is_string()) {
+                    emit(out, v.as_string());
+                } else {
+                    emit(out, to_str(v));
+                }
+                return Flow::Normal;
+            }
+            case StmtKind::If:
+                for (const auto& [test, branch] : s.branches) {
+                    current_line_ = test->line;
+                    if (truthy(eval(*test, scope))) return exec_list(branch, scope, out);
+                }
+                return exec_list(s.else_body, scope, out);
+            case StmtKind::For: return exec_for(s, eval(*s.expr, scope), scope, out, 0);
+            case StmtKind::Set: assign(*s.target, eval(*s.expr, scope), scope); return Flow::Normal;
+            case StmtKind::SetBlock: {
+                std::string captured;
+                exec_list(s.body, child_of(scope), captured);
+                Value v(std::move(captured));
+                if (s.filter) v = eval_filter_chain(*s.filter, v, scope);
+                assign(*s.target, std::move(v), scope);
+                return Flow::Normal;
+            }
+            case StmtKind::Macro: scope->set(s.name, make_macro(s, scope)); return Flow::Normal;
+            case StmtKind::CallBlock: {
+                Value caller = make_macro(s, scope);
+                Value v = eval_call(*s.expr, scope, &caller);
+                emit(out, to_str(v));
+                return Flow::Normal;
+            }
+            case StmtKind::FilterBlock: {
+                std::string captured;
+                exec_list(s.body, child_of(scope), captured);
+                emit(out, to_str(eval_filter_chain(*s.filter, Value(std::move(captured)), scope)));
+                return Flow::Normal;
+            }
+            case StmtKind::With: {
+                std::vector<Value> values;
+                for (const auto& [_, value] : s.assignments) values.push_back(eval(*value, scope));
+                ScopePtr inner = child_of(scope);
+                for (size_t i = 0; i < values.size(); ++i) assign(*s.assignments[i].first, values[i], inner);
+                return exec_list(s.body, inner, out);
+            }
+            case StmtKind::Scope: exec_list(s.body, child_of(scope), out); return Flow::Normal;
+            case StmtKind::Break: return Flow::Break;
+            case StmtKind::Continue: return Flow::Continue;
+        }
+        return Flow::Normal;
+    }
+
+    Flow exec_for(const Stmt& s, const Value& iterable, const ScopePtr& scope, std::string& out, int64_t depth0) {
+        ValueList items = iterate(iterable);
+        if (s.condition) {
+            ValueList kept;
+            for (Value& item : items) {
+                step();
+                ScopePtr probe = child_of(scope);
+                assign(*s.target, item, probe);
+                if (truthy(eval(*s.condition, probe))) kept.push_back(std::move(item));
+            }
+            items = std::move(kept);
+        }
+        if (items.empty()) {
+            exec_list(s.else_body, child_of(scope), out);
+            return Flow::Normal;
+        }
+        auto state = std::make_shared<LoopState>();
+        state->items = std::make_shared<const ValueList>(std::move(items));
+        state->depth0 = depth0;
+        if (s.recursive) {
+            std::weak_ptr<Scope> weak_scope = scope;
+            state->recurse = [this, &s, weak_scope, depth0](CallArgs& args) -> Value {
+                if (args.positional.size() != 1 || !args.keyword.empty()) fail("loop() takes exactly one argument");
+                ScopePtr scope = weak_scope.lock();
+                if (!scope) fail("loop() called after its loop ended");
+                CallDepthGuard guard(*this);
+                std::string nested;
+                exec_for(s, args.positional[0], scope, nested, depth0 + 1);
+                return Value(std::move(nested));
+            };
+        }
+        Value loop = Value::loop(state);
+        const ValueList& list = *state->items;
+        for (size_t i = 0; i < list.size(); ++i) {
+            step();
+            state->index0 = int64_t(i);
+            ScopePtr iteration = child_of(scope);
+            assign(*s.target, list[i], iteration);
+            iteration->set("loop", loop);
+            Flow f = exec_list(s.body, iteration, out);
+            if (f == Flow::Break) break;
+        }
+        return Flow::Normal;
+    }
+
+    void assign(const Expr& target, const Value& value, const ScopePtr& scope) {
+        switch (target.kind) {
+            case ExprKind::Name: scope->set(target.name, value); return;
+            case ExprKind::Tuple: {
+                ValueList items = iterate(value);
+                size_t n = target.operands.size();
+                if (items.size() < n)
+                    fail(fmt::format("not enough values to unpack (expected {}, got {})", n, items.size()));
+                if (items.size() > n) fail(fmt::format("too many values to unpack (expected {})", n));
+                for (size_t i = 0; i < n; ++i) assign(*target.operands[i], items[i], scope);
+                return;
+            }
+            case ExprKind::NsRef: {
+                Value ns = lookup(target.name, scope);
+                if (!ns.is_namespace()) fail("cannot assign attribute on non-namespace object");
+                ns.as_namespace()->attributes.set(Value(target.attribute), value);
+                return;
+            }
+            default: fail("can't assign to this expression");
+        }
+    }
+
+    // --- macros
+
+    struct CallDepthGuard {
+        explicit CallDepthGuard(Renderer& r) : renderer(r) {
+            if (++renderer.call_depth_ > kMaxCallDepth) fail("maximum recursion depth exceeded in the template");
+        }
+        ~CallDepthGuard() { --renderer.call_depth_; }
+        Renderer& renderer;
+    };
+
+    Value make_macro(const Stmt& s, const ScopePtr& scope) {
+        bool catch_varargs = references_name(s.body, "varargs");
+        bool catch_kwargs = references_name(s.body, "kwargs");
+        std::string name = s.kind == StmtKind::Macro ? s.name : "caller";
+        std::weak_ptr<Scope> weak_scope = scope;
+        return Value::function(name, [this, &s, weak_scope, catch_varargs, catch_kwargs, name](CallArgs& args) -> Value {
+            ScopePtr defining = weak_scope.lock();
+            if (!defining) fail("macro '" + name + "' called after its scope ended");
+            CallDepthGuard guard(*this);
+            ScopePtr frame = child_of(defining);
+            size_t n = s.params.size();
+            if (args.positional.size() > n && !catch_varargs)
+                fail(fmt::format("macro '{}' takes not more than {} argument(s)", name, n));
+            std::vector<bool> bound(n, false);
+            for (size_t i = 0; i < n && i < args.positional.size(); ++i) {
+                frame->set(s.params[i], args.positional[i]);
+                bound[i] = true;
+            }
+            DictData extra_kwargs;
+            Value caller;
+            bool has_caller = false;
+            for (const auto& [key, value] : args.keyword) {
+                auto it = std::find(s.params.begin(), s.params.end(), key);
+                if (it != s.params.end()) {
+                    size_t i = size_t(it - s.params.begin());
+                    if (bound[i]) fail(fmt::format("macro '{}' got multiple values for argument '{}'", name, key));
+                    frame->set(key, value);
+                    bound[i] = true;
+                } else if (key == "caller") {
+                    caller = value;
+                    has_caller = true;
+                } else if (catch_kwargs) {
+                    extra_kwargs.set(Value(key), value);
+                } else {
+                    fail(fmt::format("macro '{}' takes no keyword argument '{}'", name, key));
+                }
+            }
+            size_t first_default = n - s.defaults.size();
+            for (size_t i = 0; i < n; ++i) {
+                if (bound[i]) continue;
+                if (i >= first_default) {
+                    frame->set(s.params[i], eval(*s.defaults[i - first_default], frame));
+                } else {
+                    frame->set(s.params[i], Value::undefined("parameter '" + s.params[i] + "' was not provided"));
+                }
+            }
+            if (catch_varargs) {
+                ValueList rest;
+                for (size_t i = n; i < args.positional.size(); ++i) rest.push_back(args.positional[i]);
+                frame->set("varargs", Value::tuple(std::move(rest)));
+            }
+            if (catch_kwargs) frame->set("kwargs", Value::dict(std::move(extra_kwargs)));
+            if (has_caller) frame->set("caller", caller);
+            std::string out;
+            int saved_line = current_line_;
+            exec_list(s.body, frame, out);
+            current_line_ = saved_line;
+            return Value(std::move(out));
+        });
+    }
+
+    // --- expressions
+
+    Value lookup(const std::string& name, const ScopePtr& scope) {
+        for (Scope* s = scope.get(); s; s = s->parent.get())
+            if (Value* v = s->find_local(name)) return *v;
+        if (const Value* g = find_global(name)) return *g;
+        return Value::undefined("'" + name + "' is undefined");
+    }
+
+    void collect_args(const Expr& e, size_t first, const ScopePtr& scope, CallArgs& args) {
+        for (size_t i = first; i < e.operands.size(); ++i) args.positional.push_back(eval(*e.operands[i], scope));
+        for (const auto& [key, value] : e.keywords) args.keyword.emplace_back(key, eval(*value, scope));
+        if (e.star_args) {
+            for (Value& v : iterate(eval(*e.star_args, scope))) args.positional.push_back(std::move(v));
+        }
+        if (e.star_kwargs) {
+            Value kw = eval(*e.star_kwargs, scope);
+            if (!kw.is_dict()) fail("argument after ** must be a mapping, not " + kw.type_name());
+            for (const auto& [k, v] : kw.as_dict().entries) {
+                if (!k.is_string()) fail("keywords must be strings");
+                args.keyword.emplace_back(k.as_string(), v);
+            }
+        }
+    }
+
+    Value eval_call(const Expr& e, const ScopePtr& scope, const Value* caller) {
+        Value callee = eval(*e.operands[0], scope);
+        CallArgs args;
+        collect_args(e, 1, scope, args);
+        if (caller) args.keyword.emplace_back("caller", *caller);
+        return call_value(callee, args);
+    }
+
+    // A filter chain from {% filter f|g %} or {% set x | f %}: the innermost subject is `input`.
+    Value eval_filter_chain(const Expr& e, const Value& input, const ScopePtr& scope) {
+        Value subject = e.operands[0] ? eval_filter_chain(*e.operands[0], input, scope) : input;
+        CallArgs args;
+        collect_args(e, 1, scope, args);
+        return apply_filter(e.name, subject, args);
+    }
+
+    bool compare(CompareOp op, const Value& a, const Value& b) {
+        switch (op) {
+            case CompareOp::Eq: return equals(a, b);
+            case CompareOp::Ne: return !equals(a, b);
+            case CompareOp::Lt: return less_than(a, b);
+            case CompareOp::Le: return less_than(a, b) || equals(a, b);
+            case CompareOp::Gt: return less_than(b, a);
+            case CompareOp::Ge: return less_than(b, a) || equals(a, b);
+            case CompareOp::In: return contains(b, a);
+            case CompareOp::NotIn: return !contains(b, a);
+        }
+        return false;
+    }
+
+    Value eval(const Expr& e, const ScopePtr& scope) {
+        switch (e.kind) {
+            case ExprKind::Const: return e.value;
+            case ExprKind::Name: return lookup(e.name, scope);
+            case ExprKind::List:
+            case ExprKind::Tuple: {
+                ValueList items;
+                items.reserve(e.operands.size());
+                for (const auto& o : e.operands) items.push_back(eval(*o, scope));
+                return e.kind == ExprKind::List ? Value::list(std::move(items)) : Value::tuple(std::move(items));
+            }
+            case ExprKind::Dict: {
+                DictData d;
+                for (size_t i = 0; i + 1 < e.operands.size(); i += 2) {
+                    Value key = eval(*e.operands[i], scope);
+                    if (key.is_list() || key.is_dict() || key.is_undefined() || key.is_namespace())
+                        fail("unhashable type: '" + key.type_name() + "'");
+                    d.set(std::move(key), eval(*e.operands[i + 1], scope));
+                }
+                return Value::dict(std::move(d));
+            }
+            case ExprKind::Getattr: return get_attribute(eval(*e.operands[0], scope), e.name);
+            case ExprKind::Getitem: {
+                Value obj = eval(*e.operands[0], scope);
+                const Expr& index = *e.operands[1];
+                if (index.kind == ExprKind::Slice) {
+                    auto part = [&](size_t i) {
+                        return index.operands[i] ? eval(*index.operands[i], scope) : Value::none();
+                    };
+                    Value start = part(0), stop = part(1), stride = part(2);
+                    return get_slice(obj, start, stop, stride);
+                }
+                return get_item(obj, eval(index, scope));
+            }
+            case ExprKind::Slice: fail("a slice is only allowed inside []");
+            case ExprKind::Call: return eval_call(e, scope, nullptr);
+            case ExprKind::Filter: {
+                Value subject = eval(*e.operands[0], scope);
+                CallArgs args;
+                collect_args(e, 1, scope, args);
+                return apply_filter(e.name, subject, args);
+            }
+            case ExprKind::Test: {
+                Value subject = eval(*e.operands[0], scope);
+                CallArgs args;
+                collect_args(e, 1, scope, args);
+                return Value(apply_test(e.name, subject, args));
+            }
+            case ExprKind::Neg: return negate(eval(*e.operands[0], scope));
+            case ExprKind::Pos: {
+                Value v = eval(*e.operands[0], scope);
+                if (v.is_undefined()) fail_undefined(v);
+                if (v.is_bool()) return Value(v.as_int());
+                if (!v.is_number()) fail("bad operand type for unary +: '" + v.type_name() + "'");
+                return v;
+            }
+            case ExprKind::Not: return Value(!truthy(eval(*e.operands[0], scope)));
+            case ExprKind::Binary:
+                return binary_op(e.op, eval(*e.operands[0], scope), eval(*e.operands[1], scope));
+            case ExprKind::And: {
+                Value a = eval(*e.operands[0], scope);
+                return truthy(a) ? eval(*e.operands[1], scope) : a;
+            }
+            case ExprKind::Or: {
+                Value a = eval(*e.operands[0], scope);
+                return truthy(a) ? a : eval(*e.operands[1], scope);
+            }
+            case ExprKind::Compare: {
+                Value left = eval(*e.operands[0], scope);
+                for (size_t i = 0; i < e.compare_ops.size(); ++i) {
+                    Value right = eval(*e.operands[i + 1], scope);
+                    if (!compare(e.compare_ops[i], left, right)) return Value(false);
+                    left = std::move(right);
+                }
+                return Value(true);
+            }
+            case ExprKind::Concat: {
+                std::string s;
+                for (const auto& o : e.operands) {
+                    Value v = eval(*o, scope);
+                    s += v.is_string() ? v.as_string() : to_str(v);
+                    if (s.size() > kMaxStringBytes) fail("string is too large");
+                }
+                return Value(std::move(s));
+            }
+            case ExprKind::Cond: {
+                if (truthy(eval(*e.operands[1], scope))) return eval(*e.operands[0], scope);
+                if (e.operands[2]) return eval(*e.operands[2], scope);
+                return Value::undefined(fmt::format(
+                    "the inline if-expression on line {} evaluated to false and no else section was defined.", e.line));
+            }
+            case ExprKind::NsRef: fail("a namespace attribute reference is only allowed as a set target");
+        }
+        fail("internal error: unknown expression");
+    }
+
+    ScopePtr root_;
+    int64_t steps_ = 0;
+    int call_depth_ = 0;
+    int current_line_ = 1;
+};
+
+}  // namespace
+
+struct ChatTemplate::Impl {
+    StmtList body;
+};
+
+ChatTemplate::ChatTemplate(const std::string& source) : impl_(std::make_unique<Impl>()) {
+    impl_->body = jinja::parse_template(source);
+}
+
+ChatTemplate::~ChatTemplate() = default;
+ChatTemplate::ChatTemplate(ChatTemplate&&) noexcept = default;
+ChatTemplate& ChatTemplate::operator=(ChatTemplate&&) noexcept = default;
+
+std::string ChatTemplate::render(const nlohmann::json& context) const {
+    if (!context.is_object() && !context.is_null())
+        SKV_THROW("chat template context must be a JSON object of variables, got {}", context.type_name());
+    Renderer renderer(jinja::from_json(context));
+    return renderer.render(impl_->body);
+}
+
+}  // namespace swiftkv

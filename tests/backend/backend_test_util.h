@@ -1,0 +1,102 @@
+// Helpers for the backend op tests: the list of backends under test, device arrays that go through the
+// Backend interface (so the same tests can run on a device backend), random data, and tolerance checks
+// against double-precision references.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/dtype.h"
+
+namespace swiftkv::test {
+
+// Backends under test, by name; a device backend adds itself here when built.
+inline std::vector<std::string> backend_names() { return {"cpu"}; }
+
+inline std::unique_ptr<Backend> make_backend(const std::string& name) {
+    if (name == "cpu") return make_cpu_backend();
+    return nullptr;
+}
+
+// A typed buffer in backend memory, filled from and read back to host vectors.
+template <class T>
+class DeviceArray {
+public:
+    DeviceArray(Backend& backend, const std::vector<T>& host) : backend_(backend), size_(host.size()) {
+        ptr_ = static_cast<T*>(backend_.alloc(bytes()));
+        backend_.upload(ptr_, host.data(), bytes());
+    }
+    DeviceArray(Backend& backend, size_t size) : backend_(backend), size_(size) {
+        ptr_ = static_cast<T*>(backend_.alloc(bytes()));
+        backend_.fill_zero(ptr_, bytes());
+    }
+    ~DeviceArray() { backend_.free(ptr_); }
+    DeviceArray(const DeviceArray&) = delete;
+    DeviceArray& operator=(const DeviceArray&) = delete;
+
+    T* get() { return ptr_; }
+    size_t size() const { return size_; }
+    size_t bytes() const { return size_ * sizeof(T); }
+    std::vector<T> to_host() {
+        std::vector<T> host(size_);
+        backend_.synchronize();
+        backend_.download(host.data(), ptr_, bytes());
+        return host;
+    }
+
+private:
+    Backend& backend_;
+    size_t size_;
+    T* ptr_ = nullptr;
+};
+
+class Random {
+public:
+    explicit Random(uint32_t seed) : engine_(seed) {}
+    float uniform(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(engine_); }
+    int32_t integer(int32_t lo, int32_t hi) { return std::uniform_int_distribution<int32_t>(lo, hi)(engine_); }
+    std::vector<float> floats(size_t n, float lo = -1.0f, float hi = 1.0f) {
+        std::vector<float> v(n);
+        for (auto& x : v) x = uniform(lo, hi);
+        return v;
+    }
+    std::mt19937& engine() { return engine_; }
+
+private:
+    std::mt19937 engine_;
+};
+
+inline std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+    std::vector<uint16_t> out(v.size());
+    for (size_t i = 0; i < v.size(); ++i) out[i] = f32_to_bf16(v[i]);
+    return out;
+}
+
+// Checks |actual - expected| <= tol * scale[i] for every element, reporting the worst one.
+inline ::testing::AssertionResult all_close(const std::vector<float>& actual, const std::vector<double>& expected,
+                                            const std::vector<double>& scale, double tol) {
+    if (actual.size() != expected.size()) return ::testing::AssertionFailure() << "size mismatch";
+    double worst = 0.0;
+    size_t worst_i = 0;
+    for (size_t i = 0; i < actual.size(); ++i) {
+        const double err = std::abs(double(actual[i]) - expected[i]);
+        const double ratio = err / (tol * scale[i]);
+        if (!(ratio <= worst) || std::isnan(ratio)) {
+            worst = std::isnan(ratio) ? INFINITY : ratio;
+            worst_i = i;
+        }
+    }
+    if (worst <= 1.0) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << "element " << worst_i << ": got " << actual[worst_i] << ", expected "
+                                         << expected[worst_i] << " (error " << worst << "x the tolerance "
+                                         << tol * scale[worst_i] << ")";
+}
+
+}  // namespace swiftkv::test

@@ -1,0 +1,96 @@
+// matmul (out = x W^T) on every backend, F32 and BF16 weights, against a double-precision reference
+// computed from the same (bf16-rounded) weight values. Tolerance: |err| <= 1e-5 * sum_k |x_k w_k| per
+// output, i.e. relative to the dot product's condition scale (f32 accumulation of K terms).
+// The CPU backend is also run in each of its internal configurations (BLAS threading, small-row kernel
+// thresholds), since they take different code paths for the same shapes.
+#include <gtest/gtest.h>
+
+#include "backend/cpu/cpu_backend.h"
+#include "backend_test_util.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+
+namespace swiftkv::test {
+namespace {
+
+const bool kPoolSized = (ThreadPool::set_global_threads(3), true);
+
+struct Shape { int64_t n, k; };
+const Shape kShapes[] = {{1, 1}, {17, 1}, {8, 16}, {64, 64}, {100, 37}, {33, 1000}, {960, 576}, {200, 1536}};
+const int64_t kRows[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 33, 100};
+
+void check_matmul(Backend& b, DType dtype, uint32_t seed, const std::string& what) {
+    Random rng(seed);
+    for (const Shape s : kShapes) {
+        auto w = rng.floats(size_t(s.n * s.k));
+        const auto w16 = to_bf16(w);
+        if (dtype == DType::BF16)
+            for (size_t i = 0; i < w.size(); ++i) w[i] = bf16_to_f32(w16[i]);
+        DeviceArray<float> dw32(b, w);
+        DeviceArray<uint16_t> dw16(b, w16);
+        const WeightMatrix wm{dtype, s.n, s.k, dtype == DType::BF16 ? static_cast<const void*>(dw16.get()) : dw32.get()};
+        for (const int64_t rows : kRows) {
+            const auto x = rng.floats(size_t(rows * s.k), -2.0f, 2.0f);
+            std::vector<double> ref(size_t(rows * s.n)), scale(ref.size());
+            for (int64_t r = 0; r < rows; ++r)
+                for (int64_t n = 0; n < s.n; ++n) {
+                    double acc = 0, mag = 0;
+                    for (int64_t k = 0; k < s.k; ++k) {
+                        const double p = double(x[size_t(r * s.k + k)]) * double(w[size_t(n * s.k + k)]);
+                        acc += p;
+                        mag += std::abs(p);
+                    }
+                    ref[size_t(r * s.n + n)] = acc;
+                    scale[size_t(r * s.n + n)] = mag + 1e-30;
+                }
+            DeviceArray<float> dx(b, x), dout(b, ref.size());
+            b.matmul(dx.get(), rows, wm, dout.get());
+            ASSERT_TRUE(all_close(dout.to_host(), ref, scale, 1e-5))
+                << what << " " << dtype_name(dtype) << " rows " << rows << " W [" << s.n << ", " << s.k << "]";
+        }
+    }
+}
+
+class BackendMatmul : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(BackendMatmul, F32Weights) {
+    auto b = make_backend(GetParam());
+    check_matmul(*b, DType::F32, 11, GetParam());
+}
+
+TEST_P(BackendMatmul, Bf16Weights) {
+    auto b = make_backend(GetParam());
+    check_matmul(*b, DType::BF16, 12, GetParam());
+}
+
+TEST_P(BackendMatmul, RejectsUnsupportedWeights) {
+    auto b = make_backend(GetParam());
+    if (b->supports_weight_dtype(DType::Q4_0)) GTEST_SKIP();
+    std::vector<float> x(4), out(4);
+    std::vector<uint8_t> w(64);
+    EXPECT_THROW(b->matmul(x.data(), 1, WeightMatrix{DType::Q4_0, 1, 32, w.data()}, out.data()), Error);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllBackends, BackendMatmul, ::testing::ValuesIn(backend_names()),
+                         [](const auto& info) { return info.param; });
+
+TEST(CpuBackendMatmul, EveryConfiguration) {
+    for (auto threading : {cpu::BlasThreading::kPool, cpu::BlasThreading::kOpenBlas}) {
+        for (int64_t small : {int64_t(0), int64_t(1), int64_t(8), int64_t(100)}) {
+            CpuBackendOptions options;
+            options.matmul.threading = threading;
+            options.matmul.max_rows_small_f32 = small;
+            options.matmul.max_rows_small_bf16 = small;
+            auto b = make_cpu_backend(options);
+            const std::string what = std::string(threading == cpu::BlasThreading::kPool ? "pool" : "openblas") +
+                                     " small<=" + std::to_string(small);
+            check_matmul(*b, DType::F32, 13, what);
+            check_matmul(*b, DType::BF16, 14, what);
+        }
+    }
+    // Leave OpenBLAS as the default backend wants it for the tests that follow.
+    make_cpu_backend();
+}
+
+}  // namespace
+}  // namespace swiftkv::test

@@ -1,0 +1,277 @@
+// Backend ops other than matmul and attention, on every backend, against double-precision references:
+// memory, embedding, gather_rows, rmsnorm, add_rmsnorm, rope, silu_mul, kv_write.
+// Tolerances (f32): elementwise results within 1e-5 relative (plus a tiny absolute floor near zero);
+// copies (embedding, gather, kv_write, the residual add) must be exact.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include "backend_test_util.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+
+namespace swiftkv::test {
+namespace {
+
+// Tests run on an odd number of pool threads so that work splits are uneven; set before any backend exists.
+const bool kPoolSized = (ThreadPool::set_global_threads(3), true);
+
+class BackendOps : public ::testing::TestWithParam<std::string> {
+protected:
+    void SetUp() override {
+        backend_ = make_backend(GetParam());
+        ASSERT_TRUE(backend_) << "backend " << GetParam() << " unavailable";
+    }
+    Backend& b() { return *backend_; }
+    std::unique_ptr<Backend> backend_;
+};
+
+TEST_P(BackendOps, MemoryRoundTrip) {
+    Random rng(1);
+    for (size_t n : {size_t(0), size_t(1), size_t(17), size_t(100000)}) {
+        const auto host = rng.floats(n);
+        void* a = b().alloc(n * 4);
+        void* c = b().alloc(n * 4);
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(a) % 64, 0u);
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(c) % 64, 0u);
+        b().upload(a, host.data(), n * 4);
+        b().copy(c, a, n * 4);
+        std::vector<float> back(n, -7.0f);
+        b().download(back.data(), c, n * 4);
+        b().synchronize();
+        EXPECT_EQ(back, host);
+        b().fill_zero(c, n * 4);
+        b().download(back.data(), c, n * 4);
+        EXPECT_TRUE(std::all_of(back.begin(), back.end(), [](float x) { return x == 0.0f; }));
+        b().free(a);
+        b().free(c);
+    }
+}
+
+TEST_P(BackendOps, AllocFailureThrowsWithSize) {
+    const size_t huge = size_t(1) << 60;
+    try {
+        void* p = b().alloc(huge);
+        b().free(p);
+        FAIL() << "allocating 2^60 bytes succeeded";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(std::to_string(huge)), std::string::npos) << e.what();
+    }
+}
+
+TEST_P(BackendOps, WeightDtypes) {
+    EXPECT_TRUE(b().supports_weight_dtype(DType::F32));
+    if (GetParam() == "cpu") {
+        EXPECT_TRUE(b().supports_weight_dtype(DType::BF16));
+        EXPECT_FALSE(b().supports_weight_dtype(DType::Q4_0));
+    }
+}
+
+TEST_P(BackendOps, EmbeddingF32AndBf16) {
+    Random rng(2);
+    for (int64_t dim : {1, 15, 64, 577}) {
+        const int64_t vocab = 50;
+        const auto table = rng.floats(size_t(vocab * dim));
+        const auto table_bf16 = to_bf16(table);
+        std::vector<int32_t> tokens;
+        for (int i = 0; i < 37; ++i) tokens.push_back(rng.integer(0, int32_t(vocab - 1)));
+        tokens.push_back(0);
+        tokens.push_back(int32_t(vocab - 1));
+        const int64_t n = int64_t(tokens.size());
+        DeviceArray<float> t32(b(), table);
+        DeviceArray<uint16_t> t16(b(), table_bf16);
+        DeviceArray<int32_t> tok(b(), tokens);
+        DeviceArray<float> out32(b(), size_t(n * dim)), out16(b(), size_t(n * dim));
+        b().embedding(WeightMatrix{DType::F32, vocab, dim, t32.get()}, tok.get(), n, out32.get());
+        b().embedding(WeightMatrix{DType::BF16, vocab, dim, t16.get()}, tok.get(), n, out16.get());
+        const auto r32 = out32.to_host(), r16 = out16.to_host();
+        for (int64_t i = 0; i < n; ++i)
+            for (int64_t j = 0; j < dim; ++j) {
+                ASSERT_EQ(r32[size_t(i * dim + j)], table[size_t(tokens[size_t(i)] * dim + j)]);
+                ASSERT_EQ(r16[size_t(i * dim + j)], bf16_to_f32(table_bf16[size_t(tokens[size_t(i)] * dim + j)]));
+            }
+    }
+}
+
+TEST_P(BackendOps, EmbeddingRejectsOutOfRangeTokens) {
+    const int64_t vocab = 10, dim = 4;
+    DeviceArray<float> table(b(), size_t(vocab * dim));
+    DeviceArray<float> out(b(), size_t(2 * dim));
+    for (int32_t bad : {10, -1, 1 << 30}) {
+        const std::vector<int32_t> tokens = {3, bad};
+        try {
+            b().embedding(WeightMatrix{DType::F32, vocab, dim, table.get()}, tokens.data(), 2, out.get());
+            FAIL() << "token " << bad << " accepted";
+        } catch (const Error& e) {
+            const std::string msg = e.what();
+            EXPECT_NE(msg.find(std::to_string(bad)), std::string::npos) << msg;
+            EXPECT_NE(msg.find("10"), std::string::npos) << msg;
+        }
+    }
+}
+
+TEST_P(BackendOps, GatherRows) {
+    Random rng(3);
+    const int64_t rows = 40, dim = 33;
+    const auto x = rng.floats(size_t(rows * dim));
+    const std::vector<int32_t> idx = {0, 39, 5, 5, 17, 0};
+    DeviceArray<float> dx(b(), x), dout(b(), idx.size() * dim);
+    DeviceArray<int32_t> di(b(), idx);
+    b().gather_rows(dx.get(), di.get(), int64_t(idx.size()), dim, dout.get());
+    const auto out = dout.to_host();
+    for (size_t i = 0; i < idx.size(); ++i)
+        for (int64_t j = 0; j < dim; ++j) ASSERT_EQ(out[i * dim + j], x[size_t(idx[i] * dim + j)]);
+}
+
+// out = x / sqrt(mean(x^2) + eps) * w in double.
+std::vector<double> rmsnorm_reference(const std::vector<float>& x, const std::vector<float>& w, int64_t rows,
+                                      int64_t dim, float eps) {
+    std::vector<double> ref(x.size());
+    for (int64_t r = 0; r < rows; ++r) {
+        double ss = 0;
+        for (int64_t i = 0; i < dim; ++i) ss += double(x[r * dim + i]) * x[r * dim + i];
+        const double s = 1.0 / std::sqrt(ss / double(dim) + double(eps));
+        for (int64_t i = 0; i < dim; ++i) ref[r * dim + i] = double(x[r * dim + i]) * s * double(w[i]);
+    }
+    return ref;
+}
+
+std::vector<double> relative_scale(const std::vector<double>& ref, double floor) {
+    std::vector<double> s(ref.size());
+    for (size_t i = 0; i < ref.size(); ++i) s[i] = std::abs(ref[i]) + floor;
+    return s;
+}
+
+TEST_P(BackendOps, RmsNormAndAddRmsNorm) {
+    Random rng(4);
+    for (int64_t rows : {1, 3, 70}) {
+        for (int64_t dim : {1, 15, 16, 17, 576, 1000}) {
+            const float eps = 1e-5f;
+            const auto x = rng.floats(size_t(rows * dim), -3.0f, 3.0f);
+            const auto delta = rng.floats(size_t(rows * dim), -2.0f, 2.0f);
+            const auto w = rng.floats(size_t(dim), 0.5f, 1.5f);
+            DeviceArray<float> dx(b(), x), dw(b(), w), dd(b(), delta), dout(b(), x.size());
+            b().rmsnorm(dx.get(), dw.get(), dout.get(), rows, dim, eps);
+            const auto ref = rmsnorm_reference(x, w, rows, dim, eps);
+            EXPECT_TRUE(all_close(dout.to_host(), ref, relative_scale(ref, 1e-6), 1e-5)) << rows << "x" << dim;
+
+            b().add_rmsnorm(dx.get(), dd.get(), dw.get(), dout.get(), rows, dim, eps);
+            std::vector<float> summed(x.size());
+            for (size_t i = 0; i < x.size(); ++i) summed[i] = x[i] + delta[i];
+            EXPECT_EQ(dx.to_host(), summed) << "residual must be exactly residual + delta";
+            const auto ref2 = rmsnorm_reference(summed, w, rows, dim, eps);
+            EXPECT_TRUE(all_close(dout.to_host(), ref2, relative_scale(ref2, 1e-6), 1e-5)) << rows << "x" << dim;
+        }
+    }
+}
+
+TEST_P(BackendOps, RopeRotateHalf) {
+    Random rng(5);
+    struct Case { int64_t rows, n_heads, head_dim, extra; double theta; int32_t max_pos; };
+    for (const Case c : {Case{1, 1, 2, 0, 10000.0, 5}, Case{7, 9, 64, 3 * 64 * 2, 10000.0, 4096},
+                         Case{40, 3, 128, 5, 500000.0, 130000}, Case{5, 2, 6, 0, 100.0, 50},
+                         Case{300, 4, 64, 0, 10000.0, 299}}) {
+        const int64_t half = c.head_dim / 2, stride = c.n_heads * c.head_dim + c.extra;
+        std::vector<float> inv_freq(static_cast<size_t>(half));
+        for (int64_t i = 0; i < half; ++i)
+            inv_freq[size_t(i)] = float(1.0 / std::pow(c.theta, double(2 * i) / double(c.head_dim)));
+        std::vector<int32_t> pos(static_cast<size_t>(c.rows));
+        for (auto& p : pos) p = rng.integer(0, c.max_pos);
+        pos[0] = c.max_pos;
+        const auto x = rng.floats(size_t(c.rows * stride), -2.0f, 2.0f);
+        std::vector<double> ref(x.begin(), x.end()), scale(x.size(), 1e-30);
+        for (int64_t r = 0; r < c.rows; ++r)
+            for (int64_t h = 0; h < c.n_heads; ++h)
+                for (int64_t i = 0; i < half; ++i) {
+                    const size_t ia = size_t(r * stride + h * c.head_dim + i), ib = ia + size_t(half);
+                    const float angle = float(pos[size_t(r)]) * inv_freq[size_t(i)];  // f32, as PyTorch
+                    const double cs = std::cos(double(angle)), sn = std::sin(double(angle));
+                    ref[ia] = double(x[ia]) * cs - double(x[ib]) * sn;
+                    ref[ib] = double(x[ib]) * cs + double(x[ia]) * sn;
+                    scale[ia] = scale[ib] = std::abs(double(x[ia])) + std::abs(double(x[ib]));
+                }
+        DeviceArray<float> dx(b(), x);
+        DeviceArray<float> df(b(), inv_freq);
+        DeviceArray<int32_t> dp(b(), pos);
+        b().rope(dx.get(), c.rows, stride, c.n_heads, c.head_dim, dp.get(), df.get());
+        const auto out = dx.to_host();
+        EXPECT_TRUE(all_close(out, ref, scale, 1e-5)) << c.rows << " rows, head_dim " << c.head_dim;
+        // Elements past the heads (e.g. the K/V part of a fused row) are untouched.
+        for (int64_t r = 0; r < c.rows; ++r)
+            for (int64_t j = c.n_heads * c.head_dim; j < stride; ++j)
+                ASSERT_EQ(out[size_t(r * stride + j)], x[size_t(r * stride + j)]);
+    }
+}
+
+TEST_P(BackendOps, SiluMul) {
+    Random rng(6);
+    for (int64_t rows : {1, 5, 64}) {
+        for (int64_t ffn : {1, 7, 16, 33, 1536}) {
+            auto gu = rng.floats(size_t(rows * 2 * ffn), -20.0f, 20.0f);
+            const float specials[] = {0.0f, -100.0f, 100.0f, -87.5f, 88.9f, 1e-8f, -1e-8f, 3.0f};
+            for (size_t i = 0; i < 8 && i < size_t(ffn); ++i) gu[i] = specials[i];
+            std::vector<double> ref(size_t(rows * ffn));
+            for (int64_t r = 0; r < rows; ++r)
+                for (int64_t j = 0; j < ffn; ++j) {
+                    const double g = gu[size_t(r * 2 * ffn + j)], u = gu[size_t(r * 2 * ffn + ffn + j)];
+                    ref[size_t(r * ffn + j)] = g / (1.0 + std::exp(-g)) * u;
+                }
+            DeviceArray<float> dgu(b(), gu), dout(b(), size_t(rows * ffn));
+            b().silu_mul(dgu.get(), dout.get(), rows, ffn);
+            EXPECT_TRUE(all_close(dout.to_host(), ref, relative_scale(ref, 1e-7), 1e-5)) << rows << "x" << ffn;
+        }
+    }
+}
+
+TEST_P(BackendOps, KvWrite) {
+    Random rng(7);
+    for (int64_t block_size : {16, 1}) {
+        KvLayout layout{/*num_blocks=*/64 / block_size + 3, block_size, /*n_kv_heads=*/3, /*head_dim=*/64};
+        const int64_t slots_total = layout.num_blocks * block_size;
+        const int64_t rows = 40, stride = 3 * 64 + 11;
+        const auto k = rng.floats(size_t(rows * stride)), v = rng.floats(size_t(rows * stride));
+        std::vector<int32_t> all(static_cast<size_t>(slots_total));
+        std::iota(all.begin(), all.end(), 0);
+        std::shuffle(all.begin(), all.end(), rng.engine());
+        std::vector<int32_t> slots(all.begin(), all.begin() + rows);
+        slots[3] = -1;
+        slots[9] = -5;
+        const size_t cache_floats = size_t(layout.num_blocks * layout.block_elems());
+        std::vector<float> k_init = rng.floats(cache_floats), v_init = rng.floats(cache_floats);
+        DeviceArray<float> dk(b(), k), dv(b(), v), kc(b(), k_init), vc(b(), v_init);
+        DeviceArray<int32_t> ds(b(), slots);
+        b().kv_write(dk.get(), dv.get(), rows, stride, ds.get(), layout, kc.get(), vc.get());
+        auto k_expect = k_init, v_expect = v_init;
+        for (int64_t r = 0; r < rows; ++r) {
+            if (slots[size_t(r)] < 0) continue;
+            const int64_t blk = slots[size_t(r)] / block_size, off = slots[size_t(r)] % block_size;
+            for (int64_t h = 0; h < 3; ++h)
+                for (int64_t d = 0; d < 64; ++d) {
+                    const size_t at = size_t(((blk * 3 + h) * block_size + off) * 64 + d);
+                    k_expect[at] = k[size_t(r * stride + h * 64 + d)];
+                    v_expect[at] = v[size_t(r * stride + h * 64 + d)];
+                }
+        }
+        EXPECT_EQ(kc.to_host(), k_expect);
+        EXPECT_EQ(vc.to_host(), v_expect);
+
+        // A slot past the cache throws, naming the slot, and writes nothing.
+        slots[5] = int32_t(slots_total);
+        DeviceArray<int32_t> bad(b(), slots);
+        try {
+            b().kv_write(dk.get(), dv.get(), rows, stride, bad.get(), layout, kc.get(), vc.get());
+            FAIL() << "out-of-range slot accepted";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find(std::to_string(slots_total)), std::string::npos) << e.what();
+        }
+        EXPECT_EQ(kc.to_host(), k_expect);
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllBackends, BackendOps, ::testing::ValuesIn(backend_names()),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace swiftkv::test

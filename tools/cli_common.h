@@ -1,0 +1,52 @@
+// Shared pieces of the swiftkv command line: model/engine options every subcommand accepts.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "engine/engine.h"
+
+namespace swiftkv::cli {
+
+struct ModelArgs {
+    std::string model;
+    std::string dtype = "f32";
+    int threads = 0;
+    int64_t ctx = 0;
+    int64_t kv_cache_tokens = 0;
+    std::string swiftkv = "on";
+};
+
+void add_model_args(CLI::App& app, ModelArgs& args);
+std::string default_model_path();
+EngineOptions engine_options(const ModelArgs& args);
+
+struct SamplingArgs {
+    float temperature = 0.0f;
+    int32_t top_k = 0;
+    float top_p = 1.0f;
+    float min_p = 0.0f;
+    float repeat_penalty = 1.0f;
+    float frequency_penalty = 0.0f;
+    float presence_penalty = 0.0f;
+    int64_t seed = -1;
+    int64_t max_tokens = 256;
+    std::vector<std::string> stop;
+    bool ignore_eos = false;
+};
+void add_sampling_args(CLI::App& app, SamplingArgs& args);
+GenerationRequest make_request(const SamplingArgs& args);
+
+}  // namespace swiftkv::cli
+
+int cmd_run(const swiftkv::cli::ModelArgs& model, const swiftkv::cli::SamplingArgs& sampling, const std::string& prompt,
+            bool chat_format, const std::string& system);
+int cmd_chat(const swiftkv::cli::ModelArgs& model, const swiftkv::cli::SamplingArgs& sampling, const std::string& system);
+int cmd_inspect(const std::string& model, bool all_tensors);
+struct BenchArgs {
+    std::vector<int64_t> prompt_lengths{512, 2048};
+    std::vector<int64_t> gen_lengths{128};
+    int reps = 3;
+    std::string json_out;
+};
+int cmd_bench(const swiftkv::cli::ModelArgs& model, const BenchArgs& args);

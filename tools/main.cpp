@@ -1,0 +1,74 @@
+// swiftkv — command line entry point: run, chat, inspect, bench.
+// Every error reaching here is reported as one line on stderr with a non-zero exit code.
+#include <cstdio>
+#include <iostream>
+
+#include "cli_common.h"
+#include "core/error.h"
+
+using namespace swiftkv;
+
+int main(int argc, char** argv) {
+    CLI::App app{"swiftkv: serve and build SwiftKV language models"};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", SWIFTKV_VERSION);
+
+    cli::ModelArgs run_model;
+    cli::SamplingArgs run_sampling;
+    std::string prompt, system;
+    bool chat_format = false;
+    auto* run = app.add_subcommand("run", "generate a continuation of a prompt, streaming tokens");
+    cli::add_model_args(*run, run_model);
+    cli::add_sampling_args(*run, run_sampling);
+    run->add_option("-p,--prompt", prompt, "prompt text")->required();
+    run->add_flag("--chat", chat_format, "wrap the prompt in the model's chat template as a user message");
+    run->add_option("--system", system, "system message (with --chat)");
+
+    cli::ModelArgs chat_model;
+    cli::SamplingArgs chat_sampling;
+    std::string chat_system;
+    auto* chat = app.add_subcommand("chat", "interactive multi-turn chat with the model's chat template");
+    cli::add_model_args(*chat, chat_model);
+    cli::add_sampling_args(*chat, chat_sampling);
+    chat->add_option("--system", chat_system, "system message");
+
+    std::string inspect_model;
+    bool all_tensors = false;
+    auto* inspect = app.add_subcommand("inspect", "print a model's config, tokenizer summary and tensor table");
+    inspect->add_option("model", inspect_model, "GGUF file or Hugging Face directory (default: the bundled model)");
+    inspect->add_flag("--all", all_tensors, "list every tensor (default: the first layers only)");
+
+    cli::ModelArgs bench_model;
+    BenchArgs bench_args;
+    auto* bench = app.add_subcommand("bench", "measure prompt processing and generation speed (like llama-bench)");
+    cli::add_model_args(*bench, bench_model);
+    bench->add_option("-p,--prompt-lengths", bench_args.prompt_lengths, "prompt lengths to measure (pp)")->delimiter(',');
+    bench->add_option("-g,--gen-lengths", bench_args.gen_lengths, "generation lengths to measure (tg)")->delimiter(',');
+    bench->add_option("-r,--reps", bench_args.reps, "repetitions")->check(CLI::Range(1, 1000));
+    bench->add_option("-o,--json", bench_args.json_out, "write results as JSON to this file");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    }
+    try {
+        if (*run) return cmd_run(run_model, run_sampling, prompt, chat_format, system);
+        if (*chat) return cmd_chat(chat_model, chat_sampling, chat_system);
+        if (*inspect) return cmd_inspect(inspect_model.empty() ? cli::default_model_path() : inspect_model, all_tensors);
+        if (*bench) return cmd_bench(bench_model, bench_args);
+    } catch (const Error& e) {
+        std::fflush(stdout);
+        std::cerr << "\nerror: " << e.what() << "\n";
+        return 1;
+    } catch (const std::bad_alloc&) {
+        std::fflush(stdout);
+        std::cerr << "\nerror: out of memory; try a smaller --ctx or --kv-cache-tokens, or --dtype bf16\n";
+        return 1;
+    } catch (const std::exception& e) {
+        std::fflush(stdout);
+        std::cerr << "\nerror: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}
