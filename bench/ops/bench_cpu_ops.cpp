@@ -91,6 +91,7 @@ void BM_Matmul(benchmark::State& state) {
     const double weight_bytes = double(n * k) * (dtype == DType::BF16 ? 2.0 : 4.0);
     state.counters["GB/s"] = benchmark::Counter(weight_bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
     state.SetLabel(std::string(dtype_name(dtype)) + (state.range(4) ? " openblas-threads" : " pool-threads"));
+    backend(cpu::BlasThreading::kPool);
 }
 
 void prefill_matmul_args(benchmark::internal::Benchmark* bm) {
@@ -110,6 +111,30 @@ void decode_matmul_args(benchmark::internal::Benchmark* bm) {
             for (int64_t dtype : {0, 1}) bm->Args({rows, s[0], s[1], dtype, 0});
 }
 BENCHMARK(BM_Matmul)->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of)->Name("BM_MatmulDecode")->Apply(decode_matmul_args)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
+// Our few-rows kernel against the BLAS path (sgemm; bf16 widened per panel), to place the thresholds.
+// args: rows, out features, in features, dtype (0 f32, 1 bf16), path (0 BLAS, 1 our kernel)
+void BM_MatmulSmallRows(benchmark::State& state) {
+    const int64_t rows = state.range(0), n = state.range(1), k = state.range(2);
+    const DType dtype = state.range(3) ? DType::BF16 : DType::F32;
+    CpuBackendOptions options;
+    options.matmul.max_rows_small_f32 = options.matmul.max_rows_small_bf16 = state.range(4) ? rows : 0;
+    auto b = make_cpu_backend(options);
+    const Weights w = make_weights(n, k);
+    const auto x = random_floats(size_t(rows * k));
+    std::vector<float> out(size_t(rows * n));
+    const WeightMatrix wm = w.matrix(dtype, n, k);
+    for (auto _ : state) {
+        b->matmul(x.data(), rows, wm, out.data());
+        benchmark::DoNotOptimize(out.data());
+    }
+    state.counters["GB/s"] = benchmark::Counter(double(n * k) * (dtype == DType::BF16 ? 2e-9 : 4e-9),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+    state.SetLabel(std::string(dtype_name(dtype)) + (state.range(4) ? " own kernel" : " blas"));
+}
+BENCHMARK(BM_MatmulSmallRows)->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of)
+    ->ArgsProduct({{2, 4, 8, 16, 32}, {3072}, {576}, {0, 1}, {0, 1}})
+    ->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 // Baseline for decode: OpenBLAS sgemv with its own threads (f32 weights).
 void BM_SgemvBaseline(benchmark::State& state) {
@@ -235,11 +260,11 @@ BENCHMARK(BM_SiluMul)->ComputeStatistics("min", min_of)->ComputeStatistics("max"
 
 // ---- one whole decoder layer of prefill, to see where time goes --------------------------------------
 
-// args: tokens, dtype (0 f32, 1 bf16)
+// args: tokens, dtype (0 f32, 1 bf16), BLAS threading (0 pool, 1 OpenBLAS threads)
 void BM_LayerPrefill(benchmark::State& state) {
     const int64_t t = state.range(0);
     const DType dtype = state.range(1) ? DType::BF16 : DType::F32;
-    Backend& b = backend();
+    Backend& b = backend(state.range(2) ? cpu::BlasThreading::kOpenBlas : cpu::BlasThreading::kPool);
     const int64_t qkv = (kHeads + 2 * kKvHeads) * kHeadDim;
     const Weights w_qkv = make_weights(qkv, kHidden), w_o = make_weights(kHidden, kHidden),
                   w_gu = make_weights(2 * kFfn, kHidden), w_down = make_weights(kHidden, kFfn);
@@ -272,9 +297,11 @@ void BM_LayerPrefill(benchmark::State& state) {
                          cache.flops;
     state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
     state.counters["tok/s/layer"] = benchmark::Counter(double(t), benchmark::Counter::kIsIterationInvariantRate);
-    state.SetLabel(std::string(dtype_name(dtype)));
+    state.SetLabel(std::string(dtype_name(dtype)) + (state.range(2) ? " openblas-threads" : " pool-threads"));
+    backend(cpu::BlasThreading::kPool);
 }
-BENCHMARK(BM_LayerPrefill)->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of)->Args({512, 0})->Args({2048, 0})->Args({512, 1})->Args({2048, 1})
+BENCHMARK(BM_LayerPrefill)->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of)->Args({512, 0, 0})->Args({512, 0, 1})->Args({2048, 0, 0})->Args({2048, 0, 1})
+    ->Args({512, 1, 0})->Args({2048, 1, 0})
     ->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace

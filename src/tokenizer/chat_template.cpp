@@ -20,7 +20,7 @@ namespace {
 using namespace jinja;
 
 constexpr size_t kMaxOutputBytes = 10u << 20;
-constexpr int64_t kMaxSteps = 20'000'000;  // statements run + loop iterations
+constexpr int64_t kMaxSteps = 10'000'000;  // statements run + loop iterations
 constexpr int kMaxCallDepth = 100;         // nested macro calls / recursive loops
 
 struct Scope {
@@ -103,7 +103,7 @@ private:
     enum class Flow { Normal, Break, Continue };
 
     void step() {
-        if (++steps_ > kMaxSteps) fail("the template runs too long (more than 20 million steps)");
+        if (++steps_ > kMaxSteps) fail("the template runs too long (more than 10 million steps)");
     }
 
     void emit(std::string& out, std::string_view text) {
@@ -211,10 +211,17 @@ private:
         }
         Value loop = Value::loop(state);
         const ValueList& list = *state->items;
+        ScopePtr iteration;
         for (size_t i = 0; i < list.size(); ++i) {
             step();
             state->index0 = int64_t(i);
-            ScopePtr iteration = child_of(scope);
+            // Each iteration starts from a fresh scope; reuse the last one unless something
+            // (a macro defined in the body) still holds it.
+            if (iteration && iteration.use_count() == 1) {
+                iteration->vars.clear();
+            } else {
+                iteration = child_of(scope);
+            }
             assign(*s.target, list[i], iteration);
             iteration->set("loop", loop);
             Flow f = exec_list(s.body, iteration, out);

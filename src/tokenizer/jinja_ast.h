@@ -49,6 +49,7 @@ struct Expr {
     Value value;
     std::string name;
     std::string attribute;
+    bool unknown = false;  // Filter/Test whose name is not a known filter/test (see parse_template)
     BinaryOp op = BinaryOp::Add;
     std::vector<CompareOp> compare_ops;
     std::vector<ExprPtr> operands;

@@ -860,22 +860,21 @@ Value filter_int(const Value& value, CallArgs& args) {
     Value fallback = a.get_or(0, Value(int64_t(0)));
     int64_t base = int_arg(a.get_or(1, Value(int64_t(10))), "base");
     if (value.is_undefined()) fail_undefined(value);
-    if (value.is_integral()) return Value(value.as_int());
-    if (value.is_float()) {
-        double d = value.as_double();
-        if (std::isnan(d)) fail("cannot convert float NaN to integer");
-        if (std::isinf(d)) fail("cannot convert float infinity to integer");
+    // jinja2: int(value), then int(float(value)) for "42.5"; the fallback also swallows NaN and
+    // (for strings) infinity, but int(inf) on a float value raises OverflowError.
+    auto from_double = [&](double d) -> Value {
+        if (std::isnan(d) || std::isinf(d)) return fallback;
         if (std::fabs(d) >= 9.2e18) fail("integer is too large for this interpreter (64-bit)");
         return Value(int64_t(std::trunc(d)));
+    };
+    if (value.is_integral()) return Value(value.as_int());
+    if (value.is_float()) {
+        if (std::isinf(value.as_double())) fail("cannot convert float infinity to integer");
+        return from_double(value.as_double());
     }
     if (value.is_string()) {
         if (auto i = parse_python_int(value.as_string(), int(base))) return Value(*i);
-        if (auto f = parse_python_float(value.as_string())) {
-            if (std::isnan(*f)) fail("cannot convert float NaN to integer");
-            if (std::isinf(*f)) fail("cannot convert float infinity to integer");
-            if (std::fabs(*f) >= 9.2e18) fail("integer is too large for this interpreter (64-bit)");
-            return Value(int64_t(std::trunc(*f)));
-        }
+        if (auto f = parse_python_float(value.as_string())) return from_double(*f);
     }
     return fallback;
 }
@@ -1819,11 +1818,16 @@ Value get_item(const Value& obj, const Value& key) {
 }
 
 Value get_slice(const Value& obj, const Value& start, const Value& stop, const Value& step) {
+    // jinja2 compiles obj[a:b] to a plain Python subscript (not the sandbox's getitem), so every
+    // failure here is an error rather than Undefined.
     if (obj.is_undefined()) fail_undefined(obj);
-    for (const Value* part : {&start, &stop, &step}) {
-        if (part->is_undefined() && (obj.is_string() || obj.is_sequence_like())) fail_undefined(*part);
-        if (!part->is_none() && !part->is_integral()) return Value::undefined("slice indices must be integers or None");
+    if (!obj.is_string() && !obj.is_sequence_like()) {
+        if (obj.is_dict()) fail("unhashable type: 'slice'");
+        fail("'" + obj.type_name() + "' object is not subscriptable");
     }
+    for (const Value* part : {&start, &stop, &step})
+        if (!part->is_none() && !part->is_integral())
+            fail("slice indices must be integers or None or have an __index__ method");
     if (obj.is_string()) {
         const std::string& s = obj.as_string();
         std::string out;
@@ -1837,14 +1841,11 @@ Value get_slice(const Value& obj, const Value& start, const Value& stop, const V
         }
         return Value(std::move(out));
     }
-    if (obj.is_sequence_like()) {
-        const ValueList& items = obj.items();
-        SliceRange r = adjust_slice(int64_t(items.size()), start, stop, step);
-        ValueList out;
-        apply_slice(items, r, [&](const Value& v) { out.push_back(v); });
-        return obj.is_list() ? Value::list(std::move(out)) : Value::tuple(std::move(out));
-    }
-    return Value::undefined("'" + object_type_repr(obj) + "' object is not subscriptable");
+    const ValueList& items = obj.items();
+    SliceRange r = adjust_slice(int64_t(items.size()), start, stop, step);
+    ValueList out;
+    apply_slice(items, r, [&](const Value& v) { out.push_back(v); });
+    return obj.is_list() ? Value::list(std::move(out)) : Value::tuple(std::move(out));
 }
 
 Value call_value(const Value& callee, CallArgs& args) {

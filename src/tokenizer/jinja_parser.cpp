@@ -1279,8 +1279,8 @@ private:
             if (!start_inline) next();
             const Token& name_token = current();
             std::string name = parse_dotted_name();
-            if (!is_filter(name)) fail_at(fmt::format("No filter named '{}'.", name), name_token);
             auto e = make(ExprKind::Filter, name_token.line);
+            e->unknown = !is_filter(name);
             e->name = std::move(name);
             e->operands.push_back(std::move(node));
             if (at(Tok::LParen)) parse_call_args(*e);
@@ -1295,8 +1295,8 @@ private:
         bool negated = skip_if_name("not");
         const Token& name_token = current();
         std::string name = parse_dotted_name();
-        if (!is_test(name)) fail_at(fmt::format("No test named '{}'.", name), name_token);
-        auto e = make(ExprKind::Test, line);
+        auto e = make(ExprKind::Test, name_token.line);
+        e->unknown = !is_test(name);
         e->name = std::move(name);
         e->operands.push_back(std::move(node));
         Tok t = current().type;
@@ -1321,12 +1321,63 @@ private:
     int loop_depth_ = 0;
 };
 
+// jinja2 looks filters and tests up when compiling, except inside "soft" frames — an if
+// statement (test and branches) or an inline if — where a missing one fails only when reached.
+// Loop, macro and block bodies open new frames, which are never soft.
+void check_unknown_names(const Expr* e, bool soft);
+
+void check_unknown_names(const StmtList& body, bool soft) {
+    for (const auto& s : body) {
+        switch (s->kind) {
+            case StmtKind::If:
+                for (const auto& [test, branch] : s->branches) {
+                    check_unknown_names(test.get(), true);
+                    check_unknown_names(branch, true);
+                }
+                check_unknown_names(s->else_body, true);
+                break;
+            case StmtKind::For:
+                check_unknown_names(s->expr.get(), soft);
+                check_unknown_names(s->condition.get(), false);
+                check_unknown_names(s->body, false);
+                check_unknown_names(s->else_body, false);
+                break;
+            case StmtKind::SetBlock:
+                check_unknown_names(s->filter.get(), false);
+                check_unknown_names(s->body, false);
+                break;
+            default:
+                check_unknown_names(s->expr.get(), soft);
+                check_unknown_names(s->filter.get(), soft);
+                for (const auto& [target, value] : s->assignments) check_unknown_names(value.get(), soft);
+                for (const auto& d : s->defaults) check_unknown_names(d.get(), false);
+                check_unknown_names(s->body, false);
+                check_unknown_names(s->else_body, false);
+        }
+    }
+}
+
+void check_unknown_names(const Expr* e, bool soft) {
+    if (!e) return;
+    if (e->kind == ExprKind::Cond) soft = true;
+    if (e->unknown && !soft) {
+        SKV_THROW("chat template syntax error: No {} named '{}'. (line {})",
+                  e->kind == ExprKind::Filter ? "filter" : "test", e->name, e->line);
+    }
+    for (const auto& o : e->operands) check_unknown_names(o.get(), soft);
+    for (const auto& [_, v] : e->keywords) check_unknown_names(v.get(), soft);
+    check_unknown_names(e->star_args.get(), soft);
+    check_unknown_names(e->star_kwargs.get(), soft);
+}
+
 }  // namespace
 
 StmtList parse_template(const std::string& source) {
     Lexer lexer(source);
     Parser parser(lexer.run());
-    return parser.parse();
+    StmtList body = parser.parse();
+    check_unknown_names(body, false);
+    return body;
 }
 
 }  // namespace swiftkv::jinja

@@ -9,8 +9,10 @@
 
 namespace swiftkv::jinja {
 
-// Throws swiftkv::Error "... at line L, column C" on a syntax error, an unknown tag, filter or
-// test, or a break/continue outside a loop — the errors jinja2 raises when compiling.
+// Throws swiftkv::Error "... (line L, column C)" on a syntax error, an unknown tag, a
+// break/continue outside a loop, or an unknown filter or test — the errors jinja2 raises when
+// compiling. Like jinja2, an unknown filter or test inside an if statement or an inline if is
+// only an error when it is evaluated.
 StmtList parse_template(const std::string& source);
 
 }  // namespace swiftkv::jinja

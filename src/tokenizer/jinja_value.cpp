@@ -168,6 +168,29 @@ bool is_space(char32_t c) {
            c == 0x3000;
 }
 
+namespace {
+
+// The regular parts of Latin Extended-B: digraphs (DŽ/Dž/dž, ...) and runs of upper/lower pairs.
+char32_t latin_extended_b(char32_t c, bool upper) {
+    for (char32_t base : {0x1C4u, 0x1C7u, 0x1CAu, 0x1F1u}) {
+        if (c >= base && c <= base + 2) return upper ? base : base + 2;
+    }
+    auto pair = [&](char32_t first, char32_t last, bool upper_is_even) -> std::optional<char32_t> {
+        if (c < first || c > last) return std::nullopt;
+        bool is_upper = ((c & 1) == 0) == upper_is_even;
+        if (upper) return is_upper ? c : (upper_is_even ? c - 1 : c - 1);
+        return is_upper ? c + 1 : c;
+    };
+    if (auto r = pair(0x1CD, 0x1DC, false)) return *r;
+    if (auto r = pair(0x1DE, 0x1EF, true)) return *r;
+    if (auto r = pair(0x1F8, 0x21F, true)) return *r;
+    if (auto r = pair(0x222, 0x233, true)) return *r;
+    if (auto r = pair(0x246, 0x24F, true)) return *r;
+    return c;
+}
+
+}  // namespace
+
 // Simple case mappings for the scripts chat content commonly uses (Latin, Greek, Cyrillic,
 // Armenian, fullwidth). Python knows all of Unicode; this covers what templates meet in practice.
 char32_t to_upper(char32_t c) {
@@ -182,6 +205,7 @@ char32_t to_upper(char32_t c) {
         if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E)) return (c & 1) ? c : c - 1;
         return c;
     }
+    if (c >= 0x180 && c <= 0x24F) return latin_extended_b(c, true);
     if (c >= 0x3B1 && c <= 0x3C9) return c == 0x3C2 ? 0x3A3 : c - 32;
     if (c == 0x3AC) return 0x386;
     if (c >= 0x3AD && c <= 0x3AF) return c - 37;
@@ -206,6 +230,7 @@ char32_t to_lower(char32_t c) {
         if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E)) return (c & 1) ? c + 1 : c;
         return c;
     }
+    if (c >= 0x180 && c <= 0x24F) return latin_extended_b(c, false);
     if (c >= 0x391 && c <= 0x3A9 && c != 0x3A2) return c + 32;
     if (c == 0x386) return 0x3AC;
     if (c >= 0x388 && c <= 0x38A) return c + 37;

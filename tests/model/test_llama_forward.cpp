@@ -41,13 +41,13 @@ double run_and_compare(const TinyModel& tiny, DType dtype, unsigned seed, int64_
     LoadOptions lo;
     lo.weight_dtype = dtype;
     LlamaModel model(*source, *backend, lo);
-    PagedKvCache cache(*backend, model.config(), 64, block_size);
+    PagedKvCache cache(*backend, model.config(), 128, block_size);
 
     std::mt19937 rng(seed);
     std::vector<Seq> seqs(4);
     const int lengths[] = {1, 5, 23, 40};
     // Hand out blocks in a shuffled order so physical order differs from logical order.
-    std::vector<int32_t> free_blocks(64);
+    std::vector<int32_t> free_blocks(128);
     std::iota(free_blocks.begin(), free_blocks.end(), 0);
     std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
     for (size_t i = 0; i < seqs.size(); ++i) {
@@ -142,10 +142,16 @@ TEST(LlamaForward, MultiHeadAttentionWithoutGrouping) {
     EXPECT_LT(run_and_compare(make_tiny_model(s), DType::F32, 4, 16), 2e-5);
 }
 
-TEST(LlamaForward, Bf16WeightsStayClose) {
+TEST(LlamaForward, Bf16WeightsMatchReferenceOnRoundedWeights) {
     TinySpec s;
-    // bf16 rounds every weight (relative 2^-9); logits stay within a few percent of their scale.
-    EXPECT_LT(run_and_compare(make_tiny_model(s), DType::BF16, 5, 16), 3e-2);
+    // The loader rounds matrices (not norm vectors) to bf16; activations stay f32. With the reference
+    // run on the same rounded weights the forward must be as exact as in f32.
+    TinyModel m = make_tiny_model(s);
+    for (auto& [name, v] : m.tensors) {
+        if (m.shapes[name].size() != 2) continue;
+        for (auto& x : v) x = bf16_to_f32(f32_to_bf16(x));
+    }
+    EXPECT_LT(run_and_compare(m, DType::BF16, 5, 16), 2e-5);
 }
 
 TEST(LlamaForward, ShapeMismatchNamesTheTensor) {

@@ -23,8 +23,8 @@ const std::string kModel = std::string(SWIFTKV_MODEL_DIR) + "/SmolLM2-135M-Instr
 const std::string kRefDir = std::string(SWIFTKV_SOURCE_DIR) + "/tests/oracle/data";
 
 // Tolerances (logits of this model span roughly -30..30).
-constexpr double kMaxAbsLogitDiff = 2e-2;
-constexpr double kMaxKl = 1e-5;
+constexpr double kMaxAbsLogitDiff = 1e-3;  // measured: 1.2e-4
+constexpr double kMaxKl = 1e-7;  // measured: 1.6e-9
 constexpr double kNearTieMargin = 2e-2;
 
 double kl_divergence(const float* p_logits, const float* q_logits, int64_t n) {

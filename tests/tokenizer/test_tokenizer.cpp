@@ -63,36 +63,47 @@ const json& tokenizer_doc() {
     return j;
 }
 
-// The tokenizers under test, built once.
-struct Tokenizers {
-    std::unique_ptr<BpeTokenizer> from_gguf;   // null when the model file is absent
-    std::unique_ptr<BpeTokenizer> from_json;   // SmolLM2 pre-tokenizer
-    std::unique_ptr<BpeTokenizer> llama3;      // same vocabulary, Llama-3 pre-tokenizer, ignore_merges
-    std::unique_ptr<BpeTokenizer> gpt2;        // same vocabulary, GPT-2 pre-tokenizer
-    std::unique_ptr<BpeTokenizer> strip;       // <|im_start|> rstrip, <|im_end|> lstrip
-};
+// The tokenizers under test, each built on first use (ctest runs every test in its own process).
+const BpeTokenizer* gguf_tokenizer() {  // null when the model file is absent
+    static const std::unique_ptr<BpeTokenizer> t =
+        fs::exists(kModel) ? std::make_unique<BpeTokenizer>(tokenizer_spec_from_gguf(GgufFile(kModel))) : nullptr;
+    return t.get();
+}
 
-const Tokenizers& tokenizers() {
-    static const Tokenizers t = [] {
-        Tokenizers t;
-        if (fs::exists(kModel)) t.from_gguf = std::make_unique<BpeTokenizer>(tokenizer_spec_from_gguf(GgufFile(kModel)));
-        t.from_json = std::make_unique<BpeTokenizer>(BpeTokenizer::from_tokenizer_json(tokenizer_doc()));
+const BpeTokenizer& json_tokenizer() {  // SmolLM2 pre-tokenizer
+    static const BpeTokenizer t = BpeTokenizer::from_tokenizer_json(tokenizer_doc());
+    return t;
+}
+
+const BpeTokenizer& llama3_tokenizer() {  // same vocabulary, Llama-3 pre-tokenizer, ignore_merges
+    static const BpeTokenizer t = [] {
         json doc = tokenizer_doc();
         doc["pre_tokenizer"] = json::parse(R"({"type":"Sequence","pretokenizers":[
             {"type":"Split","pattern":{"Regex":"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},"behavior":"Isolated","invert":false},
             {"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":false}]})");
         doc["model"]["ignore_merges"] = true;
-        t.llama3 = std::make_unique<BpeTokenizer>(BpeTokenizer::from_tokenizer_json(doc));
-        doc = tokenizer_doc();
+        return BpeTokenizer::from_tokenizer_json(doc);
+    }();
+    return t;
+}
+
+const BpeTokenizer& gpt2_tokenizer() {  // same vocabulary, GPT-2 pre-tokenizer
+    static const BpeTokenizer t = [] {
+        json doc = tokenizer_doc();
         doc["pre_tokenizer"] = json::parse(R"({"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true})");
-        t.gpt2 = std::make_unique<BpeTokenizer>(BpeTokenizer::from_tokenizer_json(doc));
-        doc = tokenizer_doc();
+        return BpeTokenizer::from_tokenizer_json(doc);
+    }();
+    return t;
+}
+
+const BpeTokenizer& strip_tokenizer() {  // <|im_start|> rstrip, <|im_end|> lstrip
+    static const BpeTokenizer t = [] {
+        json doc = tokenizer_doc();
         for (auto& a : doc["added_tokens"]) {
             if (a["content"] == "<|im_start|>") a["rstrip"] = true;
             if (a["content"] == "<|im_end|>") a["lstrip"] = true;
         }
-        t.strip = std::make_unique<BpeTokenizer>(BpeTokenizer::from_tokenizer_json(doc));
-        return t;
+        return BpeTokenizer::from_tokenizer_json(doc);
     }();
     return t;
 }
@@ -142,10 +153,10 @@ TEST(TokenizerRefs, MadeByHuggingFaceTokenizers) {
 }
 
 TEST(GgufVocab, SpecOfSmolLM2) {
-    const auto& t = tokenizers();
-    if (!t.from_gguf) GTEST_SKIP() << kModel << " is absent";
-    const TokenizerSpec& g = t.from_gguf->spec();
-    const TokenizerSpec& j = t.from_json->spec();
+    const BpeTokenizer* gt = gguf_tokenizer();
+    if (!gt) GTEST_SKIP() << kModel << " is absent";
+    const TokenizerSpec& g = gt->spec();
+    const TokenizerSpec& j = json_tokenizer().spec();
     EXPECT_EQ(g.pre, PreTokenizer::SmolLM);
     EXPECT_EQ(g.tokens, j.tokens);
     EXPECT_EQ(g.merges, j.merges);
@@ -158,14 +169,14 @@ TEST(GgufVocab, SpecOfSmolLM2) {
     EXPECT_FALSE(g.add_bos);
     EXPECT_FALSE(g.ignore_merges);
     EXPECT_EQ(g.eos_ids, (std::vector<int32_t>{0, 2}));  // <|endoftext|>, <|im_end|>
-    EXPECT_TRUE(t.from_gguf->is_eos(2));
-    EXPECT_TRUE(t.from_gguf->is_eos(0));
-    EXPECT_FALSE(t.from_gguf->is_eos(1));
-    EXPECT_EQ(t.from_gguf->token_id("<|im_start|>"), 1);
-    EXPECT_EQ(t.from_gguf->token_id("Ġthe"), t.from_gguf->encode(" the", false).at(0));
-    EXPECT_EQ(t.from_gguf->token_id("no such token"), -1);
-    EXPECT_TRUE(t.from_gguf->is_special(1));
-    EXPECT_FALSE(t.from_gguf->is_special(100));
+    EXPECT_TRUE(gt->is_eos(2));
+    EXPECT_TRUE(gt->is_eos(0));
+    EXPECT_FALSE(gt->is_eos(1));
+    EXPECT_EQ(gt->token_id("<|im_start|>"), 1);
+    EXPECT_EQ(gt->token_id("Ġthe"), gt->encode(" the", false).at(0));
+    EXPECT_EQ(gt->token_id("no such token"), -1);
+    EXPECT_TRUE(gt->is_special(1));
+    EXPECT_FALSE(gt->is_special(100));
     const auto tmpl = chat_template_from_gguf(GgufFile(kModel));
     ASSERT_TRUE(tmpl.has_value());
     EXPECT_NE(tmpl->find("<|im_start|>"), std::string::npos);
@@ -281,34 +292,34 @@ void check_adversarial(const BpeTokenizer& tok, const char* key, bool parse_spec
 
 TEST(TokenizerAdversarial, SmolLMFromJson) {
     Counts c;
-    check_adversarial(*tokenizers().from_json, "smollm", true, c);
-    check_adversarial(*tokenizers().from_json, "smollm_no_special", false, c);
+    check_adversarial(json_tokenizer(), "smollm", true, c);
+    check_adversarial(json_tokenizer(), "smollm_no_special", false, c);
     report("adversarial, SmolLM2 tokenizer.json (with and without parse_special)", c);
 }
 
 TEST(TokenizerAdversarial, SmolLMFromGguf) {
-    if (!tokenizers().from_gguf) GTEST_SKIP() << kModel << " is absent";
+    if (!gguf_tokenizer()) GTEST_SKIP() << kModel << " is absent";
     Counts c;
-    check_adversarial(*tokenizers().from_gguf, "smollm", true, c);
-    check_adversarial(*tokenizers().from_gguf, "smollm_no_special", false, c);
+    check_adversarial(*gguf_tokenizer(), "smollm", true, c);
+    check_adversarial(*gguf_tokenizer(), "smollm_no_special", false, c);
     report("adversarial, SmolLM2 GGUF (with and without parse_special)", c);
 }
 
 TEST(TokenizerAdversarial, Llama3Regex) {
     Counts c;
-    check_adversarial(*tokenizers().llama3, "llama3", true, c);
+    check_adversarial(llama3_tokenizer(), "llama3", true, c);
     report("adversarial, Llama-3 pre-tokenizer", c);
 }
 
 TEST(TokenizerAdversarial, Gpt2Regex) {
     Counts c;
-    check_adversarial(*tokenizers().gpt2, "gpt2", true, c);
+    check_adversarial(gpt2_tokenizer(), "gpt2", true, c);
     report("adversarial, GPT-2 pre-tokenizer", c);
 }
 
 TEST(TokenizerAdversarial, AddedTokenStrip) {
     Counts c;
-    check_adversarial(*tokenizers().strip, "smollm_strip", true, c);
+    check_adversarial(strip_tokenizer(), "smollm_strip", true, c);
     report("adversarial, added tokens with lstrip/rstrip", c);
 }
 
@@ -324,7 +335,7 @@ TEST(TokenizerUtf8, InvalidBytesReplacedLikePython) {
         EXPECT_FALSE(is_valid_utf8(bytes));
         EXPECT_EQ(utf8_lossy(bytes), e["lossy"].get<std::string>()) << e["hex"];
         // The rule: encoding the bytes is encoding their lossy decoding.
-        EXPECT_EQ(tokenizers().from_json->encode(bytes), tokenizers().from_json->encode(e["lossy"].get<std::string>()));
+        EXPECT_EQ(json_tokenizer().encode(bytes), json_tokenizer().encode(e["lossy"].get<std::string>()));
         ++n;
     }
     EXPECT_GE(n, 10);
@@ -334,7 +345,7 @@ TEST(TokenizerUtf8, InvalidBytesReplacedLikePython) {
 }
 
 TEST(TokenizerFirstLines, AllPreTokenizers) {
-    const auto& t = tokenizers();
+    const BpeTokenizer* gt = gguf_tokenizer();
     Counts c;
     for (const auto& e : refs()["first_lines"]) {
         const std::string path = kSharedData + "/" + e["file"].get<std::string>();
@@ -343,12 +354,12 @@ TEST(TokenizerFirstLines, AllPreTokenizers) {
         std::istringstream in(data);
         std::string line;
         for (int i = 0; i <= e["line"].get<int>() && std::getline(in, line); ++i) {}
-        EXPECT_TRUE(matches(t.from_json->encode(line), e["smollm"])) << e["file"] << ":" << e["line"];
-        if (t.from_gguf) {
-            EXPECT_TRUE(matches(t.from_gguf->encode(line), e["smollm"])) << e["file"] << ":" << e["line"];
+        EXPECT_TRUE(matches(json_tokenizer().encode(line), e["smollm"])) << e["file"] << ":" << e["line"];
+        if (gt) {
+            EXPECT_TRUE(matches(gt->encode(line), e["smollm"])) << e["file"] << ":" << e["line"];
         }
-        EXPECT_TRUE(matches(t.llama3->encode(line), e["llama3"])) << e["file"] << ":" << e["line"];
-        EXPECT_TRUE(matches(t.gpt2->encode(line), e["gpt2"])) << e["file"] << ":" << e["line"];
+        EXPECT_TRUE(matches(llama3_tokenizer().encode(line), e["llama3"])) << e["file"] << ":" << e["line"];
+        EXPECT_TRUE(matches(gpt2_tokenizer().encode(line), e["gpt2"])) << e["file"] << ":" << e["line"];
         c.units += 1;
         c.tokens += static_cast<int64_t>(e["smollm"].size());
     }
@@ -456,21 +467,21 @@ void check_lines(const BpeTokenizer& tok, const char* key, const char* what) {
     report(what, c);
 }
 
-TEST(TokenizerData, LinesSmolLMFromJson) { check_lines(*tokenizers().from_json, "lines", "data lines, SmolLM2 tokenizer.json"); }
+TEST(TokenizerData, LinesSmolLMFromJson) { check_lines(json_tokenizer(), "lines", "data lines, SmolLM2 tokenizer.json"); }
 
 TEST(TokenizerData, LinesSmolLMFromGguf) {
-    if (!tokenizers().from_gguf) GTEST_SKIP() << kModel << " is absent";
-    check_lines(*tokenizers().from_gguf, "lines", "data lines, SmolLM2 GGUF");
+    if (!gguf_tokenizer()) GTEST_SKIP() << kModel << " is absent";
+    check_lines(*gguf_tokenizer(), "lines", "data lines, SmolLM2 GGUF");
 }
 
-TEST(TokenizerData, LinesLlama3Regex) { check_lines(*tokenizers().llama3, "lines_llama3", "data lines, Llama-3 pre-tokenizer"); }
+TEST(TokenizerData, LinesLlama3Regex) { check_lines(llama3_tokenizer(), "lines_llama3", "data lines, Llama-3 pre-tokenizer"); }
 
-TEST(TokenizerData, LinesGpt2Regex) { check_lines(*tokenizers().gpt2, "lines_gpt2", "data lines, GPT-2 pre-tokenizer"); }
+TEST(TokenizerData, LinesGpt2Regex) { check_lines(gpt2_tokenizer(), "lines_gpt2", "data lines, GPT-2 pre-tokenizer"); }
 
 TEST(TokenizerData, ChunksAndJsonStrings) {
     const auto files = data_files();
     if (files.empty()) GTEST_SKIP() << kSharedData << " is absent";
-    const BpeTokenizer& tok = tokenizers().from_gguf ? *tokenizers().from_gguf : *tokenizers().from_json;
+    const BpeTokenizer& tok = gguf_tokenizer() ? *gguf_tokenizer() : json_tokenizer();
     Counts chunks, strings;
     for (const auto& f : files) {
         for (const auto& ch : (*f.ref)["chunks"]) {
@@ -516,7 +527,7 @@ TEST(TokenizerData, ConcurrentEncodeIsDeterministic) {
 // Decoding
 
 TEST(TokenizerDecode, MatchesHuggingFace) {
-    const BpeTokenizer& tok = *tokenizers().from_json;
+    const BpeTokenizer& tok = json_tokenizer();
     int n = 0;
     for (const auto& e : refs()["decode"]) {
         const auto ids = as_ids(e["ids"]);
@@ -550,7 +561,7 @@ std::string byte_level_char(unsigned char b) {
 }
 
 TEST(TokenizerDecode, RoundTripOfValidText) {
-    const BpeTokenizer& tok = *tokenizers().from_json;
+    const BpeTokenizer& tok = json_tokenizer();
     // SmolLM2 has no token for 21 bytes (0x04, 0x06, ..., 0xF1, 0xF2, ...): like HF, encode drops them,
     // so the round trip gives the text without them.
     std::vector<bool> has_token(256);
@@ -570,7 +581,7 @@ TEST(TokenizerDecode, RoundTripOfValidText) {
         }
         EXPECT_TRUE(tok.decode(tok.encode(text)) == want) << printable(text);
         EXPECT_TRUE(tok.decode(tok.encode(text, true, false)) == want) << printable(text);
-        EXPECT_TRUE(tokenizers().llama3->decode(tokenizers().llama3->encode(text)) == want) << printable(text);
+        EXPECT_TRUE(llama3_tokenizer().decode(llama3_tokenizer().encode(text)) == want) << printable(text);
         ++n;
     }
     EXPECT_GT(n, 100);
@@ -593,7 +604,7 @@ void check_stream(const BpeTokenizer& tok, const std::vector<int32_t>& ids, bool
 }
 
 TEST(TokenizerDecode, StreamNeverEmitsBrokenUtf8) {
-    const BpeTokenizer& tok = *tokenizers().from_json;
+    const BpeTokenizer& tok = json_tokenizer();
     int held_back = 0;
     for (const auto& e : refs()["adversarial"]) {
         const auto ids = tok.encode(entry_bytes(e));

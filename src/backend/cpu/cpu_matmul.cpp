@@ -155,23 +155,32 @@ void small_rows_dispatch(int64_t r, const float* x, int64_t k_dim, const void* w
     }
 }
 
-// Rows in groups of up to 8; output features split over the pool in contiguous, 8-aligned ranges.
+// Weight rows per outer block (a multiple of every block_rows value): each block is read from memory
+// once and then re-read from cache by every group of 8 rows of x.
+constexpr int64_t kWeightBlock = 24;
+
+// Output features split over the pool in contiguous, block-aligned ranges; rows in groups of up to 8.
 void matmul_small_rows(const float* x, int64_t rows, const WeightMatrix& w, float* out, ThreadPool& pool) {
     const int64_t n_dim = w.rows, k_dim = w.cols;
     const bool bf16 = w.dtype == DType::BF16;
     auto run = [&](int64_t n_begin, int64_t n_end) {
-        for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-            const int64_t r = std::min<int64_t>(8, rows - r0);
-            if (bf16) small_rows_dispatch<true>(r, x + r0 * k_dim, k_dim, w.data, n_begin, n_end, out + r0 * n_dim, n_dim);
-            else small_rows_dispatch<false>(r, x + r0 * k_dim, k_dim, w.data, n_begin, n_end, out + r0 * n_dim, n_dim);
+        for (int64_t n0 = n_begin; n0 < n_end; n0 += kWeightBlock) {
+            const int64_t n1 = std::min(n_end, n0 + kWeightBlock);
+            for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+                const int64_t r = std::min<int64_t>(8, rows - r0);
+                if (bf16) small_rows_dispatch<true>(r, x + r0 * k_dim, k_dim, w.data, n0, n1, out + r0 * n_dim, n_dim);
+                else small_rows_dispatch<false>(r, x + r0 * k_dim, k_dim, w.data, n0, n1, out + r0 * n_dim, n_dim);
+            }
         }
     };
     if (pool.size() == 1 || rows * n_dim * k_dim < kParallelMacs) {
         run(0, n_dim);
         return;
     }
-    const int64_t groups = ceil_div(n_dim, 8);
-    pool.parallel_for(groups, [&](int64_t begin, int64_t end, int) { run(begin * 8, std::min(n_dim, end * 8)); });
+    const int64_t blocks = ceil_div(n_dim, kWeightBlock);
+    pool.parallel_for(blocks, [&](int64_t begin, int64_t end, int) {
+        run(begin * kWeightBlock, std::min(n_dim, end * kWeightBlock));
+    });
 }
 
 // ---- many rows: sgemm --------------------------------------------------------------------------------
