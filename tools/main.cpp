@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli_common.h"
+#include "cmd_convert.h"
 #include "core/error.h"
 
 using namespace swiftkv;
@@ -47,6 +48,10 @@ int main(int argc, char** argv) {
     bench->add_option("-r,--reps", bench_args.reps, "repetitions")->check(CLI::Range(1, 1000));
     bench->add_option("-o,--json", bench_args.json_out, "write results as JSON to this file");
 
+    ConvertArgs convert_args;
+    auto* convert = app.add_subcommand("convert", "make a SwiftKV student (llama_swiftkv directory) from a base Llama model");
+    add_convert_args(*convert, convert_args);
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -57,6 +62,7 @@ int main(int argc, char** argv) {
         if (*chat) return cmd_chat(chat_model, chat_sampling, chat_system);
         if (*inspect) return cmd_inspect(inspect_model.empty() ? cli::default_model_path() : inspect_model, all_tensors);
         if (*bench) return cmd_bench(bench_model, bench_args);
+        if (*convert) return cmd_convert(convert_args);
     } catch (const Error& e) {
         std::fflush(stdout);
         std::cerr << "\nerror: " << e.what() << "\n";

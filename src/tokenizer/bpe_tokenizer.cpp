@@ -215,7 +215,9 @@ MatchState& match_state() {
 }
 
 // Calls emit(begin, end) for every piece of subject: matches, and any unmatched gap between them
-// (HF's Split with behavior Isolated keeps gaps as pieces too).
+// (HF's Split with behavior Isolated keeps gaps as pieces too). emit may itself call split_isolated
+// (SmolLM's digit split, then the regex): the match data is shared per thread, so everything needed
+// from it is copied before emit runs.
 template <typename Emit>
 void split_isolated(const Regex& re, std::string_view subject, Emit&& emit) {
     MatchState& ms = match_state();

@@ -408,7 +408,7 @@ private:
                         return index.operands[i] ? eval(*index.operands[i], scope) : Value::none();
                     };
                     Value start = part(0), stop = part(1), stride = part(2);
-                    return get_slice(obj, start, stop, stride);
+                    return get_slice(obj, start, stop, stride, e.constant);
                 }
                 return get_item(obj, eval(index, scope));
             }

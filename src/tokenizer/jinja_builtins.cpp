@@ -560,7 +560,8 @@ const std::unordered_map<std::string_view, TestFn>& test_table() {
         {"mapping", [](const Value& v, CallArgs&) { return v.is_dict(); }},
         {"iterable",
          [](const Value& v, CallArgs&) {
-             return v.is_undefined() || v.is_string() || v.is_sequence_like() || v.is_dict() || v.is_loop();
+             return v.is_undefined() || v.is_string() || v.is_sequence_like() || v.is_dict() || v.is_loop() ||
+                    v.is_iterator();
          }},
         {"sequence",
          [](const Value& v, CallArgs&) { return v.is_undefined() || v.is_string() || v.is_sequence_like() || v.is_dict(); }},
@@ -631,7 +632,7 @@ using FilterFn = Value (*)(const Value&, CallArgs&);
 Value select_or_reject(const Value& value, CallArgs& args, bool select, bool lookup_attribute) {
     std::string_view name = select ? (lookup_attribute ? "selectattr" : "select") : (lookup_attribute ? "rejectattr" : "reject");
     ValueList out;
-    if (!truthy(value)) return Value::list({});
+    if (!truthy(value)) return Value::iterator("generator", {});
     size_t off = 0;
     std::vector<Value> parts;
     if (lookup_attribute) {
@@ -658,11 +659,11 @@ Value select_or_reject(const Value& value, CallArgs& args, bool select, bool loo
         }
         if (result == select) out.push_back(item);
     }
-    return Value::list(std::move(out));
+    return Value::iterator("generator", std::move(out));
 }
 
 Value filter_map(const Value& value, CallArgs& args) {
-    if (!truthy(value)) return Value::list({});
+    if (!truthy(value)) return Value::iterator("generator", {});
     ValueList out;
     if (args.positional.empty()) {
         const Value* attribute = nullptr;
@@ -679,7 +680,7 @@ Value filter_map(const Value& value, CallArgs& args) {
         if (!attribute) fail("map requires a filter argument");
         auto parts = attribute_parts(*attribute);
         for (const Value& item : iterate(value)) out.push_back(get_by_parts(item, parts, fallback));
-        return Value::list(std::move(out));
+        return Value::iterator("generator", std::move(out));
     }
     std::string name = str_arg(args.positional[0], "map filter name");
     if (!is_filter(name)) fail("No filter named '" + name + "'.");
@@ -690,7 +691,7 @@ Value filter_map(const Value& value, CallArgs& args) {
         CallArgs call = rest;
         out.push_back(apply_filter(name, item, call));
     }
-    return Value::list(std::move(out));
+    return Value::iterator("generator", std::move(out));
 }
 
 Value min_or_max(const Value& value, CallArgs& args, bool want_max) {
@@ -778,7 +779,9 @@ Value filter_indent(const Value& value, CallArgs& args) {
     }
     bool first = truthy(a.get_or(1, Value(false)));
     bool blank = truthy(a.get_or(2, Value(false)));
-    std::string s = to_str(value) + "\n";
+    if (value.is_undefined()) fail_undefined(value);
+    if (!value.is_string()) fail("unsupported operand type(s) for +=: '" + value.type_name() + "' and 'str'");
+    std::string s = value.as_string() + "\n";
     std::vector<std::string> lines = py_splitlines(s, false);
     std::string rv;
     if (blank) {
@@ -828,7 +831,14 @@ Value filter_tojson(const Value& value, CallArgs& args) {
 
 Value filter_truncate(const Value& value, CallArgs& args) {
     ArgReader a(args, "truncate", {"length", "killwords", "end", "leeway"});
-    std::string s = to_str(value);
+    if (!value.is_string()) {
+        // jinja2 takes len() of the value as it is; only strings can be cut.
+        int64_t n = length(value);
+        int64_t limit = int_arg(a.get_or(0, Value(int64_t(255))), "length") + int_arg(a.get_or(3, Value(int64_t(5))), "leeway");
+        if (n <= limit) return value;
+        fail("truncate needs a string, got " + value.type_name());
+    }
+    std::string s = value.as_string();
     int64_t length = int_arg(a.get_or(0, Value(int64_t(255))), "length");
     bool killwords = truthy(a.get_or(1, Value(false)));
     std::string end = to_str(a.get_or(2, Value("...")));
@@ -960,7 +970,7 @@ Value filter_unique(const Value& value, CallArgs& args) {
             out.push_back(item);
         }
     }
-    return Value::list(std::move(out));
+    return Value::iterator("generator", std::move(out));
 }
 
 Value filter_join(const Value& value, CallArgs& args) {
@@ -987,6 +997,11 @@ Value filter_replace(const Value& value, CallArgs& args) {
 
 Value filter_first(const Value& value, CallArgs& args) {
     ArgReader a(args, "first", {});
+    if (value.is_iterator()) {
+        IteratorState& it = value.as_iterator();
+        if (it.position >= it.items.size()) return Value::undefined("No first item, sequence was empty.");
+        return it.items[it.position++];
+    }
     if (value.is_sequence_like()) {
         if (value.items().empty()) return Value::undefined("No first item, sequence was empty.");
         return value.items().front();
@@ -998,6 +1013,7 @@ Value filter_first(const Value& value, CallArgs& args) {
 
 Value filter_last(const Value& value, CallArgs& args) {
     ArgReader a(args, "last", {});
+    if (value.is_iterator()) fail("'" + value.type_name() + "' object is not reversible");
     if (value.is_sequence_like()) {
         if (value.items().empty()) return Value::undefined("No last item, sequence was empty.");
         return value.items().back();
@@ -1014,8 +1030,12 @@ Value filter_reverse(const Value& value, CallArgs& args) {
         std::reverse(u.begin(), u.end());
         return Value(utf8_encode(u));
     }
+    // reversed(): an iterator over lists, tuples and dicts; a list for anything else iterable.
+    const char* kind = value.is_list() ? "list_reverseiterator" : value.is_dict() ? "dict_reversekeyiterator"
+                     : value.is_tuple() || value.is_undefined() ? "reversed" : nullptr;
     ValueList items = iterate(value);
     std::reverse(items.begin(), items.end());
+    if (kind) return Value::iterator(kind, std::move(items));
     return Value::list(std::move(items));
 }
 
@@ -1046,7 +1066,7 @@ Value filter_batch(const Value& value, CallArgs& args) {
             while (int64_t(tmp.size()) < linecount) tmp.push_back(fill);
         out.push_back(Value::list(std::move(tmp)));
     }
-    return Value::list(std::move(out));
+    return Value::iterator("generator", std::move(out));
 }
 
 Value filter_slice(const Value& value, CallArgs& args) {
@@ -1067,7 +1087,7 @@ Value filter_slice(const Value& value, CallArgs& args) {
         if (!fill.is_none() && n >= extra) tmp.push_back(fill);
         out.push_back(Value::list(std::move(tmp)));
     }
-    return Value::list(std::move(out));
+    return Value::iterator("generator", std::move(out));
 }
 
 Value filter_wordcount(const Value& value, CallArgs& args) {
@@ -1115,11 +1135,11 @@ Value filter_default(const Value& value, CallArgs& args) {
 
 Value filter_items(const Value& value, CallArgs& args) {
     ArgReader a(args, "items", {});
-    if (value.is_undefined()) return Value::list({});
+    if (value.is_undefined()) return Value::iterator("generator", {});
     if (!value.is_dict()) fail("Can only get item pairs from a mapping.");
     ValueList out;
     for (const auto& [k, v] : value.as_dict().entries) out.push_back(Value::tuple({k, v}));
-    return Value::list(std::move(out));
+    return Value::iterator("generator", std::move(out));
 }
 
 bool is_dict_method(std::string_view name) {
@@ -1817,17 +1837,21 @@ Value get_item(const Value& obj, const Value& key) {
     return Value::undefined("'" + object_type_repr(obj) + "' has no element " + repr(key));
 }
 
-Value get_slice(const Value& obj, const Value& start, const Value& stop, const Value& step) {
-    // jinja2 compiles obj[a:b] to a plain Python subscript (not the sandbox's getitem), so every
-    // failure here is an error rather than Undefined.
+Value get_slice(const Value& obj, const Value& start, const Value& stop, const Value& step, bool constant) {
     if (obj.is_undefined()) fail_undefined(obj);
+    // A TypeError becomes Undefined only in constant expressions, which jinja2 folds at compile
+    // time through the sandbox's getitem; at run time obj[a:b] is a plain Python subscript.
+    auto type_error = [&](const std::string& message) -> Value {
+        if (constant) return Value::undefined(message);
+        fail(message);
+    };
     if (!obj.is_string() && !obj.is_sequence_like()) {
-        if (obj.is_dict()) fail("unhashable type: 'slice'");
-        fail("'" + obj.type_name() + "' object is not subscriptable");
+        if (obj.is_dict()) return type_error("unhashable type: 'slice'");
+        return type_error("'" + obj.type_name() + "' object is not subscriptable");
     }
     for (const Value* part : {&start, &stop, &step})
         if (!part->is_none() && !part->is_integral())
-            fail("slice indices must be integers or None or have an __index__ method");
+            return type_error("slice indices must be integers or None or have an __index__ method");
     if (obj.is_string()) {
         const std::string& s = obj.as_string();
         std::string out;

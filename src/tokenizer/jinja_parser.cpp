@@ -1188,6 +1188,7 @@ private:
         expect(Tok::RBracket);
         auto e = make(ExprKind::Getitem, t.line);
         e->operands.push_back(std::move(node));
+        if (args.size() == 1 && args[0]->kind == ExprKind::Slice) e->constant = is_constant(e->operands[0].get()) && is_constant(args[0].get());
         if (args.size() == 1) {
             e->operands.push_back(std::move(args[0]));
         } else {
@@ -1196,6 +1197,34 @@ private:
             e->operands.push_back(std::move(tuple));
         }
         return e;
+    }
+
+    // Whether jinja2's compile-time constant folding (Node.as_const) can evaluate `e`: literals
+    // and operators over them, but no variables, calls, or filters that need the context.
+    static bool is_constant(const Expr* e) {
+        if (!e) return true;
+        switch (e->kind) {
+            case ExprKind::Name:
+            case ExprKind::Call:
+            case ExprKind::NsRef: return false;
+            case ExprKind::Filter:
+                if (e->unknown || e->name == "map" || e->name == "select" || e->name == "reject" ||
+                    e->name == "selectattr" || e->name == "rejectattr")
+                    return false;
+                break;
+            case ExprKind::Test:
+                if (e->unknown) return false;
+                break;
+            case ExprKind::Cond:
+                if (!e->operands[2]) return false;
+                break;
+            default: break;
+        }
+        for (const auto& o : e->operands)
+            if (!is_constant(o.get())) return false;
+        for (const auto& [_, v] : e->keywords)
+            if (!is_constant(v.get())) return false;
+        return is_constant(e->star_args.get()) && is_constant(e->star_kwargs.get());
     }
 
     ExprPtr parse_subscribed() {

@@ -31,6 +31,13 @@ Value Value::tuple(ValueList items) {
 
 Value Value::dict(DictData d) { return Value(Storage(std::shared_ptr<const DictData>(std::make_shared<DictData>(std::move(d))))); }
 
+Value Value::iterator(std::string kind, ValueList items) {
+    auto state = std::make_shared<IteratorState>();
+    state->kind = std::move(kind);
+    state->items = std::move(items);
+    return Value(Storage(std::move(state)));
+}
+
 Value Value::function(std::string name, std::function<Value(CallArgs&)> fn) {
     auto f = std::make_shared<Function>();
     f->name = std::move(name);
@@ -59,6 +66,7 @@ std::string Value::type_name() const {
         case Type::Namespace: return "Namespace";
         case Type::Function: return "function";
         case Type::Loop: return "LoopContext";
+        case Type::Iterator: return as_iterator().kind;
     }
     return "object";
 }
@@ -617,6 +625,7 @@ void append_str(std::string& out, const Value& v, bool as_repr) {
             out += '>';
             break;
         case Value::Type::Function: out += "<built-in method " + v.as_function().name + ">"; break;
+        case Value::Type::Iterator: out += "<" + v.as_iterator().kind + " object>"; break;
         case Value::Type::Loop: {
             const LoopState& s = *v.as_loop();
             out += "<LoopContext " + std::to_string(s.index0 + 1) + "/" + std::to_string(s.items->size()) + ">";
@@ -709,6 +718,7 @@ bool equals(const Value& a, const Value& b) {
         case Value::Type::Namespace: return a.as_namespace() == b.as_namespace();
         case Value::Type::Function: return &a.as_function() == &b.as_function();
         case Value::Type::Loop: return a.as_loop() == b.as_loop();
+        case Value::Type::Iterator: return &a.as_iterator() == &b.as_iterator();
         default: return false;
     }
 }
@@ -743,6 +753,13 @@ bool contains(const Value& haystack, const Value& needle) {
         case Value::Type::Dict:
             if (needle.is_list() || needle.is_dict()) fail("unhashable type: '" + needle.type_name() + "'");
             return haystack.as_dict().find(needle) != nullptr;
+        case Value::Type::Iterator: {
+            // Python's `in` consumes an iterator up to and including the match.
+            IteratorState& it = haystack.as_iterator();
+            while (it.position < it.items.size())
+                if (equals(it.items[it.position++], needle)) return true;
+            return false;
+        }
         default: fail("argument of type '" + haystack.type_name() + "' is not iterable");
     }
 }
@@ -783,6 +800,12 @@ ValueList iterate(const Value& v) {
             ValueList out;
             out.reserve(v.as_dict().entries.size());
             for (const auto& [k, _] : v.as_dict().entries) out.push_back(k);
+            return out;
+        }
+        case Value::Type::Iterator: {
+            IteratorState& it = v.as_iterator();
+            ValueList out(it.items.begin() + ptrdiff_t(it.position), it.items.end());
+            it.position = it.items.size();
             return out;
         }
         default: fail("'" + v.type_name() + "' object is not iterable");
@@ -864,6 +887,8 @@ std::pair<double, double> float_divmod(double vx, double wx) {
 Value binary_op(BinaryOp op, const Value& a, const Value& b) {
     if (a.is_undefined()) fail_undefined(a);
     if (b.is_undefined()) fail_undefined(b);
+    // str % x is str.__mod__, which accepts anything — even Undefined, as a "mapping".
+    if (op == BinaryOp::Mod && a.is_string()) return Value(percent_format(a.as_string(), b));
     bool ints = a.is_integral() && b.is_integral();
     bool nums = a.is_number() && b.is_number();
     switch (op) {
@@ -930,7 +955,6 @@ Value binary_op(BinaryOp op, const Value& a, const Value& b) {
                 auto [q, r] = float_divmod(a.as_double(), b.as_double());
                 return Value(op == BinaryOp::FloorDiv ? q : r);
             }
-            if (op == BinaryOp::Mod && a.is_string()) return Value(percent_format(a.as_string(), b));
             break;
         case BinaryOp::Pow:
             if (ints && b.as_int() >= 0) {
@@ -1166,12 +1190,13 @@ std::string pad_field(std::string body, size_t width, bool left_align, char fill
 std::string percent_format(const std::string& format, const Value& args) {
     ValueList positional;
     const DictData* mapping = nullptr;
+    // Python treats any non-tuple, non-str argument with __getitem__ (dict, list, Undefined) as
+    // a mapping: no "not all arguments converted" error, and %(key)s looks keys up in it.
+    bool mapping_like = args.is_dict() || args.is_list() || args.is_undefined();
     if (args.is_tuple()) {
         positional = args.items();
-    } else if (args.is_dict()) {
-        mapping = &args.as_dict();
-        positional.push_back(args);
     } else {
+        if (args.is_dict()) mapping = &args.as_dict();
         positional.push_back(args);
     }
     size_t next_arg = 0;
@@ -1297,7 +1322,7 @@ std::string percent_format(const std::string& format, const Value& args) {
             default: fail(std::string("unsupported format character '") + type + "'");
         }
     }
-    if (!used_mapping && !mapping && next_arg < positional.size())
+    if (!used_mapping && !mapping_like && next_arg < positional.size())
         fail("not all arguments converted during string formatting");
     return out;
 }

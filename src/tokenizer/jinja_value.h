@@ -27,6 +27,7 @@ struct DictData;
 struct NamespaceData;
 struct Function;
 struct LoopState;
+struct IteratorState;
 
 // Size limits that keep a hostile or buggy template from exhausting memory or time. Python would
 // happily build a 1 GB string; a chat template never needs to.
@@ -46,7 +47,9 @@ struct TupleBox {
 
 class Value {
 public:
-    enum class Type : uint8_t { Undefined, None, Bool, Int, Float, String, List, Tuple, Dict, Namespace, Function, Loop };
+    enum class Type : uint8_t {
+        Undefined, None, Bool, Int, Float, String, List, Tuple, Dict, Namespace, Function, Loop, Iterator
+    };
 
     Value() : data_(Undefined{}) {}
     static Value undefined(std::string hint) { return Value(Storage(Undefined{std::move(hint)})); }
@@ -64,6 +67,9 @@ public:
     static Value namespace_(std::shared_ptr<NamespaceData> ns) { return Value(Storage(std::move(ns))); }
     static Value function(std::string name, std::function<Value(struct CallArgs&)> fn);
     static Value loop(std::shared_ptr<LoopState> s) { return Value(Storage(std::move(s))); }
+    // A single-pass Python iterator (what map/select/unique/... return): truthy even when empty,
+    // no len(), and iterating it consumes it. `kind` is its Python type name ("generator").
+    static Value iterator(std::string kind, ValueList items);
 
     Type type() const { return static_cast<Type>(data_.index()); }
     bool is_undefined() const { return type() == Type::Undefined; }
@@ -78,6 +84,7 @@ public:
     bool is_namespace() const { return type() == Type::Namespace; }
     bool is_function() const { return type() == Type::Function; }
     bool is_loop() const { return type() == Type::Loop; }
+    bool is_iterator() const { return type() == Type::Iterator; }
     // Python's int includes bool; numbers include both and float.
     bool is_integral() const { return is_int() || is_bool(); }
     bool is_number() const { return is_int() || is_bool() || is_float(); }
@@ -93,6 +100,7 @@ public:
     const std::shared_ptr<NamespaceData>& as_namespace() const { return std::get<std::shared_ptr<NamespaceData>>(data_); }
     const Function& as_function() const { return *std::get<std::shared_ptr<Function>>(data_); }
     const std::shared_ptr<LoopState>& as_loop() const { return std::get<std::shared_ptr<LoopState>>(data_); }
+    IteratorState& as_iterator() const { return *std::get<std::shared_ptr<IteratorState>>(data_); }
     const std::string& undefined_hint() const { return std::get<Undefined>(data_).hint; }
 
     // Python's type name as used in TypeError messages: 'str', 'int', 'NoneType', ...
@@ -101,7 +109,7 @@ public:
 private:
     using Storage = std::variant<Undefined, NoneValue, bool, int64_t, double, std::string, ListBox, TupleBox,
                                  std::shared_ptr<const DictData>, std::shared_ptr<NamespaceData>,
-                                 std::shared_ptr<Function>, std::shared_ptr<LoopState>>;
+                                 std::shared_ptr<Function>, std::shared_ptr<LoopState>, std::shared_ptr<IteratorState>>;
     explicit Value(Storage s) : data_(std::move(s)) {}
     Storage data_;
 };
@@ -138,6 +146,12 @@ struct LoopState {
     std::function<Value(CallArgs&)> recurse;  // set for `recursive` loops: loop(children)
 };
 
+struct IteratorState {
+    std::string kind;
+    ValueList items;
+    size_t position = 0;  // items before this were consumed
+};
+
 // Throws swiftkv::Error; used for everything jinja2 would raise at render time.
 [[noreturn]] void fail(const std::string& message);
 // The error a misused Undefined raises (jinja2's UndefinedError).
@@ -158,8 +172,8 @@ bool less_than(const Value& a, const Value& b);
 bool contains(const Value& haystack, const Value& needle);
 // len(); throws for values without a length.
 int64_t length(const Value& value);
-// list(iter(value)): items of a list/tuple, keys of a dict, characters of a string; empty for
-// Undefined; throws for values that are not iterable.
+// list(iter(value)): items of a list/tuple, keys of a dict, characters of a string, what is left
+// of an iterator (consuming it); empty for Undefined; throws for values that are not iterable.
 ValueList iterate(const Value& value);
 
 enum class BinaryOp : uint8_t { Add, Sub, Mul, Div, FloorDiv, Mod, Pow };

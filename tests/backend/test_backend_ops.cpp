@@ -175,7 +175,7 @@ TEST_P(BackendOps, RopeRotateHalf) {
     struct Case { int64_t rows, n_heads, head_dim, extra; double theta; int32_t max_pos; };
     for (const Case c : {Case{1, 1, 2, 0, 10000.0, 5}, Case{7, 9, 64, 3 * 64 * 2, 10000.0, 4096},
                          Case{40, 3, 128, 5, 500000.0, 130000}, Case{5, 2, 6, 0, 100.0, 50},
-                         Case{300, 4, 64, 0, 10000.0, 299}}) {
+                         Case{300, 4, 64, 0, 10000.0, 299}, Case{3, 2, 64, 0, 10000.0, 2147483647}}) {
         const int64_t half = c.head_dim / 2, stride = c.n_heads * c.head_dim + c.extra;
         std::vector<float> inv_freq(static_cast<size_t>(half));
         for (int64_t i = 0; i < half; ++i)

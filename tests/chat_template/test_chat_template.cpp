@@ -176,7 +176,7 @@ TEST(ChatTemplate, RunawayLoopsStop) {
     std::string message =
         error_of("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
     EXPECT_NE(message.find("too long"), std::string::npos) << message;
-    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(8));
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
 }
 
 TEST(ChatTemplate, DeepNestingFailsCleanly) {

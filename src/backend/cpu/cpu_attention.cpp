@@ -3,15 +3,18 @@
 // Work decomposition: a tile is (sequence, kv head, up to kTargetColumns/group query rows). The query
 // rows of all query heads sharing the kv head are stacked as the tile's columns, so each K/V element
 // read from the cache serves every head of the group. A tile runs flash-attention style over its causal
-// key prefix in chunks of kKeyChunk keys, gathered from the paged blocks into contiguous scratch.
+// key prefix in chunks of kKeyChunk keys, read in place from the paged blocks (copied to scratch only
+// when a block does not hold whole groups of 8 keys).
 //
-// Everything inside a tile is kept "query-transposed": Qt[d][m], St[n][m] (scores), Ot[d][m], with m the
+// Wide tiles (prefill) are kept "query-transposed": Qt[d][m], St[n][m] (scores), Ot[d][m], with m the
 // stacked query column. Then both products are outer-product micro-kernels that broadcast K or V
 // elements straight from their natural row-major layout and load 16 query columns per vector:
 //   St[n][m] = sum_d K[n][d] Qt[d][m]          (8 keys x 48 columns per micro-tile)
 //   Ot[d][m] = alpha[m] Ot[d][m] + sum_n V[n][d] Pt[n][m]   (8 dims x 48 columns per micro-tile)
 // and the online softmax runs along n, i.e. elementwise across vectors of 16 columns (no horizontal
-// reductions). No BLAS inside, so no interplay between thread systems.
+// reductions). Narrow tiles (decode: at most 8 columns) would waste most vector lanes that way and use
+// dot products along head_dim instead (run_piece_narrow). No BLAS inside, so no interplay between
+// thread systems.
 //
 // When there are few tiles (decode, small chunked prefill), a tile's key range is split into pieces
 // (flash-decoding); pieces write unnormalised partial results that a second pass merges.
@@ -388,7 +391,7 @@ inline void softmax_columns(const TileScratch& s, const KeyChunk& chunk, int64_t
 }
 
 // Online-softmax step over one chunk: masks, updates row_max/row_sum, turns st into probabilities
-// exp(s - max) and leaves alpha = exp(old_max - new_max) for rescaling ot.
+// 2^(s - max) and leaves alpha = 2^(old_max - new_max) for rescaling ot (scores are in log2 units).
 void softmax_chunk(const TileScratch& s, const KeyChunk& chunk, int64_t cols) {
     int64_t m0 = 0;
     for (; m0 + 64 <= cols; m0 += 64) softmax_columns<4>(s, chunk, cols, m0);
@@ -659,7 +662,7 @@ void softmax_chunk(const TileScratch& s, const KeyChunk& chunk, int64_t cols) {
 
 #endif  // SKV_CPU_AVX512
 
-// dst[j * dst_stride + i] = src[i * src_stride + j] * (row_factor ? row_factor[j] : scale), for i < n_src_rows,
+// dst[j * dst_stride + i] = src[i * src_stride + j] * (col_factor ? col_factor[j] : scale), for i < n_src_rows,
 // j < n_src_cols; 16 x 16 register blocks where possible.
 void transpose_scaled(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int64_t n_src_rows,
                       int64_t n_src_cols, const float* col_factor, float scale) {
@@ -669,7 +672,7 @@ void transpose_scaled(const float* src, int64_t src_stride, float* dst, int64_t 
         int64_t j0 = 0;
         for (; j0 + 16 <= n_src_cols; j0 += 16) {
             if (col_factor) {
-                // Factor applies per destination row j: scale after the transpose.
+                // The factor belongs to source column j, i.e. destination row j: apply it after transposing.
                 __m512 r[16];
 #pragma GCC unroll 16
                 for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (i0 + i) * src_stride + j0);
@@ -754,7 +757,7 @@ void run_piece(const Problem& p, const Tile& tile, const Piece& piece, float* pa
     }
 }
 
-// Combines the pieces of a split tile: out = sum_j w_j ot_j / sum_j w_j sum_j, w_j = exp(max_j - max).
+// Combines the pieces of a split tile: out = sum_j w_j ot_j / sum_j w_j sum_j, w_j = 2^(max_j - max).
 void merge_tile(const Problem& p, const Tile& tile, const float* partials) {
     const AttentionBatch& b = *p.batch;
     const int64_t hd = p.head_dim, group = p.group;

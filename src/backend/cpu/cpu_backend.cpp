@@ -20,6 +20,9 @@ namespace {
 
 // Copies below this many bytes are not worth waking the pool for.
 constexpr int64_t kParallelCopyBytes = 1 << 20;
+// The RoPE table covers positions up to this size (256K positions at head_dim 64); rows beyond it get
+// their cos/sin computed per call.
+constexpr int64_t kMaxRopeTableBytes = int64_t(64) << 20;
 
 // cos/sin of angle = float(position) * inv_freq[i] for positions [0, positions()), computed once per
 // inv_freq: angles in f32 as PyTorch does, cos/sin in double then rounded (PyTorch's f32 cos/sin are
@@ -37,19 +40,19 @@ public:
     const float* ensure(int64_t max_position) {
         if (max_position >= positions_) {
             const int64_t half = int64_t(inv_freq_.size());
-            const int64_t n = cpu::round_up(max_position + 1, 1024);
+            const int64_t n = std::min(cpu::round_up(max_position + 1, 1024), kMaxRopeTableBytes / int64_t(sizeof(float)) / (2 * half));
             table_.resize(size_t(n * 2 * half));
-            for (int64_t p = positions_; p < n; ++p) {
-                float* entry = table_.data() + p * 2 * half;
-                for (int64_t i = 0; i < half; ++i) {
-                    const float angle = float(p) * inv_freq_[size_t(i)];
-                    entry[i] = float(std::cos(double(angle)));
-                    entry[half + i] = float(std::sin(double(angle)));
-                }
-            }
+            for (int64_t p = positions_; p < n; ++p) fill_entry(p, inv_freq_.data(), half, table_.data() + p * 2 * half);
             positions_ = n;
         }
         return table_.data();
+    }
+    static void fill_entry(int64_t position, const float* inv_freq, int64_t half, float* entry) {
+        for (int64_t i = 0; i < half; ++i) {
+            const float angle = float(position) * inv_freq[i];
+            entry[i] = float(std::cos(double(angle)));
+            entry[half + i] = float(std::sin(double(angle)));
+        }
     }
 
 private:
@@ -138,6 +141,17 @@ public:
             max_position = std::max(max_position, positions[r]);
         }
         const int64_t half = head_dim / 2;
+        if ((int64_t(max_position) + 1) * 2 * half * int64_t(sizeof(float)) > kMaxRopeTableBytes) {
+            // Positions too far out to tabulate: compute this call's rows directly (same formula as the table).
+            std::vector<float> cos_sin(size_t(rows * 2 * half));
+            std::vector<int32_t> row_index(static_cast<size_t>(rows));
+            for (int64_t r = 0; r < rows; ++r) {
+                RopeTable::fill_entry(positions[r], inv_freq, half, cos_sin.data() + r * 2 * half);
+                row_index[size_t(r)] = int32_t(r);
+            }
+            cpu::rope_apply(x, rows, row_stride, n_heads, head_dim, row_index.data(), cos_sin.data(), *pool_);
+            return;
+        }
         std::lock_guard<std::mutex> lock(rope_mutex_);
         RopeTable* table = nullptr;
         for (auto& t : rope_tables_)

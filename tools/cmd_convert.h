@@ -1,0 +1,18 @@
+// swiftkv convert — the subcommand's arguments and entry point (tools/cmd_convert.cpp).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+
+struct ConvertArgs {
+    std::string model;           // empty: the bundled default model
+    std::string swiftkv_layers;  // "15" or "50%"
+    int64_t group = 1;
+    std::string out;
+    std::string dtype = "auto";
+    bool force = false;
+};
+
+void add_convert_args(CLI::App& app, ConvertArgs& args);
+int cmd_convert(const ConvertArgs& args);
