@@ -21,7 +21,8 @@ ggml's AMX kernels die with SIGILL (seen with Q4_1 on a Firecracker guest that r
 `auto` (default) first tries the model with them on in a child process and falls back to off when
 the child dies; the JSON records what was used and why.
 
-Reported per test: mean and sample stddev of tokens/s over the reps, the raw times, and the peak
+Reported per test: mean and sample stddev of tokens/s over the reps (as llama-bench), median and
+best (less sensitive to other load on the machine), the raw times, and the peak
 RSS of the process during the test (VmHWM, reset per test through /proc/self/clear_refs when the
 kernel allows it; otherwise the process-wide peak so far). The JSON also records the
 llama-cpp-python version, ggml version/commit, the CPU model, the thread count, the load average
@@ -231,6 +232,7 @@ def main():
         results.append({
             "test": name, "n_tokens": n, "reps": args.reps, "times_s": times, "tokens_per_s": tps,
             "tokens_per_s_mean": mean, "tokens_per_s_stddev": sd,
+            "tokens_per_s_median": statistics.median(tps), "tokens_per_s_best": max(tps),
             "ms_per_token_mean": 1000.0 * statistics.fmean(times) / n,
             "peak_rss_mib": peak_rss_mib(), "peak_rss_is_per_test": peak_reset,
         })
@@ -286,14 +288,15 @@ def main():
     print(f"llama-cpp-python {llama_cpp.__version__} (ggml {out['ggml'].get('ggml_version')} "
           f"{out['ggml'].get('ggml_commit')}), CPU: {out['cpu_model']}, "
           f"load avg before/after: {load_before} / {load_after}")
-    hdr = f"| {'model':<28} | {'size':>9} | {'params':>8} | threads | type_k | n_batch | n_ubatch | fa | rp | {'test':>7} | {'t/s':>20} | peak RSS MiB |"
+    hdr = f"| {'model':<28} | {'size':>9} | {'params':>8} | threads | type_k | n_batch | n_ubatch | fa | rp | {'test':>7} | {'t/s':>20} | {'best t/s':>9} | peak RSS MiB |"
     print(hdr)
     print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
     for r in results:
         print(f"| {model_desc[:28]:<28} | {model_size / 2**20:>5.1f} MiB | {model_params / 1e6:>6.1f} M | "
               f"{args.threads:>7} | {args.type_k:>6} | {args.n_batch:>7} | {min(args.n_batch, args.n_ubatch):>8} | "
               f"{int(args.flash_attn):>2} | {int(extra_bufts):>2} | {r['test']:>7} | "
-              f"{r['tokens_per_s_mean']:>11.2f} ± {r['tokens_per_s_stddev']:>6.2f} | {r['peak_rss_mib']:>12.1f} |")
+              f"{r['tokens_per_s_mean']:>11.2f} ± {r['tokens_per_s_stddev']:>6.2f} | {r['tokens_per_s_best']:>9.2f} | "
+              f"{r['peak_rss_mib']:>12.1f} |")
     print(f"wrote {json_out}")
 
 

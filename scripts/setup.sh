@@ -20,6 +20,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 
+echo "== Python test packages (requirements-test.txt)"
+python3 -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA256=$(cat scripts/default_model.sha256)
 if [ ! -f "$MODEL" ] || ! echo "$MODEL_SHA256  $MODEL" | sha256sum -c --quiet - 2>/dev/null; then

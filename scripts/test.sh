@@ -12,6 +12,9 @@ cmake --preset release >/dev/null
 cmake --build --preset release -j"$(nproc)"
 ctest --preset release -j"$(nproc)"
 
+# Python-side interop checks (they drive the C++ binaries of build/release).
+SWIFTKV_BUILD_DIR=build/release python3 -m pytest -q tests
+
 if [ "$FUZZ_SECONDS" != "0" ]; then
   scripts/run_fuzzers.sh "$FUZZ_SECONDS"
 fi

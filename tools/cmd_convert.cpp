@@ -29,6 +29,10 @@ void add_convert_args(CLI::App& app, ConvertArgs& args) {
     app.add_option("--dtype", args.dtype, "tensor dtype: auto (bf16 if the base is bf16, else f32), f32 or bf16")
         ->check(CLI::IsMember({"auto", "f32", "bf16"}));
     app.add_flag("--force", args.force, "replace the output directory if it exists");
+    app.add_option("--max-shard-size", args.max_shard_bytes,
+                   "split the weights into model-0000i-of-0000n.safetensors files of at most this size (e.g. 2GB, "
+                   "500MB; default 4GB)")
+        ->transform(CLI::AsSizeValue(true));
 }
 
 int cmd_convert(const ConvertArgs& args) {
@@ -39,6 +43,7 @@ int cmd_convert(const ConvertArgs& args) {
     o.out_dir = args.out;
     o.dtype = args.dtype == "bf16" ? ConvertDType::BF16 : args.dtype == "f32" ? ConvertDType::F32 : ConvertDType::Auto;
     o.force = args.force;
+    o.max_shard_bytes = args.max_shard_bytes;
     const bool tty = ::isatty(STDERR_FILENO) != 0;
     bool bar_shown = false;
     if (tty) {

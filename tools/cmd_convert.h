@@ -12,6 +12,7 @@ struct ConvertArgs {
     std::string out;
     std::string dtype = "auto";
     bool force = false;
+    uint64_t max_shard_bytes = 4'000'000'000ull;
 };
 
 void add_convert_args(CLI::App& app, ConvertArgs& args);

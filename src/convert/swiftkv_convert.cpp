@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <random>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -151,17 +152,20 @@ public:
         }
         SKV_CHECK(fs::is_directory(parent, ec), "cannot write to '{}': '{}' is not a directory", target_.string(),
                   parent.string());
-        std::string pattern = (parent / (target_.filename().string() + ".tmp-XXXXXX")).string();
-        if (::mkdtemp(pattern.data()) == nullptr) {
-            const std::string why = std::strerror(errno);
-            remove_created_parents();
-            SKV_THROW("cannot create the output directory in '{}': {}", parent.string(), why);
+        // mkdir (not mkdtemp) so that the directory gets the permissions the umask gives a plain mkdir.
+        int error = 0;
+        for (int attempt = 0; attempt < 100 && staging_.empty(); ++attempt) {
+            const fs::path candidate = parent / (target_.filename().string() + ".tmp-" + random_suffix());
+            if (::mkdir(candidate.c_str(), 0777) == 0) {
+                staging_ = candidate;
+            } else if ((error = errno) != EEXIST) {
+                break;
+            }
         }
-        staging_ = pattern;
-        // mkdtemp makes the folder private (0700); give it the permissions a plain mkdir would.
-        const mode_t mask = ::umask(0);
-        ::umask(mask);
-        ::chmod(staging_.c_str(), 0777 & ~mask);
+        if (staging_.empty()) {
+            remove_created_parents();
+            SKV_THROW("cannot create the output directory in '{}': {}", parent.string(), std::strerror(error));
+        }
     }
 
     ~StagedDirectory() {
@@ -181,10 +185,15 @@ public:
         const fs::path parent = target_.parent_path();
         fs::path old;
         if (replace_existing_) {
-            std::string pattern = (parent / (target_.filename().string() + ".old-XXXXXX")).string();
-            SKV_CHECK(::mkdtemp(pattern.data()) != nullptr, "cannot replace '{}': {}", target_.string(),
-                      std::strerror(errno));
-            old = pattern;
+            for (int attempt = 0; attempt < 100 && old.empty(); ++attempt) {
+                const fs::path candidate = parent / (target_.filename().string() + ".old-" + random_suffix());
+                if (::mkdir(candidate.c_str(), 0700) == 0) {
+                    old = candidate;
+                } else {
+                    SKV_CHECK(errno == EEXIST, "cannot replace '{}': {}", target_.string(), std::strerror(errno));
+                }
+            }
+            SKV_CHECK(!old.empty(), "cannot replace '{}': no free name for the old directory", target_.string());
             // rename(2) replaces the empty placeholder directory atomically.
             if (std::rename(target_.c_str(), old.c_str()) != 0) {
                 const std::string why = std::strerror(errno);
@@ -210,6 +219,11 @@ public:
     }
 
 private:
+    static std::string random_suffix() {
+        static std::mt19937_64 rng{std::random_device{}() ^ uint64_t(::getpid())};
+        return fmt::format("{:06x}", rng() & 0xffffff);
+    }
+
     void remove_created_parents() {
         if (created_root_.empty()) return;
         std::error_code ec;
@@ -225,12 +239,24 @@ private:
     bool committed_ = false;
 };
 
+// Written and flushed to disk before the directory is renamed into place.
 void write_text_file(const fs::path& path, const std::string& text) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    SKV_CHECK(out.good(), "cannot create '{}'", path.string());
-    out.write(text.data(), std::streamsize(text.size()));
-    out.close();
-    SKV_CHECK(!out.fail(), "cannot write '{}' (disk full?)", path.string());
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    SKV_CHECK(fd >= 0, "cannot create '{}': {}", path.string(), std::strerror(errno));
+    size_t done = 0;
+    while (done < text.size()) {
+        const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            const std::string why = n < 0 ? std::strerror(errno) : "no progress";
+            ::close(fd);
+            SKV_THROW("cannot write '{}': {}", path.string(), why);
+        }
+        done += size_t(n);
+    }
+    const bool synced = ::fsync(fd) == 0;
+    const std::string why = synced ? "" : std::strerror(errno);
+    SKV_CHECK(::close(fd) == 0 && synced, "cannot write '{}': {}", path.string(), why.empty() ? "close failed" : why);
 }
 
 void write_json_file(const fs::path& path, const nlohmann::json& doc) {
@@ -504,7 +530,8 @@ ConvertResult convert_to_swiftkv(const ConvertOptions& options) {
             }
         }
     }
-    for (auto& [key, value] : config.to_hf_json().items()) config_json[key] = value;
+    const nlohmann::json swiftkv_config = config.to_hf_json();
+    for (const auto& [key, value] : swiftkv_config.items()) config_json[key] = value;
     config_json["torch_dtype"] = out_dtype == DType::BF16 ? "bfloat16" : "float32";
 
     // Weights: one file, or shards of at most max_shard_bytes (a larger tensor gets its own shard).
@@ -549,10 +576,11 @@ ConvertResult convert_to_swiftkv(const ConvertOptions& options) {
     write_json_file(out.dir() / "config.json", config_json);
     result.other_files.push_back("config.json");
     for (const std::string& name : copied) {
-        std::error_code ec;
-        fs::copy_file(fs::path(src_path) / name, out.dir() / name, ec);
-        SKV_CHECK(!ec, "cannot copy '{}' to '{}': {}", (fs::path(src_path) / name).string(), out.dir().string(),
-                  ec.message());
+        const fs::path from = fs::path(src_path) / name;
+        std::ifstream in(from, std::ios::binary);
+        std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        SKV_CHECK(!in.bad(), "cannot read '{}'", from.string());
+        write_text_file(out.dir() / name, text);
         result.other_files.push_back(name);
     }
     for (const auto& [name, doc] : generated_docs) {

@@ -999,6 +999,7 @@ Value filter_first(const Value& value, CallArgs& args) {
     ArgReader a(args, "first", {});
     if (value.is_iterator()) {
         IteratorState& it = value.as_iterator();
+        it.materialize();
         if (it.position >= it.items.size()) return Value::undefined("No first item, sequence was empty.");
         return it.items[it.position++];
     }
@@ -1168,6 +1169,17 @@ Value filter_format(const Value& value, CallArgs& args) {
 
 Value unsupported_filter(const Value&, CallArgs&) { fail("this jinja2 filter is not supported in chat templates"); }
 
+// jinja2's generator filters run their body only when the result is consumed.
+template <FilterFn F>
+Value lazy(const Value& value, CallArgs& args) {
+    return Value::generator([value, args]() mutable { return iterate(F(value, args)); });
+}
+
+Value filter_select(const Value& v, CallArgs& a) { return select_or_reject(v, a, true, false); }
+Value filter_reject(const Value& v, CallArgs& a) { return select_or_reject(v, a, false, false); }
+Value filter_selectattr(const Value& v, CallArgs& a) { return select_or_reject(v, a, true, true); }
+Value filter_rejectattr(const Value& v, CallArgs& a) { return select_or_reject(v, a, false, true); }
+
 const std::unordered_map<std::string_view, FilterFn>& filter_table() {
     static const std::unordered_map<std::string_view, FilterFn> table = {
         {"abs",
@@ -1182,7 +1194,7 @@ const std::unordered_map<std::string_view, FilterFn>& filter_table() {
              fail("bad operand type for abs(): '" + v.type_name() + "'");
          }},
         {"attr", filter_attr},
-        {"batch", filter_batch},
+        {"batch", lazy<filter_batch>},
         {"capitalize",
          [](const Value& v, CallArgs& a) {
              ArgReader r(a, "capitalize", {});
@@ -1224,7 +1236,7 @@ const std::unordered_map<std::string_view, FilterFn>& filter_table() {
         {"groupby", unsupported_filter},
         {"indent", filter_indent},
         {"int", filter_int},
-        {"items", filter_items},
+        {"items", lazy<filter_items>},
         {"join", filter_join},
         {"last", filter_last},
         {"list",
@@ -1242,15 +1254,15 @@ const std::unordered_map<std::string_view, FilterFn>& filter_table() {
              ArgReader r(a, "upper", {});
              return Value(py_upper(to_str(v)));
          }},
-        {"map", filter_map},
+        {"map", lazy<filter_map>},
         {"max", [](const Value& v, CallArgs& a) { return min_or_max(v, a, true); }},
         {"min", [](const Value& v, CallArgs& a) { return min_or_max(v, a, false); }},
         {"pprint", unsupported_filter},
         {"random", unsupported_filter},
-        {"reject", [](const Value& v, CallArgs& a) { return select_or_reject(v, a, false, false); }},
-        {"rejectattr", [](const Value& v, CallArgs& a) { return select_or_reject(v, a, false, true); }},
-        {"select", [](const Value& v, CallArgs& a) { return select_or_reject(v, a, true, false); }},
-        {"selectattr", [](const Value& v, CallArgs& a) { return select_or_reject(v, a, true, true); }},
+        {"reject", lazy<filter_reject>},
+        {"rejectattr", lazy<filter_rejectattr>},
+        {"select", lazy<filter_select>},
+        {"selectattr", lazy<filter_selectattr>},
         {"replace", filter_replace},
         {"reverse", filter_reverse},
         {"round", filter_round},
@@ -1259,7 +1271,7 @@ const std::unordered_map<std::string_view, FilterFn>& filter_table() {
              ArgReader r(a, "safe", {});
              return Value(to_str(v));
          }},
-        {"slice", filter_slice},
+        {"slice", lazy<filter_slice>},
         {"sort", filter_sort},
         {"string",
          [](const Value& v, CallArgs& a) {
@@ -1276,7 +1288,7 @@ const std::unordered_map<std::string_view, FilterFn>& filter_table() {
              return Value(py_strip(to_str(v), optional_str_arg(r.get(0), "trim chars"), true, true));
          }},
         {"truncate", filter_truncate},
-        {"unique", filter_unique},
+        {"unique", lazy<filter_unique>},
         {"urlencode", unsupported_filter},
         {"urlize", unsupported_filter},
         {"wordcount", filter_wordcount},

@@ -160,14 +160,18 @@ private:
     static std::string rstrip(const std::string& text) { return py_strip(text, std::nullopt, false, true); }
 
     // jinja2's OptionalLStrip: `-` strips all whitespace before the tag; otherwise lstrip_blocks
-    // strips spaces and tabs between the last newline and a block or comment tag.
+    // strips the whitespace between the last newline and a block or comment tag.
     std::string strip_before_tag(std::string text, char sign, bool is_variable) const {
         if (sign == '-') return rstrip(text);
         if (sign == '+' || is_variable) return text;
         size_t l_pos = text.rfind('\n');
         l_pos = l_pos == std::string::npos ? 0 : l_pos + 1;
         if (l_pos > 0 || line_starting_) {
-            if (text.find_first_not_of(" \t", l_pos) == std::string::npos) text.resize(l_pos);
+            // jinja2 3.1 strips when the rest of the line is whitespace (regex \s, so unicode
+            // spaces count too).
+            bool all_space = true;
+            for (char32_t c : utf8_decode(std::string_view(text).substr(l_pos))) all_space = all_space && is_space(c);
+            if (all_space) text.resize(l_pos);
         }
         return text;
     }
@@ -1188,7 +1192,6 @@ private:
         expect(Tok::RBracket);
         auto e = make(ExprKind::Getitem, t.line);
         e->operands.push_back(std::move(node));
-        if (args.size() == 1 && args[0]->kind == ExprKind::Slice) e->constant = is_constant(e->operands[0].get()) && is_constant(args[0].get());
         if (args.size() == 1) {
             e->operands.push_back(std::move(args[0]));
         } else {
@@ -1199,6 +1202,7 @@ private:
         return e;
     }
 
+public:
     // Whether jinja2's compile-time constant folding (Node.as_const) can evaluate `e`: literals
     // and operators over them, but no variables, calls, or filters that need the context.
     static bool is_constant(const Expr* e) {
@@ -1226,6 +1230,8 @@ private:
             if (!is_constant(v.get())) return false;
         return is_constant(e->star_args.get()) && is_constant(e->star_kwargs.get());
     }
+
+private:
 
     ExprPtr parse_subscribed() {
         int line = current().line;
@@ -1399,6 +1405,49 @@ void check_unknown_names(const Expr* e, bool soft) {
     check_unknown_names(e->star_kwargs.get(), soft);
 }
 
+// jinja2 folds constant expressions at compile time, and folding evaluates obj[a:b] through the
+// sandbox's getitem, where a TypeError gives Undefined instead of an error. A folded result is
+// kept when it is a whole {{ }} expression, or when an operation on top of the slice (a test, a
+// filter, ~, ==, ...) turns it into a plain value; mark the slices such folding covers.
+void mark_all_slices(Expr* e) {
+    if (!e) return;
+    if (e->kind == ExprKind::Getitem && e->operands[1]->kind == ExprKind::Slice) e->constant = true;
+    for (auto& o : e->operands) mark_all_slices(o.get());
+    for (auto& [_, v] : e->keywords) mark_all_slices(v.get());
+}
+
+void mark_constant_slices(Expr* e, bool whole_output) {
+    if (!e) return;
+    bool slice_root = e->kind == ExprKind::Getitem && e->operands[1]->kind == ExprKind::Slice;
+    bool folds = e->kind != ExprKind::Const && e->kind != ExprKind::List && e->kind != ExprKind::Tuple &&
+                 e->kind != ExprKind::Dict && e->kind != ExprKind::Slice && !slice_root;
+    if ((whole_output || folds) && Parser::is_constant(e)) {
+        mark_all_slices(e);
+        return;
+    }
+    for (auto& o : e->operands) mark_constant_slices(o.get(), false);
+    for (auto& [_, v] : e->keywords) mark_constant_slices(v.get(), false);
+    mark_constant_slices(e->star_args.get(), false);
+    mark_constant_slices(e->star_kwargs.get(), false);
+}
+
+void mark_constant_slices(StmtList& body) {
+    for (auto& s : body) {
+        mark_constant_slices(s->expr.get(), s->kind == StmtKind::Print);
+        mark_constant_slices(s->target.get(), false);
+        mark_constant_slices(s->condition.get(), false);
+        mark_constant_slices(s->filter.get(), false);
+        for (auto& [test, branch] : s->branches) {
+            mark_constant_slices(test.get(), false);
+            mark_constant_slices(branch);
+        }
+        for (auto& d : s->defaults) mark_constant_slices(d.get(), false);
+        for (auto& [t, v] : s->assignments) mark_constant_slices(v.get(), false);
+        mark_constant_slices(s->body);
+        mark_constant_slices(s->else_body);
+    }
+}
+
 }  // namespace
 
 StmtList parse_template(const std::string& source) {
@@ -1406,6 +1455,7 @@ StmtList parse_template(const std::string& source) {
     Parser parser(lexer.run());
     StmtList body = parser.parse();
     check_unknown_names(body, false);
+    mark_constant_slices(body);
     return body;
 }
 

@@ -38,6 +38,13 @@ Value Value::iterator(std::string kind, ValueList items) {
     return Value(Storage(std::move(state)));
 }
 
+Value Value::generator(std::function<ValueList()> producer) {
+    auto state = std::make_shared<IteratorState>();
+    state->kind = "generator";
+    state->pending = std::move(producer);
+    return Value(Storage(std::move(state)));
+}
+
 Value Value::function(std::string name, std::function<Value(CallArgs&)> fn) {
     auto f = std::make_shared<Function>();
     f->name = std::move(name);
@@ -756,6 +763,7 @@ bool contains(const Value& haystack, const Value& needle) {
         case Value::Type::Iterator: {
             // Python's `in` consumes an iterator up to and including the match.
             IteratorState& it = haystack.as_iterator();
+            it.materialize();
             while (it.position < it.items.size())
                 if (equals(it.items[it.position++], needle)) return true;
             return false;
@@ -804,6 +812,7 @@ ValueList iterate(const Value& v) {
         }
         case Value::Type::Iterator: {
             IteratorState& it = v.as_iterator();
+            it.materialize();
             ValueList out(it.items.begin() + ptrdiff_t(it.position), it.items.end());
             it.position = it.items.size();
             return out;
@@ -885,10 +894,10 @@ std::pair<double, double> float_divmod(double vx, double wx) {
 }  // namespace
 
 Value binary_op(BinaryOp op, const Value& a, const Value& b) {
-    if (a.is_undefined()) fail_undefined(a);
-    if (b.is_undefined()) fail_undefined(b);
     // str % x is str.__mod__, which accepts anything — even Undefined, as a "mapping".
     if (op == BinaryOp::Mod && a.is_string()) return Value(percent_format(a.as_string(), b));
+    if (a.is_undefined()) fail_undefined(a);
+    if (b.is_undefined()) fail_undefined(b);
     bool ints = a.is_integral() && b.is_integral();
     bool nums = a.is_number() && b.is_number();
     switch (op) {

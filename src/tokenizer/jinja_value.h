@@ -70,6 +70,9 @@ public:
     // A single-pass Python iterator (what map/select/unique/... return): truthy even when empty,
     // no len(), and iterating it consumes it. `kind` is its Python type name ("generator").
     static Value iterator(std::string kind, ValueList items);
+    // A generator whose items are computed when it is first consumed, as Python generators run
+    // their body lazily (an error in it only surfaces if something iterates).
+    static Value generator(std::function<ValueList()> producer);
 
     Type type() const { return static_cast<Type>(data_.index()); }
     bool is_undefined() const { return type() == Type::Undefined; }
@@ -149,7 +152,15 @@ struct LoopState {
 struct IteratorState {
     std::string kind;
     ValueList items;
-    size_t position = 0;  // items before this were consumed
+    size_t position = 0;                  // items before this were consumed
+    std::function<ValueList()> pending;  // set until a lazy generator first runs
+
+    void materialize() {
+        if (!pending) return;
+        auto producer = std::move(pending);
+        pending = nullptr;
+        items = producer();
+    }
 };
 
 // Throws swiftkv::Error; used for everything jinja2 would raise at render time.
