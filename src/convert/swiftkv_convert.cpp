@@ -38,25 +38,6 @@ std::string layer_name(int64_t layer, const char* suffix) { return fmt::format("
 
 std::string shape_text(const std::vector<int64_t>& s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
 
-// Rows [row_begin, row_end) of a source tensor as f32, in Hugging Face layout. This is the same
-// conversion LlamaModel's loader does (llama_model.cpp read_rows_f32); the tests check that a converted
-// directory gives the base model's logits exactly. GGUF Q/K tensors have each head's rows interleaved
-// ((a, b) -> 2b + a) by llama.cpp's converter; Hugging Face row a*half + b is GGUF row 2b + a.
-void read_rows_f32(const SourceTensor& t, int64_t row_begin, int64_t row_end, int64_t head_dim, float* dst) {
-    const int64_t cols = t.shape.size() == 1 ? t.shape[0] : t.shape[1];
-    const int64_t row_bytes = dtype_row_bytes(t.dtype, cols);
-    const int64_t half = head_dim / 2;
-    for (int64_t r = row_begin; r < row_end; ++r) {
-        int64_t src_row = r;
-        if (t.gguf_rope_permuted) {
-            const int64_t head = r / head_dim, within = r % head_dim;
-            const int64_t a = within / half, b = within % half;
-            src_row = head * head_dim + 2 * b + a;
-        }
-        dequantize_to_f32(t.dtype, t.data + src_row * row_bytes, dst + (r - row_begin) * cols, cols);
-    }
-}
-
 bool convertible_dtype(DType t) {
     return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 || t == DType::Q4_0 ||
            t == DType::Q4_1;
@@ -91,10 +72,10 @@ void write_tensor(SafetensorsStreamWriter& writer, const PlannedTensor& t, DType
     for (int64_t r = 0; r < rows; r += chunk_rows) {
         const int64_t n = std::min(chunk_rows, rows - r);
         const size_t count = size_t(n * cols);
-        read_rows_f32(first, r, r + n, head_dim, acc.data());
+        read_source_rows_f32(first, r, r + n, head_dim, acc.data());
         if (t.sources.size() > 1) {
             for (size_t s = 1; s < t.sources.size(); ++s) {
-                read_rows_f32(*t.sources[s], r, r + n, head_dim, part.data());
+                read_source_rows_f32(*t.sources[s], r, r + n, head_dim, part.data());
                 for (size_t i = 0; i < count; ++i) acc[i] += part[i];
             }
             for (size_t i = 0; i < count; ++i) acc[i] *= inv_count;
@@ -412,7 +393,7 @@ ConvertResult convert_to_swiftkv(const ConvertOptions& options) {
         SKV_CHECK(freqs->shape == std::vector<int64_t>{config.head_dim / 2} && convertible_dtype(freqs->dtype),
                   "{}: rope_freqs has shape {}, expected [{}]", src_path, shape_text(freqs->shape), config.head_dim / 2);
         std::vector<float> divisors(size_t(config.head_dim / 2));
-        read_rows_f32(*freqs, 0, 1, 0, divisors.data());
+        read_source_rows_f32(*freqs, 0, 1, 0, divisors.data());
         auto scaling = llama3_rope_scaling_from_divisors(config, divisors);
         SKV_CHECK(scaling.has_value(),
                   "{}: its rope_freqs tensor (llama.cpp's RoPE frequency divisors) does not match Hugging Face's "

@@ -16,24 +16,6 @@ std::string layer_name(int64_t layer, const char* suffix) {
     return fmt::format("model.layers.{}.{}", layer, suffix);
 }
 
-// Copies rows [row_begin, row_end) of a source tensor, converted to f32, into dst.
-// GGUF Q/K tensors have each head's rows interleaved ((a, b) -> 2b + a) by llama.cpp's converter for
-// its interleaved RoPE; Hugging Face row r = a*half + b is read from GGUF row 2b + a.
-void read_rows_f32(const SourceTensor& t, int64_t row_begin, int64_t row_end, int64_t head_dim, float* dst) {
-    const int64_t cols = t.shape.size() == 1 ? t.shape[0] : t.shape[1];
-    const int64_t row_bytes = dtype_row_bytes(t.dtype, cols);
-    const int64_t half = head_dim / 2;
-    for (int64_t r = row_begin; r < row_end; ++r) {
-        int64_t src_row = r;
-        if (t.gguf_rope_permuted) {
-            const int64_t head = r / head_dim, within = r % head_dim;
-            const int64_t a = within / half, b = within % half;
-            src_row = head * head_dim + 2 * b + a;
-        }
-        dequantize_to_f32(t.dtype, t.data + src_row * row_bytes, dst + (r - row_begin) * cols, cols);
-    }
-}
-
 void upload_ints(Backend& backend, DeviceBuffer& buf, const std::vector<int32_t>& v) {
     const size_t bytes = std::max<size_t>(v.size(), 1) * sizeof(int32_t);
     if (buf.bytes() < bytes) buf = DeviceBuffer(backend, bytes * 2);
@@ -67,7 +49,7 @@ WeightMatrix LlamaModel::upload_matrix(const ModelSource& source, const std::vec
     for (const SourceTensor* t : parts) {
         for (int64_t r = 0; r < t->shape[0]; r += chunk_rows) {
             const int64_t n = std::min(chunk_rows, t->shape[0] - r);
-            read_rows_f32(*t, r, r + n, config_.head_dim, staging.data());
+            read_source_rows_f32(*t, r, r + n, config_.head_dim, staging.data());
             char* dst = buf.as<char>() + size_t(out_row * cols) * elem;
             if (dtype == DType::BF16) {
                 for (int64_t i = 0; i < n * cols; ++i) staging_bf16[i] = f32_to_bf16(staging[i]);
@@ -87,7 +69,7 @@ WeightMatrix LlamaModel::upload_matrix(const ModelSource& source, const std::vec
 const float* LlamaModel::upload_vector(const ModelSource& source, const std::string& name, int64_t n) {
     const SourceTensor& t = source.require(name, {n});
     std::vector<float> host(n);
-    read_rows_f32(t, 0, 1, 0, host.data());
+    read_source_rows_f32(t, 0, 1, 0, host.data());
     DeviceBuffer buf(backend_, size_t(n) * 4);
     backend_.upload(buf.get(), host.data(), size_t(n) * 4);
     const float* p = buf.as<float>();
@@ -152,7 +134,7 @@ void LlamaModel::load(const ModelSource& source, const LoadOptions& options) {
         SKV_CHECK(freqs->shape == std::vector<int64_t>{c.head_dim / 2}, "{}: rope_freqs has shape [{}], expected [{}]",
                   source.path(), freqs->shape.empty() ? 0 : freqs->shape[0], c.head_dim / 2);
         std::vector<float> div(c.head_dim / 2);
-        read_rows_f32(*freqs, 0, 1, 0, div.data());
+        read_source_rows_f32(*freqs, 0, 1, 0, div.data());
         for (size_t i = 0; i < inv.size(); ++i) inv[i] /= div[i];
     }
     inv_freq_ = DeviceBuffer(backend_, inv.size() * 4);

@@ -47,6 +47,21 @@ int64_t SourceTensor::numel() const {
     return n;
 }
 
+void read_source_rows_f32(const SourceTensor& t, int64_t row_begin, int64_t row_end, int64_t head_dim, float* dst) {
+    const int64_t cols = t.shape.size() == 1 ? t.shape[0] : t.shape[1];
+    const int64_t row_bytes = dtype_row_bytes(t.dtype, cols);
+    const int64_t half = head_dim / 2;
+    for (int64_t r = row_begin; r < row_end; ++r) {
+        int64_t src_row = r;
+        if (t.gguf_rope_permuted) {
+            const int64_t head = r / head_dim, within = r % head_dim;
+            const int64_t a = within / half, b = within % half;
+            src_row = head * head_dim + 2 * b + a;
+        }
+        dequantize_to_f32(t.dtype, t.data + src_row * row_bytes, dst + (r - row_begin) * cols, cols);
+    }
+}
+
 std::optional<std::string> canonical_name_from_gguf(const std::string& g) {
     for (const auto& [gg, hf] : kGlobalNames) {
         if (g == gg) return std::string(hf);

@@ -70,6 +70,11 @@ private:
     std::map<std::string, SourceTensor> tensors_;
 };
 
+// Rows [row_begin, row_end) of a tensor converted to f32 into dst, in Hugging Face layout. GGUF Q/K
+// tensors have each head's rows interleaved ((a, b) -> 2b + a) by llama.cpp's converter for its
+// interleaved RoPE; Hugging Face row a*half + b is read from GGUF row 2b + a. 1-D tensors are one row.
+void read_source_rows_f32(const SourceTensor& t, int64_t row_begin, int64_t row_end, int64_t head_dim, float* dst);
+
 // Canonical name of a GGUF tensor name ("blk.3.attn_q.weight" -> "model.layers.3.self_attn.q_proj.weight"),
 // or std::nullopt for tensors swiftkv does not use.
 std::optional<std::string> canonical_name_from_gguf(const std::string& gguf_name);
