@@ -144,8 +144,10 @@ private:
             case StmtKind::For: return exec_for(s, eval(*s.expr, scope), scope, out, 0);
             case StmtKind::Set: assign(*s.target, eval(*s.expr, scope), scope); return Flow::Normal;
             case StmtKind::SetBlock: {
+                // A break/continue inside the block leaves it (jinja2 inlines the block in the
+                // loop's Python code): nothing is assigned.
                 std::string captured;
-                exec_list(s.body, child_of(scope), captured);
+                if (Flow f = exec_list(s.body, child_of(scope), captured); f != Flow::Normal) return f;
                 Value v(std::move(captured));
                 if (s.filter) v = eval_filter_chain(*s.filter, v, scope);
                 assign(*s.target, std::move(v), scope);
@@ -160,7 +162,7 @@ private:
             }
             case StmtKind::FilterBlock: {
                 std::string captured;
-                exec_list(s.body, child_of(scope), captured);
+                if (Flow f = exec_list(s.body, child_of(scope), captured); f != Flow::Normal) return f;
                 emit(out, to_str(eval_filter_chain(*s.filter, Value(std::move(captured)), scope)));
                 return Flow::Normal;
             }
@@ -190,10 +192,7 @@ private:
             }
             items = std::move(kept);
         }
-        if (items.empty()) {
-            exec_list(s.else_body, child_of(scope), out);
-            return Flow::Normal;
-        }
+        if (items.empty()) return exec_list(s.else_body, child_of(scope), out);
         auto state = std::make_shared<LoopState>();
         state->items = std::make_shared<const ValueList>(std::move(items));
         state->depth0 = depth0;
@@ -212,6 +211,9 @@ private:
         Value loop = Value::loop(state);
         const ValueList& list = *state->items;
         ScopePtr iteration;
+        // jinja2 marks the loop as having run only when an iteration reaches the end of the
+        // body, so the else branch also runs when every iteration ended in break or continue.
+        bool completed_iteration = false;
         for (size_t i = 0; i < list.size(); ++i) {
             step();
             state->index0 = int64_t(i);
@@ -226,7 +228,10 @@ private:
             iteration->set("loop", loop);
             Flow f = exec_list(s.body, iteration, out);
             if (f == Flow::Break) break;
+            if (f == Flow::Normal) completed_iteration = true;
         }
+        // The else branch belongs to the enclosing loop: its break/continue apply there.
+        if (!completed_iteration && !s.else_body.empty()) return exec_list(s.else_body, child_of(scope), out);
         return Flow::Normal;
     }
 

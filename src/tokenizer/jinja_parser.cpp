@@ -702,9 +702,13 @@ private:
             return s;
         }
         if (tag == "generation") {
+            // transformers implements it as a call block: the body is a function, outside any loop.
             auto s = new_stmt(StmtKind::Scope, t.line);
             next();
+            int saved = loop_depth_;
+            loop_depth_ = 0;
             s->body = parse_statements({"endgeneration"}, true);
+            loop_depth_ = saved;
             return s;
         }
         if (tag == "block" || tag == "extends" || tag == "include" || tag == "import" || tag == "from" ||
@@ -755,10 +759,7 @@ private:
         auto s = new_stmt(StmtKind::SetBlock, line);
         s->target = std::move(target);
         s->filter = parse_filter(nullptr, false);
-        int saved = loop_depth_;
-        loop_depth_ = 0;
         s->body = parse_statements({"endset"}, true);
-        loop_depth_ = saved;
         return s;
     }
 

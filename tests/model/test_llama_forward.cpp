@@ -13,6 +13,7 @@
 #include "kv/paged_kv_cache.h"
 #include "model/llama_model.h"
 #include "model/model_source.h"
+#include "random_schedule.h"
 #include "tiny_model.h"
 
 using namespace swiftkv;
@@ -25,14 +26,8 @@ std::string temp_dir(const std::string& name) {
     return d.string();
 }
 
-struct Seq {
-    std::vector<int> tokens;
-    int64_t done = 0;
-    std::vector<int32_t> blocks;
-};
-
-// Runs all sequences to completion with random step sizes, several sequences per step, and checks
-// the logits of every token against the reference.
+// Runs all sequences to completion on a random schedule and returns the worst logits error relative
+// to each row's largest reference logit.
 double run_and_compare(const TinyModel& tiny, DType dtype, unsigned seed, int64_t block_size) {
     const std::string dir = temp_dir("fwd" + std::to_string(seed));
     write_tiny_model(tiny, dir);
@@ -44,76 +39,26 @@ double run_and_compare(const TinyModel& tiny, DType dtype, unsigned seed, int64_
     PagedKvCache cache(*backend, model.config(), 128, block_size);
 
     std::mt19937 rng(seed);
-    std::vector<Seq> seqs(4);
-    const int lengths[] = {1, 5, 23, 40};
-    // Hand out blocks in a shuffled order so physical order differs from logical order.
-    std::vector<int32_t> free_blocks(128);
-    std::iota(free_blocks.begin(), free_blocks.end(), 0);
-    std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
-    for (size_t i = 0; i < seqs.size(); ++i) {
-        std::uniform_int_distribution<int> tok(0, tiny.spec.vocab - 1);
-        for (int t = 0; t < lengths[i]; ++t) seqs[i].tokens.push_back(tok(rng));
-        const int64_t nb = (lengths[i] + block_size - 1) / block_size;
-        for (int64_t b = 0; b < nb; ++b) {
-            seqs[i].blocks.push_back(free_blocks.back());
-            free_blocks.pop_back();
-        }
+    std::vector<std::vector<int>> seqs;
+    std::uniform_int_distribution<int> tok(0, tiny.spec.vocab - 1);
+    for (int len : {1, 5, 23, 40}) {
+        seqs.emplace_back();
+        for (int t = 0; t < len; ++t) seqs.back().push_back(tok(rng));
     }
     std::vector<std::vector<double>> refs;
-    for (auto& s : seqs) refs.push_back(reference_logits(tiny, s.tokens));
+    for (auto& s : seqs) refs.push_back(reference_logits(tiny, s));
 
     double worst = 0;
     const int64_t V = tiny.spec.vocab;
-    while (true) {
-        ForwardBatch batch;
-        batch.query_start.push_back(0);
-        int64_t max_blocks = 0;
-        for (auto& s : seqs) max_blocks = std::max<int64_t>(max_blocks, int64_t(s.blocks.size()));
-        batch.max_blocks_per_seq = int32_t(max_blocks);
-        std::vector<std::pair<size_t, int64_t>> wanted;  // (sequence, position) per logits row
-        for (size_t i = 0; i < seqs.size(); ++i) {
-            auto& s = seqs[i];
-            const int64_t left = int64_t(s.tokens.size()) - s.done;
-            if (left == 0 || rng() % 3 == 0) continue;  // some sequences sit a step out
-            const int64_t n = std::min<int64_t>(left, 1 + rng() % 9);
-            const int32_t first_row = int32_t(batch.tokens.size());
-            for (int64_t k = 0; k < n; ++k) {
-                batch.tokens.push_back(s.tokens[s.done + k]);
-                batch.positions.push_back(int32_t(s.done + k));
-            }
-            batch.query_start.push_back(int32_t(batch.tokens.size()));
-            batch.seq_lens.push_back(int32_t(s.done + n));
-            for (int64_t b = 0; b < max_blocks; ++b) {
-                batch.block_tables.push_back(b < int64_t(s.blocks.size()) ? s.blocks[b] : 0);
-            }
-            // Ask for logits of a random suffix of this sequence's rows (possibly none).
-            const int64_t keep = rng() % (n + 1);
-            for (int64_t k = n - keep; k < n; ++k) {
-                batch.logits_indices.push_back(first_row + int32_t(k));
-                wanted.push_back({i, s.done + k});
-            }
-            s.done += n;
+    run_random_schedule(model, cache, seqs, rng, [&](size_t seq, int64_t pos, const float* logits) {
+        double scale = 0, err = 0;
+        for (int64_t v = 0; v < V; ++v) {
+            const double expect = refs[seq][size_t(pos * V + v)];
+            scale = std::max(scale, std::fabs(expect));
+            err = std::max(err, std::fabs(expect - double(logits[v])));
         }
-        if (batch.tokens.empty()) {
-            bool all_done = true;
-            for (auto& s : seqs) all_done &= s.done == int64_t(s.tokens.size());
-            if (all_done) break;
-            continue;
-        }
-        std::vector<float> logits;
-        model.forward(batch, cache.view(), logits);
-        EXPECT_EQ(logits.size(), wanted.size() * size_t(V));
-        for (size_t r = 0; r < wanted.size(); ++r) {
-            const auto& ref = refs[wanted[r].first];
-            double scale = 0, err = 0;
-            for (int64_t v = 0; v < V; ++v) {
-                const double expect = ref[size_t(wanted[r].second * V + v)];
-                scale = std::max(scale, std::fabs(expect));
-                err = std::max(err, std::fabs(expect - double(logits[r * V + v])));
-            }
-            worst = std::max(worst, err / scale);
-        }
-    }
+        worst = std::max(worst, err / scale);
+    });
     std::filesystem::remove_all(dir);
     return worst;
 }
