@@ -9,10 +9,13 @@ all-F32 GGUF made by scripts/make_f32_gguf.py (the Q4_1 weights dequantized to
 f32), so that llama.cpp computes in f32 like swiftkv does (on the Q4_1 file it
 would quantize activations to 8 bits inside its matmuls).
 
-Settings: use_extra_bufts false (no repack/AMX), n_ctx 4096, n_batch = n_ubatch = 2048 (every prompt, <= 2048 tokens,
-is evaluated in ONE micro-batch), logits_all, F32 K and V cache (type_k =
-type_v = GGML_TYPE_F32 = 0), flash attention off, 2 threads, fixed seed (no
-sampler is used at all: greedy is an argmax in numpy).
+Settings: n_ctx 4096, n_batch = n_ubatch = 2048 (every prompt, <= 2048
+tokens, is evaluated in ONE micro-batch), logits_all, F32 K and V cache
+(type_k = type_v = GGML_TYPE_F32 = 0), flash attention off, 2 threads,
+use_extra_bufts false (plain ggml CPU kernels: no weight repacking, no AMX),
+fixed seed (no sampler is used at all: greedy is an argmax in numpy).
+Outputs are bit-for-bit reproducible: two full runs gave identical files, and
+so did a fresh process with 1 thread, prompts in reverse order, n_ubatch 512.
 
 For each prompt:
   * prompt_ids: llama.cpp's own tokenization of `text` (the model's default

@@ -48,5 +48,7 @@ struct BenchArgs {
     std::vector<int64_t> gen_lengths{128};
     int reps = 3;
     std::string json_out;
+    std::vector<std::string> compare;           // more models to measure side by side
+    std::vector<std::string> swiftkv_variants;  // "50%" or "50%:3": convert the model and measure it too
 };
 int cmd_bench(const swiftkv::cli::ModelArgs& model, const BenchArgs& args);

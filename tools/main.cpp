@@ -47,6 +47,10 @@ int main(int argc, char** argv) {
     bench->add_option("-g,--gen-lengths", bench_args.gen_lengths, "generation lengths to measure (tg)")->delimiter(',');
     bench->add_option("-r,--reps", bench_args.reps, "repetitions")->check(CLI::Range(1, 1000));
     bench->add_option("-o,--json", bench_args.json_out, "write results as JSON to this file");
+    bench->add_option("--compare", bench_args.compare, "another model to measure in the same run (repeatable)");
+    bench->add_option("--swiftkv-cuts", bench_args.swiftkv_variants,
+                      "also convert the model to SwiftKV at these cuts (CUT or CUT:GROUP, e.g. 50%,25%,50%:3) and measure each")
+        ->delimiter(',');
 
     ConvertArgs convert_args;
     auto* convert = app.add_subcommand("convert", "make a SwiftKV student (llama_swiftkv directory) from a base Llama model");

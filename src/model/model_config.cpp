@@ -55,6 +55,15 @@ std::vector<float> ModelConfig::rope_inv_freq() const {
     return inv;
 }
 
+double ModelConfig::prefill_flops_per_token(int64_t prompt_len) const {
+    const double H = double(hidden), qd = double(q_dim()), kvd = double(kv_dim()), F = double(ffn);
+    const double avg_context = (double(prompt_len) + 1.0) / 2.0;
+    const double layer_matmul = 2.0 * (H * (qd + 2 * kvd) + qd * H + 3.0 * H * F);
+    const double layer_attention = 2.0 * 2.0 * avg_context * qd;  // QK^T and PV
+    const double groups = double(n_layers - swiftkv_layers) / double(kv_group_size);
+    return double(swiftkv_layers) * (layer_matmul + layer_attention) + groups * 2.0 * H * 2.0 * kvd;
+}
+
 void ModelConfig::validate(const std::string& source) const {
     auto positive = [&](int64_t v, const char* name, int64_t max) {
         SKV_CHECK(v > 0 && v <= max, "{}: {} = {} is out of range (1..{})", source, name, v, max);

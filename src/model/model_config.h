@@ -51,6 +51,12 @@ struct ModelConfig {
     int64_t q_dim() const { return n_heads * head_dim; }
     int64_t kv_dim() const { return n_kv_heads * head_dim; }
 
+    // Matrix and attention FLOPs per prompt token when prefilling a prompt of prompt_len tokens from
+    // an empty cache (2 FLOPs per multiply-add; causal attention averaged over the prompt; the LM head
+    // and the later layers of the last token excluded). For a SwiftKV model the tokens skip layers
+    // >= L and pay only the fused K/V projection of the later groups instead.
+    double prefill_flops_per_token(int64_t prompt_len) const;
+
     // Inverse RoPE frequencies [head_dim/2], with rope scaling applied (as Hugging Face computes them).
     std::vector<float> rope_inv_freq() const;
 

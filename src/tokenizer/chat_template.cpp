@@ -7,6 +7,7 @@
 #include "tokenizer/chat_template.h"
 
 #include <string_view>
+#include <unordered_set>
 
 #include "core/error.h"
 #include "tokenizer/jinja_ast.h"
@@ -22,6 +23,7 @@ using namespace jinja;
 constexpr size_t kMaxOutputBytes = 10u << 20;
 constexpr int64_t kMaxSteps = 10'000'000;  // statements run + loop iterations
 constexpr int kMaxCallDepth = 100;         // nested macro calls / recursive loops
+constexpr size_t kMaxNamespaces = 100'000;
 
 struct Scope {
     std::shared_ptr<Scope> parent;
@@ -85,9 +87,17 @@ public:
         }
     }
 
-    // Values stored in scopes can point back at scopes (a loop object kept in a namespace holds
-    // its recursive-call closure); clearing the root breaks such cycles.
-    ~Renderer() { root_->vars.clear(); }
+    // Namespaces are the one mutable value: they can form cycles and chains of any length. All of
+    // them stay alive until the render ends; then their attributes are moved out first, so that
+    // destroying them never recurses through a chain (and cycles are freed too).
+    ~Renderer() {
+        std::vector<Value> released;
+        for (auto& ns : namespaces_) {
+            for (auto& [key, value] : ns->attributes.entries) released.push_back(std::move(value));
+            ns->attributes.entries.clear();
+        }
+        root_->vars.clear();
+    }
 
     std::string render(const StmtList& body) {
         std::string out;
@@ -358,7 +368,12 @@ private:
         CallArgs args;
         collect_args(e, 1, scope, args);
         if (caller) args.keyword.emplace_back("caller", *caller);
-        return call_value(callee, args);
+        Value result = call_value(callee, args);
+        if (result.is_namespace() && known_namespaces_.insert(result.as_namespace().get()).second) {
+            if (namespaces_.size() >= kMaxNamespaces) fail("the template creates too many namespaces");
+            namespaces_.push_back(result.as_namespace());
+        }
+        return result;
     }
 
     // A filter chain from {% filter f|g %} or {% set x | f %}: the innermost subject is `input`.
@@ -480,6 +495,8 @@ private:
     }
 
     ScopePtr root_;
+    std::vector<std::shared_ptr<NamespaceData>> namespaces_;
+    std::unordered_set<const NamespaceData*> known_namespaces_;
     int64_t steps_ = 0;
     int call_depth_ = 0;
     int current_line_ = 1;

@@ -1172,7 +1172,10 @@ Value unsupported_filter(const Value&, CallArgs&) { fail("this jinja2 filter is 
 // jinja2's generator filters run their body only when the result is consumed.
 template <FilterFn F>
 Value lazy(const Value& value, CallArgs& args) {
-    return Value::generator([value, args]() mutable { return iterate(F(value, args)); });
+    int depth = value.nesting();
+    for (const Value& v : args.positional) depth = std::max(depth, v.nesting());
+    for (const auto& [_, v] : args.keyword) depth = std::max(depth, v.nesting());
+    return Value::generator([value, args]() mutable { return iterate(F(value, args)); }, depth);
 }
 
 Value filter_select(const Value& v, CallArgs& a) { return select_or_reject(v, a, true, false); }
@@ -1302,7 +1305,8 @@ const std::unordered_map<std::string_view, FilterFn>& filter_table() {
 // Methods of str, dict, list (through attribute access)
 
 Value bind_method(const Value& self, std::string name, Value (*method)(const Value&, CallArgs&)) {
-    return Value::function(std::move(name), [self, method](CallArgs& args) { return method(self, args); });
+    return Value::function(std::move(name), [self, method](CallArgs& args) { return method(self, args); },
+                           self.nesting());
 }
 
 using MethodFn = Value (*)(const Value&, CallArgs&);

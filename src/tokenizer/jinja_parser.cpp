@@ -575,6 +575,19 @@ private:
         Parser& parser;
     };
 
+    // Left-associative chains (a + b + c, x|f|g, obj.a.b) nest one node deeper per link without
+    // recursing in the parser; each link counts as a nesting level so the tree stays shallow
+    // enough for the recursive evaluator and destructors.
+    struct ChainGuard {
+        explicit ChainGuard(Parser& p) : parser(p), saved(p.depth_) {}
+        void link() {
+            if (++parser.depth_ > kMaxNesting) parser.fail("template is nested too deeply");
+        }
+        ~ChainGuard() { parser.depth_ = saved; }
+        Parser& parser;
+        int saved;
+    };
+
     const Token& current() const { return tokens_[index_]; }
     const Token& look() const { return tokens_[std::min(index_ + 1, tokens_.size() - 1)]; }
     const Token& next() {
@@ -889,7 +902,9 @@ private:
         DepthGuard guard(*this);
         int line = current().line;
         ExprPtr expr1 = parse_or();
+        ChainGuard chain(*this);
         while (skip_if_name("if")) {
+            chain.link();
             ExprPtr expr2 = parse_or();
             ExprPtr expr3;
             if (skip_if_name("else")) expr3 = parse_condexpr();
@@ -912,14 +927,22 @@ private:
     ExprPtr parse_or() {
         int line = current().line;
         ExprPtr left = parse_and();
-        while (skip_if_name("or")) left = binary(ExprKind::Or, std::move(left), parse_and(), line);
+        ChainGuard chain(*this);
+        while (skip_if_name("or")) {
+            chain.link();
+            left = binary(ExprKind::Or, std::move(left), parse_and(), line);
+        }
         return left;
     }
 
     ExprPtr parse_and() {
         int line = current().line;
         ExprPtr left = parse_not();
-        while (skip_if_name("and")) left = binary(ExprKind::And, std::move(left), parse_not(), line);
+        ChainGuard chain(*this);
+        while (skip_if_name("and")) {
+            chain.link();
+            left = binary(ExprKind::And, std::move(left), parse_not(), line);
+        }
         return left;
     }
 
@@ -982,7 +1005,9 @@ private:
     ExprPtr parse_math1() {
         int line = current().line;
         ExprPtr left = parse_concat();
+        ChainGuard chain(*this);
         while (at(Tok::Add) || at(Tok::Sub)) {
+            chain.link();
             BinaryOp op = next().type == Tok::Add ? BinaryOp::Add : BinaryOp::Sub;
             left = arith(op, std::move(left), parse_concat(), line);
         }
@@ -1002,7 +1027,9 @@ private:
     ExprPtr parse_math2() {
         int line = current().line;
         ExprPtr left = parse_pow();
+        ChainGuard chain(*this);
         while (at(Tok::Mul) || at(Tok::Div) || at(Tok::FloorDiv) || at(Tok::Mod)) {
+            chain.link();
             Tok t = next().type;
             BinaryOp op = t == Tok::Mul ? BinaryOp::Mul : t == Tok::Div ? BinaryOp::Div
                         : t == Tok::FloorDiv ? BinaryOp::FloorDiv : BinaryOp::Mod;
@@ -1014,7 +1041,11 @@ private:
     ExprPtr parse_pow() {
         int line = current().line;
         ExprPtr left = parse_unary(true);
-        while (skip_if(Tok::Pow)) left = arith(BinaryOp::Pow, std::move(left), parse_unary(true), line);
+        ChainGuard chain(*this);
+        while (skip_if(Tok::Pow)) {
+            chain.link();
+            left = arith(BinaryOp::Pow, std::move(left), parse_unary(true), line);
+        }
         return left;
     }
 
@@ -1140,10 +1171,13 @@ private:
     }
 
     ExprPtr parse_postfix(ExprPtr node) {
+        ChainGuard chain(*this);
         while (true) {
             if (at(Tok::Dot) || at(Tok::LBracket)) {
+                chain.link();
                 node = parse_subscript(std::move(node));
             } else if (at(Tok::LParen)) {
+                chain.link();
                 node = parse_call(std::move(node));
             } else {
                 return node;
@@ -1152,12 +1186,16 @@ private:
     }
 
     ExprPtr parse_filter_expr(ExprPtr node) {
+        ChainGuard chain(*this);
         while (true) {
             if (at(Tok::Pipe)) {
+                chain.link();
                 node = parse_filter(std::move(node), false);
             } else if (at_name("is")) {
+                chain.link();
                 node = parse_test(std::move(node));
             } else if (at(Tok::LParen)) {
+                chain.link();
                 node = parse_call(std::move(node));
             } else {
                 return node;
@@ -1311,7 +1349,9 @@ private:
     }
 
     ExprPtr parse_filter(ExprPtr node, bool start_inline) {
+        ChainGuard chain(*this);
         while (at(Tok::Pipe) || start_inline) {
+            chain.link();
             if (!start_inline) next();
             const Token& name_token = current();
             std::string name = parse_dotted_name();

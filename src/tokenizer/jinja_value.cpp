@@ -19,36 +19,72 @@ namespace swiftkv::jinja {
     fail(hint.empty() ? std::string("value is undefined") : hint);
 }
 
+int container_depth(const ValueList& values) {
+    int depth = 0;
+    for (const Value& v : values) depth = std::max(depth, v.nesting());
+    if (depth + 1 > kMaxValueDepth) fail("a value is nested too deeply (more than 256 levels)");
+    return depth + 1;
+}
+
+int Value::nesting() const {
+    switch (type()) {
+        case Type::List: return std::get<ListBox>(data_).depth;
+        case Type::Tuple: return std::get<TupleBox>(data_).depth;
+        case Type::Dict: return as_dict().depth;
+        case Type::Function: return as_function().depth;
+        case Type::Loop: return as_loop()->depth;
+        case Type::Iterator: return as_iterator().depth;
+        default: return 0;
+    }
+}
+
 Value Value::list(ValueList items) {
     if (items.size() > kMaxListItems) fail("list is too large");
-    return Value(Storage(ListBox{std::make_shared<const ValueList>(std::move(items))}));
+    int depth = container_depth(items);
+    return Value(Storage(ListBox{std::make_shared<const ValueList>(std::move(items)), depth}));
 }
 
 Value Value::tuple(ValueList items) {
     if (items.size() > kMaxListItems) fail("tuple is too large");
-    return Value(Storage(TupleBox{std::make_shared<const ValueList>(std::move(items))}));
+    int depth = container_depth(items);
+    return Value(Storage(TupleBox{std::make_shared<const ValueList>(std::move(items)), depth}));
 }
 
-Value Value::dict(DictData d) { return Value(Storage(std::shared_ptr<const DictData>(std::make_shared<DictData>(std::move(d))))); }
+Value Value::dict(DictData d) {
+    int depth = 0;
+    for (const auto& [k, v] : d.entries) depth = std::max({depth, k.nesting(), v.nesting()});
+    if (depth + 1 > kMaxValueDepth) fail("a value is nested too deeply (more than 256 levels)");
+    d.depth = depth + 1;
+    return Value(Storage(std::shared_ptr<const DictData>(std::make_shared<DictData>(std::move(d)))));
+}
 
+Value Value::loop(std::shared_ptr<LoopState> s) {
+    s->depth = container_depth(*s->items);
+    return Value(Storage(std::move(s)));
+}
 Value Value::iterator(std::string kind, ValueList items) {
     auto state = std::make_shared<IteratorState>();
     state->kind = std::move(kind);
+    state->depth = container_depth(items);
     state->items = std::move(items);
     return Value(Storage(std::move(state)));
 }
 
-Value Value::generator(std::function<ValueList()> producer) {
+Value Value::generator(std::function<ValueList()> producer, int captured_depth) {
+    if (captured_depth + 1 > kMaxValueDepth) fail("a value is nested too deeply (more than 256 levels)");
     auto state = std::make_shared<IteratorState>();
     state->kind = "generator";
+    state->depth = captured_depth + 1;
     state->pending = std::move(producer);
     return Value(Storage(std::move(state)));
 }
 
-Value Value::function(std::string name, std::function<Value(CallArgs&)> fn) {
+Value Value::function(std::string name, std::function<Value(CallArgs&)> fn, int captured_depth) {
+    if (captured_depth + 1 > kMaxValueDepth) fail("a value is nested too deeply (more than 256 levels)");
     auto f = std::make_shared<Function>();
     f->name = std::move(name);
     f->call = std::move(fn);
+    f->depth = captured_depth + 1;
     return Value(Storage(std::move(f)));
 }
 
@@ -351,8 +387,13 @@ std::string py_title(std::string_view s) {
     std::string out;
     out.reserve(s.size());
     bool previous_cased = false;
-    for (char32_t c : utf8_decode(s)) {
-        if (previous_cased) {
+    std::u32string u = utf8_decode(s);
+    for (size_t i = 0; i < u.size(); ++i) {
+        char32_t c = u[i];
+        if (previous_cased && c == 0x3A3) {
+            bool before_cased = i + 1 < u.size() && is_cased(u[i + 1]);
+            utf8_append(out, before_cased ? 0x3C3 : 0x3C2);  // final sigma, as in py_lower
+        } else if (previous_cased) {
             utf8_append(out, to_lower(c));
         } else if (c == 0xDF) {
             out += "Ss";
@@ -584,29 +625,32 @@ std::string repr_string(std::string_view s) {
 
 namespace {
 
-void append_str(std::string& out, const Value& v, bool as_repr);
+void append_str(std::string& out, const Value& v, bool as_repr, int depth = 0);
 
-void append_items(std::string& out, const ValueList& items) {
+void append_items(std::string& out, const ValueList& items, int depth) {
     for (size_t i = 0; i < items.size(); ++i) {
         if (i) out += ", ";
-        append_str(out, items[i], true);
+        append_str(out, items[i], true, depth);
         if (out.size() > kMaxStringBytes) fail("string is too large");
     }
 }
 
-void append_dict(std::string& out, const DictData& d) {
+void append_dict(std::string& out, const DictData& d, int depth) {
     out += '{';
     for (size_t i = 0; i < d.entries.size(); ++i) {
         if (i) out += ", ";
-        append_str(out, d.entries[i].first, true);
+        append_str(out, d.entries[i].first, true, depth);
         out += ": ";
-        append_str(out, d.entries[i].second, true);
+        append_str(out, d.entries[i].second, true, depth);
         if (out.size() > kMaxStringBytes) fail("string is too large");
     }
     out += '}';
 }
 
-void append_str(std::string& out, const Value& v, bool as_repr) {
+void append_str(std::string& out, const Value& v, bool as_repr, int depth) {
+    // Namespaces can refer to each other (even to themselves); Python would print "..." for a
+    // cycle, here it is an error rather than endless recursion.
+    if (++depth > 2 * kMaxValueDepth) fail("a value is nested too deeply to print");
     switch (v.type()) {
         case Value::Type::Undefined: out += as_repr ? "Undefined" : ""; break;
         case Value::Type::None: out += "None"; break;
@@ -616,19 +660,19 @@ void append_str(std::string& out, const Value& v, bool as_repr) {
         case Value::Type::String: out += as_repr ? repr_string(v.as_string()) : v.as_string(); break;
         case Value::Type::List:
             out += '[';
-            append_items(out, v.items());
+            append_items(out, v.items(), depth);
             out += ']';
             break;
         case Value::Type::Tuple:
             out += '(';
-            append_items(out, v.items());
+            append_items(out, v.items(), depth);
             if (v.items().size() == 1) out += ',';
             out += ')';
             break;
-        case Value::Type::Dict: append_dict(out, v.as_dict()); break;
+        case Value::Type::Dict: append_dict(out, v.as_dict(), depth); break;
         case Value::Type::Namespace:
             out += "<Namespace ";
-            append_dict(out, v.as_namespace()->attributes);
+            append_dict(out, v.as_namespace()->attributes, depth);
             out += '>';
             break;
         case Value::Type::Function: out += "<built-in method " + v.as_function().name + ">"; break;
@@ -1003,7 +1047,8 @@ Value negate(const Value& v) {
 namespace {
 
 template <typename Json>
-Value from_json_impl(const Json& j) {
+Value from_json_impl(const Json& j, int depth = 0) {
+    if (depth > kMaxValueDepth) fail("the context is nested too deeply (more than 256 levels)");
     switch (j.type()) {
         case nlohmann::json::value_t::null: return Value::none();
         case nlohmann::json::value_t::boolean: return Value(j.template get<bool>());
@@ -1018,13 +1063,14 @@ Value from_json_impl(const Json& j) {
         case nlohmann::json::value_t::array: {
             ValueList items;
             items.reserve(j.size());
-            for (const auto& item : j) items.push_back(from_json_impl(item));
+            for (const auto& item : j) items.push_back(from_json_impl(item, depth + 1));
             return Value::list(std::move(items));
         }
         case nlohmann::json::value_t::object: {
             DictData d;
             d.entries.reserve(j.size());
-            for (auto it = j.begin(); it != j.end(); ++it) d.entries.emplace_back(Value(it.key()), from_json_impl(it.value()));
+            for (auto it = j.begin(); it != j.end(); ++it)
+                d.entries.emplace_back(Value(it.key()), from_json_impl(it.value(), depth + 1));
             return Value::dict(std::move(d));
         }
         default: return Value::none();
@@ -1091,7 +1137,7 @@ std::string json_float(double f) {
 
 void json_value(std::string& out, const Value& v, const JsonOptions& opt, int level) {
     if (out.size() > kMaxStringBytes) fail("string is too large");
-    if (level > 200) fail("tojson: value is nested too deeply");
+    if (level > 2 * kMaxValueDepth) fail("tojson: value is nested too deeply");
     switch (v.type()) {
         case Value::Type::None: out += "null"; return;
         case Value::Type::Bool: out += v.as_bool() ? "true" : "false"; return;

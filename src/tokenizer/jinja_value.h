@@ -33,6 +33,10 @@ struct IteratorState;
 // happily build a 1 GB string; a chat template never needs to.
 inline constexpr size_t kMaxStringBytes = 10u << 20;
 inline constexpr size_t kMaxListItems = 1u << 20;
+// Values that contain values (lists, dicts, iterators, bound methods) may nest at most this deep,
+// so that printing, comparing and destroying them cannot overflow the stack. Namespaces count as
+// leaves: the renderer keeps them alive until it ends and then dismantles them iteratively.
+inline constexpr int kMaxValueDepth = 256;
 
 struct Undefined {
     std::string hint;  // the message jinja2's UndefinedError would carry when this value is misused
@@ -40,9 +44,11 @@ struct Undefined {
 struct NoneValue {};
 struct ListBox {
     std::shared_ptr<const ValueList> items;
+    int depth;
 };
 struct TupleBox {
     std::shared_ptr<const ValueList> items;
+    int depth;
 };
 
 class Value {
@@ -62,17 +68,18 @@ public:
     Value(const char* s) : data_(std::string(s)) {}
     static Value list(ValueList items);
     static Value tuple(ValueList items);
-    static Value dict(std::shared_ptr<const DictData> d) { return Value(Storage(std::move(d))); }
     static Value dict(DictData d);
     static Value namespace_(std::shared_ptr<NamespaceData> ns) { return Value(Storage(std::move(ns))); }
-    static Value function(std::string name, std::function<Value(struct CallArgs&)> fn);
-    static Value loop(std::shared_ptr<LoopState> s) { return Value(Storage(std::move(s))); }
+    // `captured_depth`: nesting of the values the function holds (a bound method's self).
+    static Value function(std::string name, std::function<Value(struct CallArgs&)> fn, int captured_depth = 0);
+    static Value loop(std::shared_ptr<LoopState> s);
     // A single-pass Python iterator (what map/select/unique/... return): truthy even when empty,
     // no len(), and iterating it consumes it. `kind` is its Python type name ("generator").
     static Value iterator(std::string kind, ValueList items);
     // A generator whose items are computed when it is first consumed, as Python generators run
-    // their body lazily (an error in it only surfaces if something iterates).
-    static Value generator(std::function<ValueList()> producer);
+    // their body lazily (an error in it only surfaces if something iterates). `captured_depth`:
+    // nesting of the values the producer holds.
+    static Value generator(std::function<ValueList()> producer, int captured_depth);
 
     Type type() const { return static_cast<Type>(data_.index()); }
     bool is_undefined() const { return type() == Type::Undefined; }
@@ -108,6 +115,8 @@ public:
 
     // Python's type name as used in TypeError messages: 'str', 'int', 'NoneType', ...
     std::string type_name() const;
+    // How deeply this value nests other values (0 for scalars and namespaces).
+    int nesting() const;
 
 private:
     using Storage = std::variant<Undefined, NoneValue, bool, int64_t, double, std::string, ListBox, TupleBox,
@@ -121,6 +130,7 @@ private:
 // schemas) have a handful of keys.
 struct DictData {
     std::vector<std::pair<Value, Value>> entries;
+    int depth = 1;  // set by Value::dict
     const Value* find(const Value& key) const;
     const Value* find(std::string_view key) const;
     void set(Value key, Value value);
@@ -138,6 +148,7 @@ struct CallArgs {
 struct Function {
     std::string name;
     std::function<Value(CallArgs&)> call;
+    int depth = 1;
 };
 
 // jinja2's LoopContext: the `loop` variable inside a for body.
@@ -147,6 +158,7 @@ struct LoopState {
     int64_t depth0 = 0;
     std::optional<Value> last_changed;
     std::function<Value(CallArgs&)> recurse;  // set for `recursive` loops: loop(children)
+    int depth = 1;
 };
 
 struct IteratorState {
@@ -154,6 +166,7 @@ struct IteratorState {
     ValueList items;
     size_t position = 0;                  // items before this were consumed
     std::function<ValueList()> pending;  // set until a lazy generator first runs
+    int depth = 1;
 
     void materialize() {
         if (!pending) return;
@@ -162,6 +175,9 @@ struct IteratorState {
         items = producer();
     }
 };
+
+// 1 + the deepest nesting among `values`; throws when that exceeds kMaxValueDepth.
+int container_depth(const ValueList& values);
 
 // Throws swiftkv::Error; used for everything jinja2 would raise at render time.
 [[noreturn]] void fail(const std::string& message);
