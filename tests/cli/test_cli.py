@@ -1,0 +1,156 @@
+"""The swiftkv command line on good and bad input.
+
+Bad input (missing or unreadable model, wrong magic, truncated file, unknown dtype or architecture,
+shapes that disagree with the config, prompts longer than the context, out-of-range sampling values)
+must give a one-line `error:` message on stderr and exit status 1: never a crash (a signal), never
+a traceback-like dump, never a partial output file.
+"""
+import json
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("SWIFTKV_BUILD_DIR", ROOT / "build" / "release"))
+if not BUILD.is_absolute():
+    BUILD = ROOT / BUILD
+SWIFTKV = BUILD / "tools" / "swiftkv"
+MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+pytestmark = pytest.mark.skipif(not SWIFTKV.exists(), reason=f"{SWIFTKV} not built")
+needs_model = pytest.mark.skipif(not MODEL.exists(), reason="default model not fetched")
+
+
+def run(*args, timeout=120, stdin=None):
+    return subprocess.run([str(SWIFTKV), *map(str, args)], capture_output=True, timeout=timeout, input=stdin)
+
+
+def assert_clean_error(proc, *needles):
+    assert proc.returncode == 1, (proc.returncode, proc.stderr.decode(errors="replace"))
+    err = proc.stderr.decode(errors="replace").strip()
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_missing_model():
+    assert_clean_error(run("run", "-m", "/nonexistent/model.gguf", "-p", "hi"), "does not exist")
+
+
+def test_wrong_magic(tmp_path):
+    f = tmp_path / "bad.gguf"
+    f.write_bytes(b"NOTAGGUF" + b"\0" * 64)
+    assert_clean_error(run("run", "-m", f, "-p", "hi"), str(f))
+
+
+def test_unreadable_model(tmp_path):
+    f = tmp_path / "dir_without_config"
+    f.mkdir()
+    assert_clean_error(run("inspect", f), "config.json")
+
+
+@needs_model
+def test_truncated_model(tmp_path):
+    f = tmp_path / "truncated.gguf"
+    with open(MODEL, "rb") as src:
+        f.write_bytes(src.read(5_000_000))
+    assert_clean_error(run("run", "-m", f, "-p", "hi"), str(f))
+
+
+def write_gguf(path, arch="llama", tensor_type=0, ne=(8, 4)):
+    """A minimal GGUF v3 file: general.architecture plus one tensor."""
+    def s(x):
+        b = x.encode()
+        return struct.pack("<Q", len(b)) + b
+    kv = s("general.architecture") + struct.pack("<I", 8) + s(arch)
+    info = s("token_embd.weight") + struct.pack("<I", len(ne)) + b"".join(struct.pack("<Q", d) for d in ne)
+    info += struct.pack("<IQ", tensor_type, 0)
+    head = b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + kv + info
+    head += b"\0" * ((-len(head)) % 32)
+    path.write_bytes(head + b"\0" * (4 * ne[0] * ne[1]))
+
+
+def test_unknown_architecture(tmp_path):
+    f = tmp_path / "arch.gguf"
+    write_gguf(f, arch="mamba")
+    assert_clean_error(run("run", "-m", f, "-p", "hi"), "mamba")
+
+
+def test_unknown_dtype(tmp_path):
+    f = tmp_path / "dtype.gguf"
+    write_gguf(f, tensor_type=12, ne=(256, 4))  # Q4_K
+    assert_clean_error(run("run", "-m", f, "-p", "hi"), "Q4_K")
+
+
+def test_shapes_disagree_with_config(tmp_path):
+    d = tmp_path / "hf"
+    d.mkdir()
+    cfg = {"model_type": "llama", "num_hidden_layers": 1, "hidden_size": 8, "num_attention_heads": 2,
+           "num_key_value_heads": 2, "intermediate_size": 16, "vocab_size": 4}
+    (d / "config.json").write_text(json.dumps(cfg))
+    header = json.dumps({"model.embed_tokens.weight": {"dtype": "F32", "shape": [4, 9], "data_offsets": [0, 144]}}).encode()
+    (d / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 144)
+    (d / "tokenizer.json").write_text("{}")
+    assert_clean_error(run("run", "-m", d, "-p", "hi"), "model.embed_tokens.weight")
+
+
+@needs_model
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--temp", "-1", "temperature"),
+    ("--top-p", "0", "top_p"),
+    ("--top-p", "1.5", "top_p"),
+    ("--min-p", "2", "min_p"),
+    ("--repeat-penalty", "0", "repetition_penalty"),
+    ("--frequency-penalty", "5", "frequency_penalty"),
+    ("--max-tokens", "-3", "max-tokens"),
+])
+def test_out_of_range_sampling(flag, value, needle):
+    assert_clean_error(run("run", "-p", "hi", flag, value), needle)
+
+
+@needs_model
+def test_prompt_longer_than_context():
+    assert_clean_error(run("run", "-c", "64", "-p", "word " * 200), "context")
+
+
+@needs_model
+def test_invalid_utf8_prompt_is_replaced_not_fatal():
+    proc = run("run", "-n", "4", "-p", b"caf\xe9 \xff\xfe ok".decode("latin-1"))
+    assert proc.returncode == 0, proc.stderr
+
+
+@needs_model
+def test_run_streams_and_reports_speed():
+    proc = run("run", "-n", "8", "--ignore-eos", "-p", "The capital of France is")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().startswith("The capital of France is")
+    assert b"tokens/s" in proc.stderr
+
+
+@needs_model
+def test_chat_answers_and_exits_on_eof():
+    proc = run("chat", "-n", "16", stdin=b"What is 2+2?\n/exit\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip(), "chat printed no answer"
+
+
+@needs_model
+def test_inspect_prints_config_tokenizer_tensors():
+    proc = run("inspect", MODEL)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.decode()
+    for needle in ("num_hidden_layers", "byte-level BPE", "blk.0.attn_q.weight", "Q4_1"):
+        assert needle in out
+
+
+@needs_model
+def test_convert_refuses_bad_cut_and_leaves_nothing(tmp_path):
+    out = tmp_path / "student"
+    assert_clean_error(run("convert", "--model", MODEL, "--swiftkv-layers", "15", "--group", "2", "--out", out),
+                       "group")
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
