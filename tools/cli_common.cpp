@@ -18,6 +18,8 @@ void add_model_args(CLI::App& app, ModelArgs& a) {
     app.add_option("-c,--ctx", a.ctx, "context length in tokens (default: the model's, capped at 8192)")->check(CLI::Range(int64_t(0), int64_t(1) << 24));
     app.add_option("--kv-cache-tokens", a.kv_cache_tokens, "KV cache capacity in tokens (default: the context length)")->check(CLI::Range(int64_t(0), int64_t(1) << 30));
     app.add_option("--swiftkv", a.swiftkv, "on: run a SwiftKV model as SwiftKV; off: run it as its teacher")->check(CLI::IsMember({"on", "off"}));
+    app.add_flag("--full-student", a.full_student,
+                 "run every token through every layer (SwiftKV's training path; same logits, full prefill cost)");
 }
 
 EngineOptions engine_options(const ModelArgs& a) {
@@ -28,6 +30,7 @@ EngineOptions engine_options(const ModelArgs& a) {
     o.context_length = a.ctx;
     o.kv_cache_tokens = a.kv_cache_tokens;
     o.swiftkv = a.swiftkv == "on";
+    o.full_student = a.full_student;
     return o;
 }
 

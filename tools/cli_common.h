@@ -15,6 +15,7 @@ struct ModelArgs {
     int64_t ctx = 0;
     int64_t kv_cache_tokens = 0;
     std::string swiftkv = "on";
+    bool full_student = false;
 };
 
 void add_model_args(CLI::App& app, ModelArgs& args);

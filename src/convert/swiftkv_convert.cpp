@@ -21,6 +21,8 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "convert/convert_plan.h"
+#include "convert/gguf_export.h"
 #include "convert/safetensors_stream_writer.h"
 #include "core/error.h"
 #include "engine/engine.h"
@@ -31,6 +33,8 @@
 namespace swiftkv {
 
 namespace fs = std::filesystem;
+using convert_detail::PlannedTensor;
+using convert_detail::for_each_f32_chunk;
 
 namespace {
 
@@ -43,53 +47,29 @@ bool convertible_dtype(DType t) {
            t == DType::Q4_1;
 }
 
-// One tensor of the output: the f32 mean of its sources (one source: a copy), written as out_dtype.
-struct PlannedTensor {
-    std::string name;
-    std::vector<int64_t> shape;
-    std::vector<const SourceTensor*> sources;
-};
-
 void write_tensor(SafetensorsStreamWriter& writer, const PlannedTensor& t, DType out_dtype, int64_t head_dim) {
-    const int64_t rows = t.shape.size() == 2 ? t.shape[0] : 1;
-    const int64_t cols = t.shape.size() == 2 ? t.shape[1] : t.shape[0];
     const SourceTensor& first = *t.sources.front();
-    const size_t out_elem = size_t(dtype_block_bytes(out_dtype));
     if (t.sources.size() == 1 && first.dtype == out_dtype && !first.gguf_rope_permuted) {
         // Same dtype and layout: the bytes go straight from the memory map to the file.
-        const size_t total = size_t(rows * cols) * out_elem;
+        const size_t total = size_t(first.numel()) * size_t(dtype_block_bytes(out_dtype));
         constexpr size_t kPiece = size_t(64) << 20;
         for (size_t done = 0; done < total; done += kPiece) {
             writer.append(first.data + done, std::min(kPiece, total - done));
         }
         return;
     }
-    const int64_t chunk_rows = std::max<int64_t>(1, (int64_t(1) << 22) / cols);
-    std::vector<float> acc(size_t(std::min(chunk_rows, rows) * cols));
-    std::vector<float> part(t.sources.size() > 1 ? acc.size() : 0);
-    std::vector<uint16_t> half(out_dtype == DType::F32 ? 0 : acc.size());
-    const float inv_count = 1.0f / float(t.sources.size());
-    for (int64_t r = 0; r < rows; r += chunk_rows) {
-        const int64_t n = std::min(chunk_rows, rows - r);
-        const size_t count = size_t(n * cols);
-        read_source_rows_f32(first, r, r + n, head_dim, acc.data());
-        if (t.sources.size() > 1) {
-            for (size_t s = 1; s < t.sources.size(); ++s) {
-                read_source_rows_f32(*t.sources[s], r, r + n, head_dim, part.data());
-                for (size_t i = 0; i < count; ++i) acc[i] += part[i];
-            }
-            for (size_t i = 0; i < count; ++i) acc[i] *= inv_count;
-        }
+    const int64_t cols = t.shape.back();
+    std::vector<uint16_t> half;
+    for_each_f32_chunk(t, head_dim, false, [&](const float* values, int64_t rows) {
+        const size_t count = size_t(rows * cols);
         if (out_dtype == DType::F32) {
-            writer.append(acc.data(), count * 4);
-        } else if (out_dtype == DType::BF16) {
-            for (size_t i = 0; i < count; ++i) half[i] = f32_to_bf16(acc[i]);
-            writer.append(half.data(), count * 2);
-        } else {
-            for (size_t i = 0; i < count; ++i) half[i] = f32_to_f16(acc[i]);
-            writer.append(half.data(), count * 2);
+            writer.append(values, count * 4);
+            return;
         }
-    }
+        half.resize(count);
+        for (size_t i = 0; i < count; ++i) half[i] = out_dtype == DType::BF16 ? f32_to_bf16(values[i]) : f32_to_f16(values[i]);
+        writer.append(half.data(), count * 2);
+    });
 }
 
 // The output directory, built under a staging name next to the target and renamed into place by
@@ -373,8 +353,11 @@ std::optional<RopeScaling> llama3_rope_scaling_from_divisors(const ModelConfig& 
 
 ConvertResult convert_to_swiftkv(const ConvertOptions& options) {
     SKV_CHECK(!options.model_path.empty(), "no base model given (--model)");
-    SKV_CHECK(!options.out_dir.empty(), "no output directory given (--out)");
+    const bool to_gguf = options.format == ConvertFormat::Gguf;
+    SKV_CHECK(!options.out_dir.empty(), "no output {} given (--out)", to_gguf ? "file" : "directory");
     SKV_CHECK(options.max_shard_bytes > 0, "the shard size must be positive");
+    SKV_CHECK(to_gguf || options.dtype != ConvertDType::Q8_0,
+              "--dtype q8_0 needs --format gguf (Hugging Face directories hold f32 or bf16)");
 
     auto source = ModelSource::open(options.model_path);
     const std::string& src_path = source->path();
@@ -388,8 +371,8 @@ ConvertResult convert_to_swiftkv(const ConvertOptions& options) {
     const int64_t g = options.group_size;
     validate_swiftkv_cut(L, g, N);
 
-    // llama.cpp's rope_freqs tensor becomes Hugging Face rope_scaling.
-    if (const SourceTensor* freqs = source->find("rope_freqs.weight")) {
+    // llama.cpp's rope_freqs tensor becomes Hugging Face rope_scaling (GGUF output keeps the tensor).
+    if (const SourceTensor* freqs = to_gguf ? nullptr : source->find("rope_freqs.weight")) {
         SKV_CHECK(freqs->shape == std::vector<int64_t>{config.head_dim / 2} && convertible_dtype(freqs->dtype),
                   "{}: rope_freqs has shape {}, expected [{}]", src_path, shape_text(freqs->shape), config.head_dim / 2);
         std::vector<float> divisors(size_t(config.head_dim / 2));
@@ -447,7 +430,9 @@ ConvertResult convert_to_swiftkv(const ConvertOptions& options) {
     if (L < N) swiftkv("model.norm_swiftkv.weight", {H}, {input_norm[L]});
     if (!tied) teacher("lm_head.weight", {V, H});
 
-    DType out_dtype = options.dtype == ConvertDType::BF16 ? DType::BF16 : DType::F32;
+    DType out_dtype = options.dtype == ConvertDType::BF16   ? DType::BF16
+                      : options.dtype == ConvertDType::Q8_0 ? DType::Q8_0
+                                                            : DType::F32;
     if (options.dtype == ConvertDType::Auto) {
         bool all_bf16 = true;
         for (const PlannedTensor& t : plan) {
@@ -473,6 +458,10 @@ ConvertResult convert_to_swiftkv(const ConvertOptions& options) {
     config.kv_group_size = g;
     config.validate("the converted config");
     result.config = config;
+    if (to_gguf) {
+        convert_detail::write_gguf(*source, config, plan, out_dtype, options, result);
+        return result;
+    }
 
     // Side documents, prepared before anything is written so that problems surface early.
     nlohmann::json config_json = nlohmann::json::object();

@@ -10,6 +10,11 @@
 //
 // The output appears atomically: everything is written into a staging directory next to the target
 // and renamed into place at the end; on any error nothing is left behind.
+//
+// With ConvertFormat::Gguf the same student is written as one GGUF file instead (architecture
+// "llama_swiftkv", llama.cpp tensor names and Q/K row order, tokenizer metadata included): the
+// format is described in docs/swiftkv-gguf.md. The file is written under a temporary name next
+// to the target and renamed into place.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +33,12 @@ enum class ConvertDType {
     Auto,  // bf16 when every matrix of the base is bf16, else f32 (quantized GGUF -> f32, exact)
     F32,
     BF16,
+    Q8_0,  // GGUF output only: matrices Q8_0 (rows not a multiple of 32 stay F32), vectors F32
+};
+
+enum class ConvertFormat {
+    HuggingFace,  // a llama_swiftkv Hugging Face directory (the default)
+    Gguf,         // one GGUF file (docs/swiftkv-gguf.md)
 };
 
 struct ConvertProgress {
@@ -42,9 +53,10 @@ struct ConvertOptions {
     std::string model_path;      // base model: .gguf file or Hugging Face directory
     std::string swiftkv_layers;  // the cut L: a layer index ("15") or a share of the layers ("50%")
     int64_t group_size = 1;      // AcrossKV group g; must divide N - L
-    std::string out_dir;
+    std::string out_dir;         // the output directory, or the .gguf file for ConvertFormat::Gguf
+    ConvertFormat format = ConvertFormat::HuggingFace;
     ConvertDType dtype = ConvertDType::Auto;
-    bool force = false;          // replace an existing output directory
+    bool force = false;          // replace an existing output directory (or GGUF file)
     // Weights above this many bytes are split into model-0000i-of-0000n.safetensors shards with a
     // model.safetensors.index.json, as Hugging Face does.
     uint64_t max_shard_bytes = 4'000'000'000ull;
@@ -52,12 +64,12 @@ struct ConvertOptions {
 };
 
 struct ConvertResult {
-    std::string out_dir;                     // absolute path of the written directory
+    std::string out_dir;                     // absolute path of the written directory (or GGUF file)
     ModelConfig config;                      // the written config (llama_swiftkv)
-    DType dtype = DType::F32;                // dtype of the written tensors
+    DType dtype = DType::F32;                // dtype of the written matrices (GGUF: vectors are F32)
     int64_t tensors = 0;
     uint64_t tensor_bytes = 0;
-    std::vector<std::string> weight_files;   // safetensors file names inside out_dir
+    std::vector<std::string> weight_files;   // safetensors file names inside out_dir (GGUF: the file name)
     std::vector<std::string> other_files;    // config, tokenizer and generation files written
     std::vector<std::string> skipped_tensors;  // source tensors that are not part of a Llama model
 };

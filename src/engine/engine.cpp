@@ -178,8 +178,13 @@ GenerationResult Engine::generate(const GenerationRequest& req, const std::funct
     for (int64_t start = 0; start < n_prompt; start += options_.prefill_chunk) {
         const int64_t count = std::min(options_.prefill_chunk, n_prompt - start);
         ForwardBatch batch = single_sequence_batch(tokens, start, count, blocks.blocks());
-        if (start + count == n_prompt) batch.logits_indices.push_back(int32_t(count - 1));
+        const bool last_chunk = start + count == n_prompt;
+        const int32_t first_row = options_.full_student ? 0 : int32_t(count - 1);
+        if (last_chunk || options_.full_student) {
+            for (int32_t r = first_row; r < count; ++r) batch.logits_indices.push_back(r);
+        }
         model_->forward(batch, kv_cache_->view(), logits);
+        if (last_chunk && options_.full_student) logits.erase(logits.begin(), logits.end() - config().vocab);
     }
     result.prefill_seconds = seconds_since(t0);
     if (max_new == 0) return result;
@@ -245,13 +250,17 @@ std::vector<float> Engine::prompt_logits(const std::vector<int32_t>& tokens, con
         auto lo = std::lower_bound(wanted.begin(), wanted.end(), int32_t(start));
         auto hi = std::lower_bound(wanted.begin(), wanted.end(), int32_t(start + count));
         if (lo == hi) {
+            if (options_.full_student) {
+                for (int32_t r = 0; r < count; ++r) batch.logits_indices.push_back(r);
+            }
             model_->forward(batch, kv_cache_->view(), logits);
             continue;
         }
-        for (int32_t r = *lo - int32_t(start); r < count; ++r) batch.logits_indices.push_back(r);
+        const int32_t first_row = options_.full_student ? 0 : *lo - int32_t(start);
+        for (int32_t r = first_row; r < count; ++r) batch.logits_indices.push_back(r);
         model_->forward(batch, kv_cache_->view(), logits);
         for (auto it = lo; it != hi; ++it) {
-            const int64_t row = *it - *lo;
+            const int64_t row = *it - int32_t(start) - first_row;
             out.insert(out.end(), logits.begin() + row * config().vocab, logits.begin() + (row + 1) * config().vocab);
         }
     }

@@ -31,6 +31,10 @@ struct EngineOptions {
     int64_t block_size = 16;
     int64_t prefill_chunk = 2048;     // prompt tokens per forward step
     bool swiftkv = true;              // false: run a SwiftKV checkpoint as its teacher
+    // Full-student path: every token runs every layer (logits computed for all rows, the needed ones
+    // kept). Same results as the default survivor path for SwiftKV models, at full prefill cost; for
+    // evaluation and checking.
+    bool full_student = false;
 };
 
 struct GenerationRequest {

@@ -13,7 +13,7 @@ namespace swiftkv::jinja {
 namespace {
 
 // Python's recursion limit stops jinja2 at a similar depth; this keeps the C++ stack small.
-constexpr int kMaxNesting = 256;
+constexpr int kMaxNesting = 512;
 
 enum class Tok : uint8_t {
     Data, VariableBegin, VariableEnd, BlockBegin, BlockEnd, Name, String, Integer, Float,

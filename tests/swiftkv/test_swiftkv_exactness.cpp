@@ -169,6 +169,23 @@ TEST_P(SwiftKVExactness, GreedyDecodeEqualsFullStudent) {
     }
 }
 
+TEST_P(SwiftKVExactness, FullStudentSwitchGeneratesTheSameTokens) {
+    const Cut cut = GetParam();
+    if (std::string(cut.layers) != "50%") GTEST_SKIP() << "checked at the 50% cuts";
+    EngineOptions eo;
+    eo.model_path = converted(cut);
+    eo.context_length = 512;
+    eo.prefill_chunk = 16;  // several chunks: non-final chunks run the later layers too
+    Engine survivors(eo);
+    eo.full_student = true;
+    Engine full(eo);
+    GenerationRequest req;
+    req.prompt = survivors.tokenizer().encode("Count the colours of the rainbow, then name the brightest star in the night sky:", true, true);
+    req.max_tokens = 24;
+    req.ignore_eos = true;
+    EXPECT_EQ(survivors.generate(req).tokens, full.generate(req).tokens);
+}
+
 INSTANTIATE_TEST_SUITE_P(Cuts, SwiftKVExactness,
                          ::testing::Values(Cut{"25%", 1}, Cut{"25%", 2}, Cut{"50%", 1}, Cut{"50%", 3}, Cut{"75%", 1}),
                          [](const auto& info) {
