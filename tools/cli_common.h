@@ -53,3 +53,10 @@ struct BenchArgs {
     std::vector<std::string> swiftkv_variants;  // "50%" or "50%:3": convert the model and measure it too
 };
 int cmd_bench(const swiftkv::cli::ModelArgs& model, const BenchArgs& args);
+struct ScoreArgs {
+    std::vector<int32_t> tokens;
+    std::string text;
+    std::vector<int32_t> positions;
+    std::string json_out;
+};
+int cmd_score(const swiftkv::cli::ModelArgs& model, const ScoreArgs& args);

@@ -1,4 +1,4 @@
-// swiftkv convert — makes a SwiftKV student directory from a base Llama model (convert/swiftkv_convert.h),
+// swiftkv convert — makes a SwiftKV student (directory or GGUF file) from a base Llama model (convert/swiftkv_convert.h),
 // with a progress bar on stderr when it is a terminal and a summary on stdout.
 #include <unistd.h>
 
@@ -25,10 +25,17 @@ void add_convert_args(CLI::App& app, ConvertArgs& args) {
     app.add_option("--group", args.group, "AcrossKV group size g: later layers share one KV cache per g layers; must "
                                           "divide the number of layers after the cut")
         ->check(CLI::Range(int64_t(1), int64_t(1024)));
-    app.add_option("--out", args.out, "output directory (Hugging Face format, llama_swiftkv)")->required();
-    app.add_option("--dtype", args.dtype, "tensor dtype: auto (bf16 if the base is bf16, else f32), f32 or bf16")
-        ->check(CLI::IsMember({"auto", "f32", "bf16"}));
-    app.add_flag("--force", args.force, "replace the output directory if it exists");
+    app.add_option("--out", args.out,
+                   "output: a directory (--format hf, llama_swiftkv Hugging Face layout) or a .gguf file (--format gguf)")
+        ->required();
+    app.add_option("--format", args.format,
+                   "hf: Hugging Face directory (default); gguf: one GGUF file, architecture llama_swiftkv "
+                   "(docs/swiftkv-gguf.md)")
+        ->check(CLI::IsMember({"hf", "gguf"}));
+    app.add_option("--dtype", args.dtype,
+                   "tensor dtype: auto (bf16 if the base is bf16, else f32), f32, bf16, or q8_0 (gguf only)")
+        ->check(CLI::IsMember({"auto", "f32", "bf16", "q8_0"}));
+    app.add_flag("--force", args.force, "replace the output directory (or file) if it exists");
     app.add_option("--max-shard-size", args.max_shard_bytes,
                    "split the weights into model-0000i-of-0000n.safetensors files of at most this size (e.g. 2GB, "
                    "500MB; default 4GB)")
@@ -41,7 +48,11 @@ int cmd_convert(const ConvertArgs& args) {
     o.swiftkv_layers = args.swiftkv_layers;
     o.group_size = args.group;
     o.out_dir = args.out;
-    o.dtype = args.dtype == "bf16" ? ConvertDType::BF16 : args.dtype == "f32" ? ConvertDType::F32 : ConvertDType::Auto;
+    o.format = args.format == "gguf" ? ConvertFormat::Gguf : ConvertFormat::HuggingFace;
+    o.dtype = args.dtype == "bf16"   ? ConvertDType::BF16
+              : args.dtype == "f32"  ? ConvertDType::F32
+              : args.dtype == "q8_0" ? ConvertDType::Q8_0
+                                     : ConvertDType::Auto;
     o.force = args.force;
     o.max_shard_bytes = args.max_shard_bytes;
     const bool tty = ::isatty(STDERR_FILENO) != 0;
@@ -69,11 +80,11 @@ int cmd_convert(const ConvertArgs& args) {
 
     const ModelConfig& c = r.config;
     fmt::print("wrote {}\n", r.out_dir);
-    fmt::print("  llama_swiftkv: {} layers, cut L = {}, AcrossKV group g = {}\n", c.n_layers, c.swiftkv_layers,
+    fmt::print("  {}: {} layers, cut L = {}, AcrossKV group g = {}\n", c.architecture, c.n_layers, c.swiftkv_layers,
                c.kv_group_size);
     fmt::print("  {} tensors, {} ({:.1f} MB) in {}\n", r.tensors, dtype_name(r.dtype), double(r.tensor_bytes) / 1e6,
                fmt::join(r.weight_files, ", "));
-    fmt::print("  {}\n", fmt::join(r.other_files, ", "));
+    if (!r.other_files.empty()) fmt::print("  {}\n", fmt::join(r.other_files, ", "));
     ModelConfig base = c;
     base.swiftkv_layers = base.n_layers;
     base.kv_group_size = 1;
@@ -83,7 +94,8 @@ int cmd_convert(const ConvertArgs& args) {
     if (!r.skipped_tensors.empty()) {
         fmt::print("  not carried over (not part of a Llama model): {}\n", fmt::join(r.skipped_tensors, ", "));
     }
-    fmt::print("The directory runs as the teacher with --swiftkv off and as the (not yet distilled) student with "
-               "--swiftkv on.\n");
+    fmt::print("The {} runs as the teacher with --swiftkv off and as the (not yet distilled) student with "
+               "--swiftkv on.\n",
+               o.format == ConvertFormat::Gguf ? "file" : "directory");
     return 0;
 }

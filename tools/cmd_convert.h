@@ -10,6 +10,7 @@ struct ConvertArgs {
     std::string swiftkv_layers;  // "15" or "50%"
     int64_t group = 1;
     std::string out;
+    std::string format = "hf";   // "hf" (directory) or "gguf" (one file)
     std::string dtype = "auto";
     bool force = false;
     uint64_t max_shard_bytes = 4'000'000'000ull;

@@ -56,6 +56,15 @@ int main(int argc, char** argv) {
     auto* convert = app.add_subcommand("convert", "make a SwiftKV student (llama_swiftkv directory) from a base Llama model");
     add_convert_args(*convert, convert_args);
 
+    cli::ModelArgs score_model;
+    ScoreArgs score_args;
+    auto* score = app.add_subcommand("score", "print the logits at chosen positions of a token sequence as JSON");
+    cli::add_model_args(*score, score_model);
+    score->add_option("--tokens", score_args.tokens, "token ids, comma-separated")->delimiter(',');
+    score->add_option("--text", score_args.text, "text to tokenize instead of --tokens");
+    score->add_option("--positions", score_args.positions, "positions to score (default: the last)")->delimiter(',');
+    score->add_option("-o,--json", score_args.json_out, "write the JSON to this file");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -66,6 +75,7 @@ int main(int argc, char** argv) {
         if (*chat) return cmd_chat(chat_model, chat_sampling, chat_system);
         if (*inspect) return cmd_inspect(inspect_model.empty() ? cli::default_model_path() : inspect_model, all_tensors);
         if (*bench) return cmd_bench(bench_model, bench_args);
+        if (*score) return cmd_score(score_model, score_args);
         if (*convert) return cmd_convert(convert_args);
     } catch (const Error& e) {
         std::fflush(stdout);

@@ -133,6 +133,7 @@ private:
 
     Flow exec(const Stmt& s, const ScopePtr& scope, std::string& out) {
         step();
+        stack_.check();
         current_line_ = s.line;
         switch (s.kind) {
             case StmtKind::Output: emit(out, s.text); return Flow::Normal;
@@ -399,6 +400,7 @@ private:
     }
 
     Value eval(const Expr& e, const ScopePtr& scope) {
+        stack_.check();
         switch (e.kind) {
             case ExprKind::Const: return e.value;
             case ExprKind::Name: return lookup(e.name, scope);
@@ -494,6 +496,7 @@ private:
         fail("internal error: unknown expression");
     }
 
+    StackGuard stack_;
     ScopePtr root_;
     std::vector<std::shared_ptr<NamespaceData>> namespaces_;
     std::unordered_set<const NamespaceData*> known_namespaces_;

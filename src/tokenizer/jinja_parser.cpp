@@ -14,6 +14,7 @@ namespace {
 
 // Python's recursion limit stops jinja2 at a similar depth; this keeps the C++ stack small.
 constexpr int kMaxNesting = 512;
+constexpr int kMaxStatementNesting = 100;
 
 enum class Tok : uint8_t {
     Data, VariableBegin, VariableEnd, BlockBegin, BlockEnd, Name, String, Integer, Float,
@@ -570,6 +571,7 @@ private:
     struct DepthGuard {
         explicit DepthGuard(Parser& p) : parser(p) {
             if (++parser.depth_ > kMaxNesting) parser.fail("template is nested too deeply");
+            parser.stack_.check();
         }
         ~DepthGuard() { --parser.depth_; }
         Parser& parser;
@@ -644,7 +646,13 @@ private:
     }
 
     StmtList subparse(const EndTags& end_tags) {
-        DepthGuard guard(*this);
+        // Statements nest far less than expressions in real templates (jinja2's own compiler
+        // refuses more than 20 nested loops); a tight limit keeps parse and render stacks small.
+        if (++statement_depth_ > kMaxStatementNesting) fail("template statements are nested too deeply");
+        struct Restore {
+            int& depth;
+            ~Restore() { --depth; }
+        } restore{statement_depth_};
         StmtList body;
         while (!at(Tok::Eof)) {
             const Token& t = current();
@@ -1393,7 +1401,9 @@ private:
 
     std::vector<Token> tokens_;
     size_t index_ = 0;
+    StackGuard stack_;
     int depth_ = 0;
+    int statement_depth_ = 0;
     int loop_depth_ = 0;
 };
 

@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <limits>
 
+#include <pthread.h>
+
 #include "core/error.h"
 
 namespace swiftkv::jinja {
@@ -37,6 +39,25 @@ int Value::nesting() const {
         default: return 0;
     }
 }
+
+StackGuard::StackGuard() {
+    // Keep this much stack unused: enough for the deepest non-recursive call chain below a check
+    // (formatting, sorting, libstdc++), with room for sanitizer builds' larger frames.
+    constexpr uintptr_t kReserve = 128 * 1024;
+    auto here = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
+    uintptr_t lowest = 0;
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+        void* addr = nullptr;
+        size_t size = 0;
+        if (pthread_attr_getstack(&attr, &addr, &size) == 0) lowest = reinterpret_cast<uintptr_t>(addr);
+        pthread_attr_destroy(&attr);
+    }
+    if (lowest == 0 || lowest >= here) lowest = here > (512u << 10) ? here - (512u << 10) : 0;  // unknown: assume 512 KB
+    limit_ = here - lowest > 2 * kReserve ? lowest + kReserve : here - (here - lowest) / 2;
+}
+
+void StackGuard::fail_deep() { fail("the template recurses too deeply for the available stack"); }
 
 Value Value::list(ValueList items) {
     if (items.size() > kMaxListItems) fail("list is too large");

@@ -179,6 +179,20 @@ struct IteratorState {
 // 1 + the deepest nesting among `values`; throws when that exceeds kMaxValueDepth.
 int container_depth(const ValueList& values);
 
+// Stops runaway recursion before it overflows the stack of whatever thread renders: records the
+// thread's real stack bounds and throws swiftkv::Error once less than a safety margin is left.
+class StackGuard {
+public:
+    StackGuard();
+    void check() const {
+        if (reinterpret_cast<uintptr_t>(__builtin_frame_address(0)) < limit_) fail_deep();
+    }
+
+private:
+    [[noreturn]] static void fail_deep();
+    uintptr_t limit_ = 0;
+};
+
 // Throws swiftkv::Error; used for everything jinja2 would raise at render time.
 [[noreturn]] void fail(const std::string& message);
 // The error a misused Undefined raises (jinja2's UndefinedError).
