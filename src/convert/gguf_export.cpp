@@ -6,6 +6,7 @@
 #include <set>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "engine/engine.h"
@@ -197,7 +198,12 @@ void write_gguf(const ModelSource& source, const ModelConfig& config, const std:
             if (key.rfind("tokenizer.", 0) == 0) w.add_value(key, value);
         }
     } else {
-        add_tokenizer_metadata(w, load_tokenizer(source).spec(), load_chat_template(source));
+        // tokenizer_config.json names bos/eos/pad and add_bos_token, as Hugging Face uses them.
+        SKV_CHECK(!source.tokenizer_json().empty(), "{}: tokenizer.json is missing", source.path());
+        const nlohmann::json& tc = source.tokenizer_config();
+        const BpeTokenizer tokenizer =
+            BpeTokenizer::from_tokenizer_json(source.tokenizer_json(), tc.empty() ? nullptr : &tc);
+        add_tokenizer_metadata(w, tokenizer.spec(), load_chat_template(source));
     }
 
     std::vector<DType> dtypes;

@@ -60,7 +60,7 @@ std::string error_of(F&& f) {
 // --- The interop file: its contents are spelled out again in test_gguf_interop.py. ---
 
 std::vector<float> interop_values(int64_t n, int variant) {
-    std::vector<float> v(size_t(n));
+    std::vector<float> v(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) {
         v[size_t(i)] = variant == 0 ? float(i) * 0.25f - 1.0f
                                     : float((i % 7) - 3) + 0.5f * float(i % 2);  // exact in f16 and bf16
@@ -106,7 +106,7 @@ void write_interop_file(const std::string& path) {
     w.add_float_array("test.array.f32", GgufType::F32, {0.5, -1.5, 1e30});
     w.add_float_array("test.array.f64", GgufType::F64, {0.1, -2.5e-300});
     w.add_bool_array("test.array.bool", {true, false, true});
-    w.add_string_array("test.array.string", {"a", "", "\xc3\xbcn\xc3\xafcode", "with space"});
+    w.add_string_array("test.array.string", {"a", "", "\xc3\xbcn\xc3\xaf" "code", "with space"});
     w.add_int_array("test.array.empty", GgufType::I32, {});
 
     const std::vector<float> f32 = interop_values(15, 0), small = interop_values(8, 1), v3 = interop_values(24, 0);
@@ -195,7 +195,7 @@ TEST(GgufWriter, EveryValueTypeAndDtypeReadsBack) {
     const auto& bools = std::get<std::vector<bool>>(std::get<GgufValue::Array>(f.metadata().at("test.array.bool").value));
     EXPECT_EQ(bools, (std::vector<bool>{true, false, true}));
     EXPECT_EQ(f.get_string_array("test.array.string"),
-              (std::vector<std::string>{"a", "", "\xc3\xbcn\xc3\xafcode", "with space"}));
+              (std::vector<std::string>{"a", "", "\xc3\xbcn\xc3\xaf" "code", "with space"}));
     EXPECT_TRUE(f.get_int_array("test.array.empty").empty());
 
     ASSERT_EQ(f.tensors().size(), 6u);
@@ -214,7 +214,7 @@ TEST(GgufWriter, EveryValueTypeAndDtypeReadsBack) {
         const GgufTensorInfo& t = f.tensor(name);
         int64_t n = 1;
         for (int64_t d : t.shape) n *= d;
-        std::vector<float> v(size_t(n));
+        std::vector<float> v(static_cast<size_t>(n));
         dequantize_to_f32(t.dtype, t.data, v.data(), n);
         return v;
     };
@@ -559,7 +559,10 @@ TEST_F(ConvertGguf, MissingSwiftKVTensorIsNamed) {
         const std::string message = error_of([&] { logits_of(path, true); });
         EXPECT_NE(message.find(canonical), std::string::npos) << message;
         // The teacher does not need it.
-        if (drop != "swiftkv_norm.weight") EXPECT_EQ(logits_of(path, false).size(), 49152u);
+        if (drop != "swiftkv_norm.weight") {
+            const size_t n = logits_of(path, false).size();
+            EXPECT_TRUE(n > 0 && n % 49152 == 0) << n;
+        }
     }
 }
 
@@ -609,7 +612,7 @@ TEST_F(ConvertGguf, Bf16AndQ8_0) {
     o.format = ConvertFormat::Gguf;
     const std::vector<float> reference = logits_of(gguf(cuts()[0]), true);
     for (const auto& [dtype, stored, tolerance] :
-         {std::tuple{ConvertDType::BF16, DType::BF16, 0.5}, std::tuple{ConvertDType::Q8_0, DType::Q8_0, 0.5}}) {
+         {std::tuple{ConvertDType::BF16, DType::BF16, 1.0}, std::tuple{ConvertDType::Q8_0, DType::Q8_0, 2.0}}) {
         o.dtype = dtype;
         o.out_dir = (root_ / fmt::format("half_{}.gguf", dtype_name(stored))).string();
         const ConvertResult r = convert_to_swiftkv(o);
@@ -622,6 +625,9 @@ TEST_F(ConvertGguf, Bf16AndQ8_0) {
         double worst = 0;
         for (size_t i = 0; i < l.size(); ++i) worst = std::max(worst, double(std::fabs(l[i] - reference[i])));
         EXPECT_LT(worst, tolerance) << dtype_name(stored);
+        const size_t last = l.size() - 49152;
+        EXPECT_EQ(std::max_element(l.begin() + last, l.end()) - l.begin(),
+                  std::max_element(reference.begin() + last, reference.end()) - reference.begin());
         EXPECT_GT(worst, 0.0) << dtype_name(stored);
     }
     o.format = ConvertFormat::HuggingFace;
@@ -658,6 +664,7 @@ TEST_F(ConvertGguf, BadOutputFailsCleanly) {
     o.out_dir = kModel;
     EXPECT_NE(error_of([&] { convert_to_swiftkv(o); }).find("base model itself"), std::string::npos);
     EXPECT_TRUE(fs::exists(kModel));
+    o.force = true;
     o.out_dir = dir.string();
     EXPECT_NE(error_of([&] { convert_to_swiftkv(o); }).find("not a regular file"), std::string::npos);
 }

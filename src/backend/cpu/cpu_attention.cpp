@@ -411,26 +411,6 @@ void softmax_chunk(const TileScratch& s, const KeyChunk& chunk, int64_t cols) {
 
 constexpr int64_t kNarrowColumns = 8;
 
-// Lane j of the result = sum of the lanes of a[j].
-inline __m512 transpose_reduce16(__m512 a[16]) {
-    __m512 b[8], c[4];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i)
-        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) {
-        const __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
-        c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-    }
-    // c[i] holds, in 128-bit lane L, the lane-L partial sums of a[4i .. 4i+3]; add the four lanes up.
-    const __m512 f0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                    _mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1)));
-    const __m512 f1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(2, 0, 2, 0)),
-                                    _mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(3, 1, 3, 1)));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(3, 1, 3, 1)));
-}
-
 struct NarrowScratch {
     float* q;        // [kNarrowColumns][head_dim], scaled
     float* o;        // [kNarrowColumns][head_dim]

@@ -77,34 +77,49 @@ inline void small_rows_block(const float* x, int64_t k_dim, const void* w, int64
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
         for (int j = 0; j < NW; ++j) acc[r][j] = _mm512_setzero_ps();
+    // One k step: R x vectors and NW weight vectors. With R <= 4 the x vectors are held and weights
+    // streamed one at a time (R * NW + R + 1 registers); otherwise the weights are held (R * NW + NW + 1).
+    auto step = [&](int64_t k, __mmask16 m) {
+        if constexpr (R <= 4) {
+            __m512 xv[R];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) xv[r] = _mm512_maskz_loadu_ps(m, x + r * k_dim + k);
+#pragma GCC unroll 16
+            for (int j = 0; j < NW; ++j) {
+                const __m512 wv = m == 0xFFFF ? load_w<kBf16>(w, (n0 + j) * k_dim + k)
+                                              : maskz_load_w<kBf16>(m, w, (n0 + j) * k_dim + k);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; ++r) acc[r][j] = _mm512_fmadd_ps(xv[r], wv, acc[r][j]);
+            }
+        } else {
+            __m512 wv[NW];
+#pragma GCC unroll 8
+            for (int j = 0; j < NW; ++j)
+                wv[j] = m == 0xFFFF ? load_w<kBf16>(w, (n0 + j) * k_dim + k) : maskz_load_w<kBf16>(m, w, (n0 + j) * k_dim + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) {
+                const __m512 xv = _mm512_maskz_loadu_ps(m, x + r * k_dim + k);
+#pragma GCC unroll 8
+                for (int j = 0; j < NW; ++j) acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
+            }
+        }
+    };
     int64_t k = 0;
-    for (; k + 16 <= k_dim; k += 16) {
-        __m512 wv[NW];
+    for (; k + 16 <= k_dim; k += 16) step(k, 0xFFFF);
+    if (k < k_dim) step(k, tail_mask16(k_dim - k));
+    if constexpr (R * NW == 16) {
+        // One transpose tree reduces all 16 accumulators: lane r * NW + j holds out[r][n0 + j].
+        const __m512 sums = transpose_reduce16(&acc[0][0]);
+        alignas(64) float lanes[16];
+        _mm512_store_ps(lanes, sums);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) std::memcpy(out + r * ldo + n0, lanes + r * NW, NW * sizeof(float));
+    } else {
 #pragma GCC unroll 8
-        for (int j = 0; j < NW; ++j) wv[j] = load_w<kBf16>(w, (n0 + j) * k_dim + k);
+        for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-            const __m512 xv = _mm512_loadu_ps(x + r * k_dim + k);
-#pragma GCC unroll 8
-            for (int j = 0; j < NW; ++j) acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
-        }
+            for (int j = 0; j < NW; ++j) out[r * ldo + n0 + j] = _mm512_reduce_add_ps(acc[r][j]);
     }
-    if (k < k_dim) {
-        const __mmask16 m = tail_mask16(k_dim - k);
-        __m512 wv[NW];
-#pragma GCC unroll 8
-        for (int j = 0; j < NW; ++j) wv[j] = maskz_load_w<kBf16>(m, w, (n0 + j) * k_dim + k);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-            const __m512 xv = _mm512_maskz_loadu_ps(m, x + r * k_dim + k);
-#pragma GCC unroll 8
-            for (int j = 0; j < NW; ++j) acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-        for (int j = 0; j < NW; ++j) out[r * ldo + n0 + j] = _mm512_reduce_add_ps(acc[r][j]);
 }
 
 #else
@@ -125,7 +140,8 @@ inline void small_rows_block(const float* x, int64_t k_dim, const void* w, int64
 
 #endif
 
-// Weight rows per block: as many as keep R x NW accumulators plus loads within 32 vector registers.
+// Weight rows per block: as many as keep R x NW accumulators plus loads within 32 vector registers, and
+// R x NW = 16 where possible so one transpose tree does all the horizontal sums.
 template <int R>
 constexpr int block_rows() {
     return R <= 2 ? 8 : R <= 5 ? 4 : 3;
