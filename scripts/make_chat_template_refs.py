@@ -475,6 +475,7 @@ SYNTHETIC = [
     ("str_percent_too_few_error", "{{ '%s %s' % 'a' }}"),
     ("str_percent_too_many_error", "{{ '%s' % (1, 2) }}"),
     ("str_title_final_sigma", "{{ 'ΣΑΣ ΟΔΟΣ'.title() }}|{{ 'ΣΑΣ ΟΔΟΣ' | title }}|{{ 'ΣΑΣ' | capitalize }}"),
+    ("str_unicode_special_casing", "{{ 'straße ﬁ ǅemal ŉ'.upper() }}|{{ 'ǆemal ﬁx straße'.title() }}|{{ 'ǆemal ﬁx' | title }}|{{ 'ΣΑΣ straße ǅ'.swapcase() }}|{{ 'Straße ΣΑΣ ﬃ'.casefold() }}|{{ '١٢٣' | int }}|{{ '۱.۵' | float }}|{{ 'ﬁ' is lower }}|{{ 'ǅ' is upper }}|{{ 'ǅ' is lower }}|{{ '²₃'.isdigit() }}|{{ 'İ'.lower() | length }}|{{ 'ß'.capitalize() }}"),
     ("str_method_index_missing_error", "{{ 'abc'.index('z') }}"),
     ("str_method_unknown_call_error", "{{ 'abc'.nonexistent() }}"),
     ("str_method_bad_arg_error", "{{ 'abc'.startswith(1) }}"),

@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
         ->delimiter(',');
 
     ConvertArgs convert_args;
-    auto* convert = app.add_subcommand("convert", "make a SwiftKV student (llama_swiftkv directory) from a base Llama model");
+    auto* convert = app.add_subcommand("convert", "make a SwiftKV student (llama_swiftkv Hugging Face directory or GGUF) from a base Llama model");
     add_convert_args(*convert, convert_args);
 
     cli::ModelArgs score_model;

@@ -91,7 +91,9 @@ private:
 BpeTokenizer load_tokenizer(const ModelSource& source) {
     if (source.is_gguf()) return BpeTokenizer(tokenizer_spec_from_gguf(*source.gguf()));
     SKV_CHECK(!source.tokenizer_json().empty(), "{}: tokenizer.json is missing", source.path());
-    return BpeTokenizer::from_tokenizer_json(source.tokenizer_json());
+    // tokenizer_config.json names BOS/EOS and whether BOS is added.
+    const auto& tc = source.tokenizer_config();
+    return BpeTokenizer::from_tokenizer_json(source.tokenizer_json(), tc.empty() ? nullptr : &tc);
 }
 
 std::optional<std::string> load_chat_template(const ModelSource& source) {

@@ -25,7 +25,7 @@ const std::pair<const char*, const char*> kLayerNames[] = {
     {"ffn_gate.weight", "mlp.gate_proj.weight"},
     {"ffn_up.weight", "mlp.up_proj.weight"},
     {"ffn_down.weight", "mlp.down_proj.weight"},
-    // SwiftKV tensors (swiftkv's own GGUF names; see docs in README "SwiftKV in GGUF").
+    // SwiftKV tensors (swiftkv's own GGUF names; see docs/swiftkv-gguf.md).
     {"attn_q_swiftkv.weight", "self_attn.q_proj_swiftkv.weight"},
     {"attn_k_swiftkv.weight", "self_attn.k_proj_swiftkv.weight"},
     {"attn_v_swiftkv.weight", "self_attn.v_proj_swiftkv.weight"},
@@ -166,7 +166,16 @@ const SourceTensor* ModelSource::find(const std::string& name) const {
 
 const SourceTensor& ModelSource::require(const std::string& name, const std::vector<int64_t>& shape) const {
     const SourceTensor* t = find(name);
-    SKV_CHECK(t != nullptr, "{}: tensor '{}' is missing", path_, name);
+    if (t == nullptr) {
+        std::string in_file;
+        if (is_gguf()) {
+            try {
+                in_file = fmt::format(" (GGUF name '{}')", gguf_name_from_canonical(name));
+            } catch (const Error&) {
+            }
+        }
+        SKV_THROW("{}: tensor '{}'{} is missing", path_, name, in_file);
+    }
     auto fmt_shape = [](const std::vector<int64_t>& s) { return fmt::format("[{}]", fmt::join(s, ", ")); };
     SKV_CHECK(t->shape == shape, "{}: tensor '{}' ({}) has shape {}, but the config implies {}", path_, name,
               t->file_name, fmt_shape(t->shape), fmt_shape(shape));

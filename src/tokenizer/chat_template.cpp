@@ -1,11 +1,13 @@
-// chat_template.cpp — ChatTemplate: parses a model's Jinja chat template once and renders it per
-// request with a tree-walking interpreter that follows jinja2's runtime rules: scoping (a for
-// iteration, macro, {% with %} or block-capturing {% set %} gets its own scope; if does not),
-// namespace objects as the only mutable state, Python and/or returning operands, and Undefined that
-// is harmless to print or test but an error to compute with. Limits on output size, loop steps and
-// call depth make a hostile template fail with swiftkv::Error instead of hanging or crashing.
+// chat_template.cpp — ChatTemplate: parses a model's Jinja chat template once (folding constant
+// expressions as jinja2's compiler does) and renders it per request with a tree-walking
+// interpreter that follows jinja2's runtime rules: scoping (a for iteration, macro, {% with %} or
+// block-capturing {% set %} gets its own scope; if does not), namespace objects as the only
+// mutable state, Python and/or returning operands, and Undefined that is harmless to print or test
+// but an error to compute with. Limits on output size, steps, call depth, value nesting and stack
+// use make a hostile template fail with swiftkv::Error instead of hanging or crashing.
 #include "tokenizer/chat_template.h"
 
+#include <optional>
 #include <string_view>
 #include <unordered_set>
 
@@ -78,9 +80,18 @@ bool references_name(const Expr* e, std::string_view name) {
     return references_name(e->star_args.get(), name) || references_name(e->star_kwargs.get(), name);
 }
 
+// Thrown while folding constants when an expression needs the template context (jinja2's
+// nodes.Impossible).
+struct NotConstant {};
+
 class Renderer {
 public:
-    explicit Renderer(const Value& context) : root_(std::make_shared<Scope>()) {
+    // FoldConstants evaluates expressions as jinja2's compile-time constant folding does: any
+    // variable or call is NotConstant, and slices go through the sandbox's lenient getitem.
+    enum class Mode { Render, FoldConstants };
+
+    explicit Renderer(const Value& context, Mode mode = Mode::Render)
+        : mode_(mode), root_(std::make_shared<Scope>()) {
         if (context.is_dict()) {
             for (const auto& [k, v] : context.as_dict().entries)
                 if (k.is_string()) root_->set(k.as_string(), v);
@@ -98,6 +109,8 @@ public:
         }
         root_->vars.clear();
     }
+
+    Value evaluate_constant(const Expr& e) { return eval(e, root_); }
 
     std::string render(const StmtList& body) {
         std::string out;
@@ -228,8 +241,8 @@ private:
         for (size_t i = 0; i < list.size(); ++i) {
             step();
             state->index0 = int64_t(i);
-            // Each iteration starts from a fresh scope; reuse the last one unless something
-            // (a macro defined in the body) still holds it.
+            // Each iteration starts from an empty scope. Nothing keeps a strong reference to a
+            // finished iteration's scope (closures hold weak ones), so the object is reused.
             if (iteration && iteration.use_count() == 1) {
                 iteration->vars.clear();
             } else {
@@ -342,6 +355,7 @@ private:
     // --- expressions
 
     Value lookup(const std::string& name, const ScopePtr& scope) {
+        if (mode_ == Mode::FoldConstants) throw NotConstant{};
         for (Scope* s = scope.get(); s; s = s->parent.get())
             if (Value* v = s->find_local(name)) return *v;
         if (const Value* g = find_global(name)) return *g;
@@ -365,6 +379,7 @@ private:
     }
 
     Value eval_call(const Expr& e, const ScopePtr& scope, const Value* caller) {
+        if (mode_ == Mode::FoldConstants) throw NotConstant{};
         Value callee = eval(*e.operands[0], scope);
         CallArgs args;
         collect_args(e, 1, scope, args);
@@ -415,8 +430,7 @@ private:
                 DictData d;
                 for (size_t i = 0; i + 1 < e.operands.size(); i += 2) {
                     Value key = eval(*e.operands[i], scope);
-                    if (key.is_list() || key.is_dict() || key.is_undefined() || key.is_namespace())
-                        fail("unhashable type: '" + key.type_name() + "'");
+                    if (key.is_list() || key.is_dict()) fail("unhashable type: '" + key.type_name() + "'");
                     d.set(std::move(key), eval(*e.operands[i + 1], scope));
                 }
                 return Value::dict(std::move(d));
@@ -430,13 +444,18 @@ private:
                         return index.operands[i] ? eval(*index.operands[i], scope) : Value::none();
                     };
                     Value start = part(0), stop = part(1), stride = part(2);
-                    return get_slice(obj, start, stop, stride, e.constant);
+                    return get_slice(obj, start, stop, stride, mode_ == Mode::FoldConstants);
                 }
                 return get_item(obj, eval(index, scope));
             }
             case ExprKind::Slice: fail("a slice is only allowed inside []");
             case ExprKind::Call: return eval_call(e, scope, nullptr);
             case ExprKind::Filter: {
+                // jinja2 cannot fold filters that take the template context.
+                if (mode_ == Mode::FoldConstants &&
+                    (e.name == "map" || e.name == "select" || e.name == "reject" || e.name == "selectattr" ||
+                     e.name == "rejectattr"))
+                    throw NotConstant{};
                 Value subject = eval(*e.operands[0], scope);
                 CallArgs args;
                 collect_args(e, 1, scope, args);
@@ -488,6 +507,7 @@ private:
             case ExprKind::Cond: {
                 if (truthy(eval(*e.operands[1], scope))) return eval(*e.operands[0], scope);
                 if (e.operands[2]) return eval(*e.operands[2], scope);
+                if (mode_ == Mode::FoldConstants) throw NotConstant{};
                 return Value::undefined(fmt::format(
                     "the inline if-expression on line {} evaluated to false and no else section was defined.", e.line));
             }
@@ -496,6 +516,7 @@ private:
         fail("internal error: unknown expression");
     }
 
+    Mode mode_;
     StackGuard stack_;
     ScopePtr root_;
     std::vector<std::shared_ptr<NamespaceData>> namespaces_;
@@ -503,6 +524,98 @@ private:
     int64_t steps_ = 0;
     int call_depth_ = 0;
     int current_line_ = 1;
+};
+
+// Python's repr() of the value can be evaluated back: jinja2 only keeps a folded constant then.
+bool has_safe_repr(const Value& v) {
+    switch (v.type()) {
+        case Value::Type::None:
+        case Value::Type::Bool:
+        case Value::Type::Int:
+        case Value::Type::Float:
+        case Value::Type::String: return true;
+        case Value::Type::List:
+        case Value::Type::Tuple:
+            for (const Value& item : v.items())
+                if (!has_safe_repr(item)) return false;
+            return true;
+        case Value::Type::Dict:
+            for (const auto& [key, value] : v.as_dict().entries)
+                if (!has_safe_repr(key) || !has_safe_repr(value)) return false;
+            return true;
+        default: return false;
+    }
+}
+
+// jinja2's compiler folds constant subexpressions bottom-up (jinja2/optimizer.py) and prints a
+// constant {{ }} expression at compile time. This is observable: folding evaluates x[a:b]
+// through the sandbox's getitem, so `{{ 1.0[:2] }}` prints "" where `{% set y = 1.0[:2] %}`
+// fails. Folding the same way keeps those outputs and errors identical.
+class ConstantFolder {
+public:
+    void fold(StmtList& body) {
+        for (auto& s : body) {
+            fold_expr(s->expr);
+            fold_expr(s->condition);
+            if (s->filter) fold_filter_arguments(*s->filter);
+            for (auto& [test, branch] : s->branches) {
+                fold_expr(test);
+                fold(branch);
+            }
+            for (auto& d : s->defaults) fold_expr(d);
+            for (auto& [target, value] : s->assignments) fold_expr(value);
+            fold(s->body);
+            fold(s->else_body);
+            if (s->kind == StmtKind::Print) {
+                // A constant {{ }} prints whatever it evaluates to, Undefined included.
+                std::optional<Value> v = evaluate(*s->expr);
+                if (v) {
+                    s->kind = StmtKind::Output;
+                    s->text = to_str(*v);
+                    s->expr.reset();
+                }
+            }
+        }
+    }
+
+private:
+    std::optional<Value> evaluate(const Expr& e) {
+        if (e.kind == ExprKind::Const) return e.value;
+        try {
+            return folder_.evaluate_constant(e);
+        } catch (const NotConstant&) {
+        } catch (const Error&) {
+            // jinja2 leaves a failing expression to fail (or not) at render time.
+        }
+        return std::nullopt;
+    }
+
+    void fold_expr(ExprPtr& e) {
+        if (!e) return;
+        for (auto& o : e->operands) fold_expr(o);
+        for (auto& [_, v] : e->keywords) fold_expr(v);
+        fold_expr(e->star_args);
+        fold_expr(e->star_kwargs);
+        if (e->kind == ExprKind::Const || e->kind == ExprKind::Slice || e->kind == ExprKind::Name ||
+            e->kind == ExprKind::Call || e->kind == ExprKind::NsRef)
+            return;
+        std::optional<Value> v = evaluate(*e);
+        if (!v || !has_safe_repr(*v)) return;
+        auto constant = std::make_unique<Expr>();
+        constant->kind = ExprKind::Const;
+        constant->line = e->line;
+        constant->value = std::move(*v);
+        e = std::move(constant);
+    }
+
+    // {% filter f(args) %} / {% set x | f(args) %}: the chain has no subject; fold its arguments.
+    void fold_filter_arguments(Expr& chain) {
+        for (size_t i = 1; i < chain.operands.size(); ++i) fold_expr(chain.operands[i]);
+        for (auto& [_, v] : chain.keywords) fold_expr(v);
+        if (chain.operands[0]) fold_filter_arguments(*chain.operands[0]);
+    }
+
+    Renderer folder_{Value::none(), Renderer::Mode::FoldConstants};
 };
 
 }  // namespace
@@ -513,6 +626,7 @@ struct ChatTemplate::Impl {
 
 ChatTemplate::ChatTemplate(const std::string& source) : impl_(std::make_unique<Impl>()) {
     impl_->body = jinja::parse_template(source);
+    ConstantFolder().fold(impl_->body);
 }
 
 ChatTemplate::~ChatTemplate() = default;

@@ -49,8 +49,7 @@ struct Expr {
     Value value;
     std::string name;
     std::string attribute;
-    bool unknown = false;   // Filter/Test whose name is not a known filter/test (see parse_template)
-    bool constant = false;  // Getitem of a slice whose operands jinja2 can fold at compile time
+    bool unknown = false;  // Filter/Test whose name is not a known filter/test (see parse_template)
     BinaryOp op = BinaryOp::Add;
     std::vector<CompareOp> compare_ops;
     std::vector<ExprPtr> operands;

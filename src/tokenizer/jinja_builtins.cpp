@@ -408,8 +408,23 @@ std::string apply_format_spec(const Value& v, const std::string& spec) {
 // ---------------------------------------------------------------------------------------------
 // Python int() / float() of strings
 
+// Python's int() and float() accept any Unicode decimal digits ("١٢٣" is 123).
+std::string ascii_digits(const std::string& text) {
+    if (is_ascii(text)) return text;
+    std::string out;
+    for (char32_t c : utf8_decode(text)) {
+        int d = decimal_value(c);
+        if (d >= 0) {
+            out += char('0' + d);
+        } else {
+            utf8_append(out, c);
+        }
+    }
+    return out;
+}
+
 std::optional<int64_t> parse_python_int(const std::string& text, int base) {
-    std::string s = py_strip(text, std::nullopt, true, true);
+    std::string s = ascii_digits(py_strip(text, std::nullopt, true, true));
     size_t i = 0;
     bool negative = false;
     if (i < s.size() && (s[i] == '+' || s[i] == '-')) negative = s[i++] == '-';
@@ -450,7 +465,7 @@ std::optional<int64_t> parse_python_int(const std::string& text, int base) {
 }
 
 std::optional<double> parse_python_float(const std::string& text) {
-    std::string s = py_strip(text, std::nullopt, true, true);
+    std::string s = ascii_digits(py_strip(text, std::nullopt, true, true));
     std::string lower = py_lower(s);
     std::string body = lower;
     double sign = 1;
@@ -571,26 +586,8 @@ const std::unordered_map<std::string_view, TestFn>& test_table() {
         {"even", [](const Value& v, CallArgs&) { return equals(python_mod(v, Value(int64_t(2))), Value(int64_t(0))); }},
         {"divisibleby",
          [](const Value& v, CallArgs& a) { return equals(python_mod(v, test_arg(a, "divisibleby")), Value(int64_t(0))); }},
-        {"lower",
-         [](const Value& v, CallArgs&) {
-             std::string s = to_str(v);
-             bool cased = false;
-             for (char32_t c : utf8_decode(s)) {
-                 if (to_lower(c) != c) return false;
-                 if (is_cased(c)) cased = true;
-             }
-             return cased;
-         }},
-        {"upper",
-         [](const Value& v, CallArgs&) {
-             std::string s = to_str(v);
-             bool cased = false;
-             for (char32_t c : utf8_decode(s)) {
-                 if (to_upper(c) != c) return false;
-                 if (is_cased(c)) cased = true;
-             }
-             return cased;
-         }},
+        {"lower", [](const Value& v, CallArgs&) { return py_islower(to_str(v)); }},
+        {"upper", [](const Value& v, CallArgs&) { return py_isupper(to_str(v)); }},
         {"eq", [](const Value& v, CallArgs& a) { return equals(v, test_arg(a, "eq")); }},
         {"equalto", [](const Value& v, CallArgs& a) { return equals(v, test_arg(a, "equalto")); }},
         {"ne", [](const Value& v, CallArgs& a) { return !equals(v, test_arg(a, "ne")); }},
@@ -1434,7 +1431,7 @@ const std::unordered_map<std::string_view, MethodFn>& str_methods() {
         {"casefold",
          [](const Value& s, CallArgs& a) {
              ArgReader r(a, "casefold", {});
-             return Value(py_lower(s.as_string()));
+             return Value(py_casefold(s.as_string()));
          }},
         {"title",
          [](const Value& s, CallArgs& a) {
@@ -1449,9 +1446,7 @@ const std::unordered_map<std::string_view, MethodFn>& str_methods() {
         {"swapcase",
          [](const Value& s, CallArgs& a) {
              ArgReader r(a, "swapcase", {});
-             std::string out;
-             for (char32_t c : utf8_decode(s.as_string())) utf8_append(out, to_upper(c) != c ? to_upper(c) : to_lower(c));
-             return Value(std::move(out));
+             return Value(py_swapcase(s.as_string()));
          }},
         {"replace",
          [](const Value& s, CallArgs& a) {
@@ -1853,12 +1848,10 @@ Value get_item(const Value& obj, const Value& key) {
     return Value::undefined("'" + object_type_repr(obj) + "' has no element " + repr(key));
 }
 
-Value get_slice(const Value& obj, const Value& start, const Value& stop, const Value& step, bool constant) {
+Value get_slice(const Value& obj, const Value& start, const Value& stop, const Value& step, bool lenient) {
     if (obj.is_undefined()) fail_undefined(obj);
-    // A TypeError becomes Undefined only in constant expressions, which jinja2 folds at compile
-    // time through the sandbox's getitem; at run time obj[a:b] is a plain Python subscript.
     auto type_error = [&](const std::string& message) -> Value {
-        if (constant) return Value::undefined(message);
+        if (lenient) return Value::undefined(message);
         fail(message);
     };
     if (!obj.is_string() && !obj.is_sequence_like()) {

@@ -22,9 +22,10 @@ bool apply_test(const std::string& name, const Value& subject, CallArgs& args);
 Value get_attribute(const Value& obj, const std::string& name);
 // obj[key]: item first, then (for string keys) a Python attribute, else Undefined.
 Value get_item(const Value& obj, const Value& key);
-// obj[start:stop:step] on a list, tuple or string; absent parts are None. `constant`: the whole
-// expression is constant (see Expr::constant), where jinja2 turns type errors into Undefined.
-Value get_slice(const Value& obj, const Value& start, const Value& stop, const Value& step, bool constant);
+// obj[start:stop:step] on a list, tuple or string; absent parts are None. `lenient`: evaluated
+// by constant folding, which goes through the sandbox's getitem and turns type errors into
+// Undefined; at run time jinja2 compiles a slice to a plain Python subscript, which raises.
+Value get_slice(const Value& obj, const Value& start, const Value& stop, const Value& step, bool lenient);
 
 // Calls a function value; raises the error jinja2 would for Undefined or non-callable values.
 Value call_value(const Value& callee, CallArgs& args);

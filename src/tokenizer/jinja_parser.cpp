@@ -846,18 +846,17 @@ private:
     }
 
     StmtPtr parse_print() {
+        // {% print a, b %} prints each value in turn, like {{ a }}{{ b }}. A Scope holds the Print
+        // statements (printing assigns nothing, so its own scope changes nothing).
         int line = current().line;
         next();
-        auto s = new_stmt(StmtKind::Print, line);
-        std::vector<ExprPtr> values;
+        auto s = new_stmt(StmtKind::Scope, line);
         while (!at(Tok::BlockEnd)) {
-            if (!values.empty()) expect(Tok::Comma);
-            values.push_back(parse_expression(true));
+            if (!s->body.empty()) expect(Tok::Comma);
+            auto p = new_stmt(StmtKind::Print, current().line);
+            p->expr = parse_expression(true);
+            s->body.push_back(std::move(p));
         }
-        // Several values print one after another: a Concat prints exactly that.
-        auto concat = make(ExprKind::Concat, line);
-        concat->operands = std::move(values);
-        s->expr = std::move(concat);
         return s;
     }
 
@@ -1249,37 +1248,6 @@ private:
         return e;
     }
 
-public:
-    // Whether jinja2's compile-time constant folding (Node.as_const) can evaluate `e`: literals
-    // and operators over them, but no variables, calls, or filters that need the context.
-    static bool is_constant(const Expr* e) {
-        if (!e) return true;
-        switch (e->kind) {
-            case ExprKind::Name:
-            case ExprKind::Call:
-            case ExprKind::NsRef: return false;
-            case ExprKind::Filter:
-                if (e->unknown || e->name == "map" || e->name == "select" || e->name == "reject" ||
-                    e->name == "selectattr" || e->name == "rejectattr")
-                    return false;
-                break;
-            case ExprKind::Test:
-                if (e->unknown) return false;
-                break;
-            case ExprKind::Cond:
-                if (!e->operands[2]) return false;
-                break;
-            default: break;
-        }
-        for (const auto& o : e->operands)
-            if (!is_constant(o.get())) return false;
-        for (const auto& [_, v] : e->keywords)
-            if (!is_constant(v.get())) return false;
-        return is_constant(e->star_args.get()) && is_constant(e->star_kwargs.get());
-    }
-
-private:
-
     ExprPtr parse_subscribed() {
         int line = current().line;
         std::vector<ExprPtr> args;
@@ -1456,49 +1424,6 @@ void check_unknown_names(const Expr* e, bool soft) {
     check_unknown_names(e->star_kwargs.get(), soft);
 }
 
-// jinja2 folds constant expressions at compile time, and folding evaluates obj[a:b] through the
-// sandbox's getitem, where a TypeError gives Undefined instead of an error. A folded result is
-// kept when it is a whole {{ }} expression, or when an operation on top of the slice (a test, a
-// filter, ~, ==, ...) turns it into a plain value; mark the slices such folding covers.
-void mark_all_slices(Expr* e) {
-    if (!e) return;
-    if (e->kind == ExprKind::Getitem && e->operands[1]->kind == ExprKind::Slice) e->constant = true;
-    for (auto& o : e->operands) mark_all_slices(o.get());
-    for (auto& [_, v] : e->keywords) mark_all_slices(v.get());
-}
-
-void mark_constant_slices(Expr* e, bool whole_output) {
-    if (!e) return;
-    bool slice_root = e->kind == ExprKind::Getitem && e->operands[1]->kind == ExprKind::Slice;
-    bool folds = e->kind != ExprKind::Const && e->kind != ExprKind::List && e->kind != ExprKind::Tuple &&
-                 e->kind != ExprKind::Dict && e->kind != ExprKind::Slice && !slice_root;
-    if ((whole_output || folds) && Parser::is_constant(e)) {
-        mark_all_slices(e);
-        return;
-    }
-    for (auto& o : e->operands) mark_constant_slices(o.get(), false);
-    for (auto& [_, v] : e->keywords) mark_constant_slices(v.get(), false);
-    mark_constant_slices(e->star_args.get(), false);
-    mark_constant_slices(e->star_kwargs.get(), false);
-}
-
-void mark_constant_slices(StmtList& body) {
-    for (auto& s : body) {
-        mark_constant_slices(s->expr.get(), s->kind == StmtKind::Print);
-        mark_constant_slices(s->target.get(), false);
-        mark_constant_slices(s->condition.get(), false);
-        mark_constant_slices(s->filter.get(), false);
-        for (auto& [test, branch] : s->branches) {
-            mark_constant_slices(test.get(), false);
-            mark_constant_slices(branch);
-        }
-        for (auto& d : s->defaults) mark_constant_slices(d.get(), false);
-        for (auto& [t, v] : s->assignments) mark_constant_slices(v.get(), false);
-        mark_constant_slices(s->body);
-        mark_constant_slices(s->else_body);
-    }
-}
-
 }  // namespace
 
 StmtList parse_template(const std::string& source) {
@@ -1506,7 +1431,6 @@ StmtList parse_template(const std::string& source) {
     Parser parser(lexer.run());
     StmtList body = parser.parse();
     check_unknown_names(body, false);
-    mark_constant_slices(body);
     return body;
 }
 

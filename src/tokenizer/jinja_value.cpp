@@ -317,13 +317,101 @@ char32_t to_lower(char32_t c) {
     return c;
 }
 
+namespace {
+
+// Titlecase letters (Dž, Lj, Nj, Dz) are cased but neither upper nor lower case.
+bool is_titlecase_letter(char32_t c) { return c == 0x1C5 || c == 0x1C8 || c == 0x1CB || c == 0x1F2; }
+
+// Python's full case mappings where one character becomes several (SpecialCasing.txt).
+const char* special_upper(char32_t c) {
+    switch (c) {
+        case 0xDF: return "SS";
+        case 0x149: return "\xCA\xBCN";
+        case 0x1F0: return "J\xCC\x8C";
+        case 0xFB00: return "FF";
+        case 0xFB01: return "FI";
+        case 0xFB02: return "FL";
+        case 0xFB03: return "FFI";
+        case 0xFB04: return "FFL";
+        case 0xFB05:
+        case 0xFB06: return "ST";
+        default: return nullptr;
+    }
+}
+
+const char* special_title(char32_t c) {
+    switch (c) {
+        case 0xDF: return "Ss";
+        case 0x149: return "\xCA\xBCN";
+        case 0x1F0: return "J\xCC\x8C";
+        case 0xFB00: return "Ff";
+        case 0xFB01: return "Fi";
+        case 0xFB02: return "Fl";
+        case 0xFB03: return "Ffi";
+        case 0xFB04: return "Ffl";
+        case 0xFB05:
+        case 0xFB06: return "St";
+        default: return nullptr;
+    }
+}
+
+char32_t to_title(char32_t c) {
+    for (char32_t base : {0x1C4u, 0x1C7u, 0x1CAu, 0x1F1u})
+        if (c >= base && c <= base + 2) return base + 1;
+    return to_upper(c);
+}
+
+void append_upper(std::string& out, char32_t c) {
+    if (const char* special = special_upper(c)) {
+        out += special;
+    } else {
+        utf8_append(out, to_upper(c));
+    }
+}
+
+void append_title(std::string& out, char32_t c) {
+    if (const char* special = special_title(c)) {
+        out += special;
+    } else {
+        utf8_append(out, to_title(c));
+    }
+}
+
+// Lowercases u[i] with its context: a capital sigma ending a word becomes final sigma ς.
+void append_lower(std::string& out, const std::u32string& u, size_t i) {
+    char32_t c = u[i];
+    if (c == 0x3A3) {
+        bool after_cased = i > 0 && is_cased(u[i - 1]);
+        bool before_cased = i + 1 < u.size() && is_cased(u[i + 1]);
+        utf8_append(out, after_cased && !before_cased ? 0x3C2 : 0x3C3);
+    } else if (c == 0x130) {
+        out += "i\xCC\x87";
+    } else {
+        utf8_append(out, to_lower(c));
+    }
+}
+
+}  // namespace
+
 bool is_cased(char32_t c) {
-    return to_upper(c) != c || to_lower(c) != c || c == 0xDF || c == 0x138 || c == 0x149 || c == 0x3C2;
+    return to_upper(c) != c || to_lower(c) != c || c == 0xDF || c == 0x138 || c == 0x149 || c == 0x3C2 ||
+           (c >= 0xFB00 && c <= 0xFB06) || is_titlecase_letter(c);
+}
+
+int decimal_value(char32_t c) {
+    if (c >= '0' && c <= '9') return int(c - '0');
+    // Unicode decimal digits (category Nd) come in runs of ten; these are the common scripts.
+    static constexpr char32_t kZeros[] = {0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6,
+                                          0xD66, 0xDE6, 0xE50, 0xED0, 0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0xFF10};
+    for (char32_t zero : kZeros)
+        if (c >= zero && c < zero + 10) return int(c - zero);
+    return -1;
 }
 
 bool is_digit(char32_t c) {
-    return (c >= '0' && c <= '9') || c == 0xB2 || c == 0xB3 || c == 0xB9 || (c >= 0x660 && c <= 0x669) ||
-           (c >= 0x6F0 && c <= 0x6F9) || (c >= 0x966 && c <= 0x96F) || (c >= 0xFF10 && c <= 0xFF19);
+    // str.isdigit(): decimal digits plus superscripts and subscripts.
+    return decimal_value(c) >= 0 || c == 0xB2 || c == 0xB3 || c == 0xB9 || c == 0x2070 || (c >= 0x2074 && c <= 0x2079) ||
+           (c >= 0x2080 && c <= 0x2089);
 }
 
 bool is_alpha(char32_t c) {
@@ -372,15 +460,7 @@ std::string py_strip(std::string_view s, const std::optional<std::string>& chars
 std::string py_upper(std::string_view s) {
     std::string out;
     out.reserve(s.size());
-    for (char32_t c : utf8_decode(s)) {
-        if (c == 0xDF) {
-            out += "SS";
-        } else if (c == 0x149) {
-            out += "\xCA\xBCN";
-        } else {
-            utf8_append(out, to_upper(c));
-        }
-    }
+    for (char32_t c : utf8_decode(s)) append_upper(out, c);
     return out;
 }
 
@@ -388,54 +468,94 @@ std::string py_lower(std::string_view s) {
     std::u32string u = utf8_decode(s);
     std::string out;
     out.reserve(s.size());
-    for (size_t i = 0; i < u.size(); ++i) {
-        char32_t c = u[i];
-        if (c == 0x3A3) {
-            // Final sigma: a capital sigma ending a word lowercases to ς.
-            bool after_cased = i > 0 && is_cased(u[i - 1]);
-            bool before_cased = i + 1 < u.size() && is_cased(u[i + 1]);
-            utf8_append(out, after_cased && !before_cased ? 0x3C2 : 0x3C3);
-        } else if (c == 0x130) {
-            out += "i\xCC\x87";
-        } else {
-            utf8_append(out, to_lower(c));
-        }
-    }
+    for (size_t i = 0; i < u.size(); ++i) append_lower(out, u, i);
     return out;
 }
 
 std::string py_title(std::string_view s) {
+    std::u32string u = utf8_decode(s);
     std::string out;
     out.reserve(s.size());
     bool previous_cased = false;
-    std::u32string u = utf8_decode(s);
     for (size_t i = 0; i < u.size(); ++i) {
-        char32_t c = u[i];
-        if (previous_cased && c == 0x3A3) {
-            bool before_cased = i + 1 < u.size() && is_cased(u[i + 1]);
-            utf8_append(out, before_cased ? 0x3C3 : 0x3C2);  // final sigma, as in py_lower
-        } else if (previous_cased) {
-            utf8_append(out, to_lower(c));
-        } else if (c == 0xDF) {
-            out += "Ss";
+        if (previous_cased) {
+            append_lower(out, u, i);
         } else {
-            utf8_append(out, to_upper(c));
+            append_title(out, u[i]);
         }
-        previous_cased = is_cased(c);
+        previous_cased = is_cased(u[i]);
     }
     return out;
 }
 
 std::string py_capitalize(std::string_view s) {
     std::u32string u = utf8_decode(s);
-    if (u.empty()) return "";
     std::string out;
-    if (u[0] == 0xDF) {
-        out += "Ss";
-    } else {
-        utf8_append(out, to_upper(u[0]));
+    for (size_t i = 0; i < u.size(); ++i) {
+        if (i == 0) {
+            append_title(out, u[0]);
+        } else {
+            append_lower(out, u, i);
+        }
     }
-    out += py_lower(utf8_encode(std::u32string_view(u).substr(1)));
+    return out;
+}
+
+// str.islower() / str.isupper(): at least one cased character, and none of the other case.
+bool py_islower(std::string_view s) {
+    bool cased = false;
+    for (char32_t c : utf8_decode(s)) {
+        if (to_lower(c) != c || is_titlecase_letter(c)) return false;
+        cased = cased || is_cased(c);
+    }
+    return cased;
+}
+
+bool py_isupper(std::string_view s) {
+    bool cased = false;
+    for (char32_t c : utf8_decode(s)) {
+        if (to_upper(c) != c || special_upper(c) || is_titlecase_letter(c)) return false;
+        cased = cased || is_cased(c);
+    }
+    return cased;
+}
+
+std::string py_swapcase(std::string_view s) {
+    std::u32string u = utf8_decode(s);
+    std::string out;
+    out.reserve(s.size());
+    for (size_t i = 0; i < u.size(); ++i) {
+        char32_t c = u[i];
+        if (is_titlecase_letter(c)) {
+            utf8_append(out, c);
+        } else if (to_lower(c) != c) {
+            append_lower(out, u, i);
+        } else if (to_upper(c) != c || special_upper(c)) {
+            append_upper(out, c);
+        } else {
+            utf8_append(out, c);
+        }
+    }
+    return out;
+}
+
+std::string py_casefold(std::string_view s) {
+    std::string out;
+    for (char32_t c : utf8_decode(py_lower(s))) {
+        switch (c) {
+            case 0xDF: out += "ss"; break;
+            case 0x3C2: out += "\xCF\x83"; break;
+            case 0x149: out += "\xCA\xBCn"; break;
+            case 0xFB00: out += "ff"; break;
+            case 0xFB01: out += "fi"; break;
+            case 0xFB02: out += "fl"; break;
+            case 0xFB03: out += "ffi"; break;
+            case 0xFB04: out += "ffl"; break;
+            case 0xFB05:
+            case 0xFB06: out += "st"; break;
+            default: utf8_append(out, c);
+        }
+    }
     return out;
 }
 

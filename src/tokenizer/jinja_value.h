@@ -249,7 +249,8 @@ char32_t to_upper(char32_t c);
 char32_t to_lower(char32_t c);
 bool is_cased(char32_t c);
 bool is_alpha(char32_t c);
-bool is_digit(char32_t c);
+bool is_digit(char32_t c);      // str.isdigit()
+int decimal_value(char32_t c);  // value of a Unicode decimal digit, or -1
 bool is_word_char(char32_t c);  // regex \w
 
 // Python str.strip/lstrip/rstrip with optional chars (nullopt: whitespace).
@@ -258,6 +259,10 @@ std::string py_upper(std::string_view s);
 std::string py_lower(std::string_view s);
 std::string py_title(std::string_view s);       // str.title()
 std::string py_capitalize(std::string_view s);  // str.capitalize()
+std::string py_swapcase(std::string_view s);
+bool py_islower(std::string_view s);
+bool py_isupper(std::string_view s);
+std::string py_casefold(std::string_view s);
 std::vector<std::string> py_split(std::string_view s, const std::optional<std::string>& sep, int64_t maxsplit);
 std::vector<std::string> py_rsplit(std::string_view s, const std::optional<std::string>& sep, int64_t maxsplit);
 std::vector<std::string> py_splitlines(std::string_view s, bool keepends);

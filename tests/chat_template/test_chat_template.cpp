@@ -5,6 +5,8 @@
 // references cannot cover: error messages, resource limits, thread safety, the clock.
 #include <gtest/gtest.h>
 
+#include <pthread.h>
+
 #include <chrono>
 #include <ctime>
 #include <fstream>
@@ -187,6 +189,67 @@ TEST(ChatTemplate, DeepNestingFailsCleanly) {
     EXPECT_THROW(ChatTemplate{nested_ifs}, Error);
     EXPECT_THROW(render("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"), Error);
     EXPECT_THROW(render("{% for x in [[1]] recursive %}{{ loop([[1]]) }}{% endfor %}"), Error);
+}
+
+TEST(ChatTemplate, DeepValuesAndNamespaceGraphsFailCleanly) {
+    // Values built up in a loop nest without bound in Python; here they stop at 256 levels.
+    EXPECT_THROW(render("{% set ns = namespace(l=[]) %}{% for i in range(100000) %}{% set ns.l = [ns.l] %}"
+                        "{% endfor %}"),
+                 Error);
+    EXPECT_THROW(render("{% set ns = namespace(g=[1]) %}{% for i in range(100000) %}{% set ns.g = ns.g | select %}"
+                        "{% endfor %}{{ ns.g | list }}"),
+                 Error);
+    // A long chain of namespaces is legal and must be torn down without deep recursion.
+    EXPECT_EQ(render("{% set ns = namespace(p=none) %}{% for i in range(50000) %}{% set ns.p = namespace(p=ns.p) %}"
+                     "{% endfor %}done"),
+              "done");
+    // A namespace that contains itself cannot be printed (Python prints "..."), but is freed.
+    EXPECT_THROW(render("{% set a = namespace() %}{% set a.me = a %}{{ a }}"), Error);
+    EXPECT_EQ(render("{% set a = namespace() %}{% set a.me = a %}{{ a.me.me is defined }}"), "True");
+}
+
+// Renders on a thread with a small stack: recursion limits must follow the real stack size.
+std::string render_on_small_stack(const std::string& source, size_t stack_bytes) {
+    struct Job {
+        std::string source, result;
+    } job{source, ""};
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, stack_bytes);
+    pthread_t thread;
+    auto run = [](void* arg) -> void* {
+        auto* j = static_cast<Job*>(arg);
+        try {
+            j->result = ChatTemplate(j->source).render(json::object());
+        } catch (const Error& e) {
+            j->result = std::string("error: ") + e.what();
+        }
+        return nullptr;
+    };
+    EXPECT_EQ(pthread_create(&thread, &attr, run, &job), 0);
+    pthread_join(thread, nullptr);
+    pthread_attr_destroy(&attr);
+    return job.result;
+}
+
+TEST(ChatTemplate, RecursionStopsBeforeTheStackEnds) {
+    std::string nested_ifs;
+    for (int i = 0; i < 20; ++i) nested_ifs += "{% if true %}";
+    std::string close;
+    for (int i = 0; i < 20; ++i) close += "{% endif %}";
+    std::string deep_macro = "{% macro f(n) %}{% if n < 99 %}" + nested_ifs + "{{ f(n + 1) }}" + close +
+                             "{% endif %}{% endmacro %}{{ f(0) }}";
+    // 100 macro calls, each 20 statements deep: renders ("") where the stack allows, fails
+    // cleanly where it does not — never overflows.
+    for (size_t stack : {size_t(256) << 10, size_t(1) << 20, size_t(8) << 20}) {
+        std::string result = render_on_small_stack(deep_macro, stack);
+        EXPECT_TRUE(result.empty() || result.rfind("error: ", 0) == 0) << result;
+        std::string parens = "{{ " + std::string(120, '(') + "1" + std::string(120, ')') + " }}";
+        result = render_on_small_stack(parens, stack);
+        EXPECT_TRUE(result == "1" || result.rfind("error: ", 0) == 0) << result;
+    }
+    // An ordinary template still renders on a small stack.
+    EXPECT_EQ(render_on_small_stack("{% for i in range(3) %}{{ i }}{% endfor %}", size_t(256) << 10), "012");
 }
 
 TEST(ChatTemplate, HostileInputNeverCrashes) {

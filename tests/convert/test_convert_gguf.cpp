@@ -16,6 +16,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 #include "convert/gguf_export.h"
 #include "convert/swiftkv_convert.h"
 #include "core/error.h"
@@ -370,7 +372,7 @@ void expect_same_config(const ModelConfig& a, const ModelConfig& b) {
 // (the GGUF side un-permuted by the loader), the same bits; and nothing else is.
 void expect_same_tensors(const ModelSource& gguf, const ModelSource& hf) {
     const int64_t hd = hf.config().head_dim;
-    EXPECT_EQ(gguf.tensors().size(), hf.tensors().size());
+    EXPECT_EQ(gguf.tensors().size() - (gguf.find("rope_freqs.weight") ? 1 : 0), hf.tensors().size());
     for (const auto& [name, t] : hf.tensors()) {
         const SourceTensor* g = gguf.find(name);
         ASSERT_NE(g, nullptr) << name;
@@ -667,4 +669,68 @@ TEST_F(ConvertGguf, BadOutputFailsCleanly) {
     o.force = true;
     o.out_dir = dir.string();
     EXPECT_NE(error_of([&] { convert_to_swiftkv(o); }).find("not a regular file"), std::string::npos);
+}
+
+// A Hugging Face source with Llama-3 RoPE scaling (the tiny teacher's config patched): the GGUF
+// carries it as llama.cpp's rope_freqs divisors and runs like the directory; the tokenizer
+// metadata built from its tokenizer.json tokenizes like the reference ids.
+TEST(ConvertGgufTiny, Llama3RopeScalingAndTokenizerFromHuggingFace) {
+    const fs::path data = fs::path(SWIFTKV_SOURCE_DIR) / "tests/convert/data";
+    const fs::path root = fresh_dir("tiny");
+    ConvertOptions o;
+    o.model_path = (data / "tiny_teacher.gguf").string();
+    o.swiftkv_layers = "4";
+    o.out_dir = (root / "base").string();
+    convert_to_swiftkv(o);
+    nlohmann::json config;
+    {
+        std::ifstream in(root / "base" / "config.json");
+        config = nlohmann::json::parse(in);
+    }
+    config["rope_scaling"] = {{"rope_type", "llama3"},
+                              {"factor", 8.0},
+                              {"low_freq_factor", 1.0},
+                              {"high_freq_factor", 4.0},
+                              {"original_max_position_embeddings", 64}};
+    std::ofstream(root / "base" / "config.json") << config.dump(2);
+
+    o.model_path = (root / "base").string();
+    o.swiftkv_layers = "50%";
+    o.group_size = 2;
+    o.out_dir = (root / "student").string();
+    convert_to_swiftkv(o);
+    o.format = ConvertFormat::Gguf;
+    o.out_dir = (root / "student.gguf").string();
+    convert_to_swiftkv(o);
+
+    auto hf = ModelSource::open((root / "student").string());
+    auto gguf = ModelSource::open(o.out_dir);
+    EXPECT_EQ(hf->config().rope_scaling.type, RopeScaling::Type::Llama3);
+    EXPECT_EQ(gguf->config().rope_scaling.type, RopeScaling::Type::None) << "GGUF says it with rope_freqs";
+    const SourceTensor* freqs = gguf->find("rope_freqs.weight");
+    ASSERT_NE(freqs, nullptr);
+    std::vector<float> divisors(8);
+    read_source_rows_f32(*freqs, 0, 1, 0, divisors.data());
+    EXPECT_EQ(divisors.front(), 1.0f);
+    EXPECT_NEAR(divisors.back(), 8.0f, 1e-5);
+    // The engine divides the plain frequencies by the divisors: the same as Hugging Face's.
+    ModelConfig plain = hf->config();
+    plain.rope_scaling = RopeScaling{};
+    const std::vector<float> base_freq = plain.rope_inv_freq(), scaled = hf->config().rope_inv_freq();
+    for (size_t i = 0; i < 8; ++i) EXPECT_NEAR(base_freq[i] / divisors[i], scaled[i], 1e-7 * base_freq[i]) << i;
+    expect_same_tensors(*gguf, *hf);  // rope_freqs aside: the HF side has none
+    const BpeTokenizer tok = load_tokenizer(*gguf);
+    std::ifstream refs(data / "tiny_swiftkv_tokens.json");
+    for (const auto& e : nlohmann::json::parse(refs)) {
+        EXPECT_EQ(tok.encode(e["text"].get<std::string>(), false, true), e["ids"].get<std::vector<int32_t>>())
+            << e["text"];
+    }
+    for (bool swiftkv : {true, false}) {
+        const std::vector<float> a = logits_of(o.out_dir, swiftkv), b = logits_of((root / "student").string(), swiftkv);
+        ASSERT_EQ(a.size(), b.size());
+        double worst = 0;
+        for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+        EXPECT_LT(worst, 1e-5) << "swiftkv " << swiftkv;
+    }
+    fs::remove_all(root);
 }

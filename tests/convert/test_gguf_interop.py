@@ -34,7 +34,8 @@ MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def build_dir() -> Path:
-    return Path(os.environ.get("SWIFTKV_BUILD_DIR", ROOT / "build" / "release"))
+    build = Path(os.environ.get("SWIFTKV_BUILD_DIR", ROOT / "build" / "release"))
+    return build if build.is_absolute() else ROOT / build
 
 
 def binary(rel: str) -> Path:
