@@ -36,13 +36,13 @@ EngineOptions engine_options(const ModelArgs& a) {
 
 void add_sampling_args(CLI::App& app, SamplingArgs& s) {
     app.add_option("-n,--max-tokens", s.max_tokens, "maximum tokens to generate");
-    app.add_option("--temp,--temperature", s.temperature, "sampling temperature (0: greedy)");
-    app.add_option("--top-k", s.top_k, "keep the k most likely tokens (0: off)");
-    app.add_option("--top-p", s.top_p, "nucleus sampling mass");
-    app.add_option("--min-p", s.min_p, "drop tokens below min_p times the top probability");
-    app.add_option("--repeat-penalty", s.repeat_penalty, "repetition penalty over prompt and output");
-    app.add_option("--frequency-penalty", s.frequency_penalty, "OpenAI frequency penalty");
-    app.add_option("--presence-penalty", s.presence_penalty, "OpenAI presence penalty");
+    app.add_option("--temp,--temperature", s.sampling.temperature, "sampling temperature (0: greedy)");
+    app.add_option("--top-k", s.sampling.top_k, "keep the k most likely tokens (0: off)");
+    app.add_option("--top-p", s.sampling.top_p, "nucleus sampling mass");
+    app.add_option("--min-p", s.sampling.min_p, "drop tokens below min_p times the top probability");
+    app.add_option("--repeat-penalty", s.sampling.repetition_penalty, "repetition penalty over prompt and output");
+    app.add_option("--frequency-penalty", s.sampling.frequency_penalty, "OpenAI frequency penalty");
+    app.add_option("--presence-penalty", s.sampling.presence_penalty, "OpenAI presence penalty");
     app.add_option("-s,--seed", s.seed, "random seed (-1: random)");
     app.add_option("--stop", s.stop, "stop string (repeatable)");
     app.add_flag("--ignore-eos", s.ignore_eos, "keep generating past end-of-sequence tokens");
@@ -50,13 +50,7 @@ void add_sampling_args(CLI::App& app, SamplingArgs& s) {
 
 GenerationRequest make_request(const SamplingArgs& s) {
     GenerationRequest r;
-    r.sampling.temperature = s.temperature;
-    r.sampling.top_k = s.top_k;
-    r.sampling.top_p = s.top_p;
-    r.sampling.min_p = s.min_p;
-    r.sampling.repetition_penalty = s.repeat_penalty;
-    r.sampling.frequency_penalty = s.frequency_penalty;
-    r.sampling.presence_penalty = s.presence_penalty;
+    r.sampling = s.sampling;
     if (s.seed >= 0) r.sampling.seed = uint64_t(s.seed);
     r.sampling.validate();
     SKV_CHECK(s.max_tokens >= 0, "--max-tokens must be >= 0, got {}", s.max_tokens);

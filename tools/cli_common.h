@@ -23,13 +23,7 @@ std::string default_model_path();
 EngineOptions engine_options(const ModelArgs& args);
 
 struct SamplingArgs {
-    float temperature = 0.0f;
-    int32_t top_k = 0;
-    float top_p = 1.0f;
-    float min_p = 0.0f;
-    float repeat_penalty = 1.0f;
-    float frequency_penalty = 0.0f;
-    float presence_penalty = 0.0f;
+    SamplingParams sampling;  // bound to the flags directly; the seed is set from `seed`
     int64_t seed = -1;
     int64_t max_tokens = 256;
     std::vector<std::string> stop;
