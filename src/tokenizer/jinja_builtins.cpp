@@ -1548,7 +1548,7 @@ const std::unordered_map<std::string_view, MethodFn>& str_methods() {
     return table;
 }
 
-// Python str attributes that exist but are not implemented here.
+// Python str attributes that exist but are not supported by this interpreter (they raise an error naming the attribute).
 bool is_other_str_attribute(std::string_view name) {
     static const std::string_view names[] = {"encode", "expandtabs", "format_map", "isidentifier", "isprintable",
                                              "istitle", "maketrans", "translate"};
