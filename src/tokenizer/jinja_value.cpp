@@ -1225,45 +1225,40 @@ void json_string(std::string& out, std::string_view s, bool ensure_ascii) {
         std::snprintf(buf, sizeof buf, "\\u%04x", v);
         out += buf;
     };
+    // The characters json.dumps writes with a two-character escape.
+    auto escape_short = [&out](uint32_t c) {
+        switch (c) {
+            case '"': out += "\\\""; return true;
+            case '\\': out += "\\\\"; return true;
+            case '\n': out += "\\n"; return true;
+            case '\r': out += "\\r"; return true;
+            case '\t': out += "\\t"; return true;
+            case '\b': out += "\\b"; return true;
+            case '\f': out += "\\f"; return true;
+            default: return false;
+        }
+    };
     if (!ensure_ascii) {
         for (char ch : s) {
             auto c = static_cast<unsigned char>(ch);
-            switch (c) {
-                case '"': out += "\\\""; break;
-                case '\\': out += "\\\\"; break;
-                case '\n': out += "\\n"; break;
-                case '\r': out += "\\r"; break;
-                case '\t': out += "\\t"; break;
-                case '\b': out += "\\b"; break;
-                case '\f': out += "\\f"; break;
-                default:
-                    if (c < 0x20) {
-                        hex4(c);
-                    } else {
-                        out += ch;
-                    }
+            if (escape_short(c)) continue;
+            if (c < 0x20) {
+                hex4(c);
+            } else {
+                out += ch;
             }
         }
     } else {
         for (char32_t c : utf8_decode(s)) {
-            switch (c) {
-                case '"': out += "\\\""; break;
-                case '\\': out += "\\\\"; break;
-                case '\n': out += "\\n"; break;
-                case '\r': out += "\\r"; break;
-                case '\t': out += "\\t"; break;
-                case '\b': out += "\\b"; break;
-                case '\f': out += "\\f"; break;
-                default:
-                    if (c >= 0x20 && c < 0x7F) {
-                        out += char(c);
-                    } else if (c < 0x10000) {
-                        hex4(unsigned(c));
-                    } else {
-                        char32_t v = c - 0x10000;
-                        hex4(0xD800 | unsigned(v >> 10));
-                        hex4(0xDC00 | unsigned(v & 0x3FF));
-                    }
+            if (escape_short(c)) continue;
+            if (c >= 0x20 && c < 0x7F) {
+                out += char(c);
+            } else if (c < 0x10000) {
+                hex4(unsigned(c));
+            } else {
+                char32_t v = c - 0x10000;
+                hex4(0xD800 | unsigned(v >> 10));
+                hex4(0xDC00 | unsigned(v & 0x3FF));
             }
         }
     }

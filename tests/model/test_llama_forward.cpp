@@ -99,38 +99,34 @@ TEST(LlamaForward, Bf16WeightsMatchReferenceOnRoundedWeights) {
     EXPECT_LT(run_and_compare(m, DType::BF16, 5, 16), 2e-5);
 }
 
-TEST(LlamaForward, ShapeMismatchNamesTheTensor) {
-    TinySpec s;
-    TinyModel m = make_tiny_model(s);
-    m.shapes["model.layers.1.mlp.up_proj.weight"] = {s.ffn - 1, s.hidden};
-    m.tensors["model.layers.1.mlp.up_proj.weight"].resize(size_t((s.ffn - 1) * s.hidden));
-    const std::string dir = temp_dir("shape");
+// Loading the model must fail with an error that names `tensor`.
+void expect_load_error_naming(const TinyModel& m, const std::string& tensor) {
+    const std::string dir = temp_dir("bad");
     write_tiny_model(m, dir);
     auto source = ModelSource::open(dir);
     auto backend = make_cpu_backend(1);
     try {
         LlamaModel model(*source, *backend, LoadOptions{});
-        FAIL() << "expected an error";
+        ADD_FAILURE() << "expected an error naming " << tensor;
     } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find("model.layers.1.mlp.up_proj.weight"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find(tensor), std::string::npos) << e.what();
     }
     std::filesystem::remove_all(dir);
 }
 
-TEST(LlamaForward, MissingTensorNamesTheTensor) {
+TEST(LlamaForward, ShapeMismatchNamesTheTensor) {
     TinySpec s;
     TinyModel m = make_tiny_model(s);
-    m.tensors.erase("model.layers.2.self_attn.k_proj.weight");
-    m.shapes.erase("model.layers.2.self_attn.k_proj.weight");
-    const std::string dir = temp_dir("missing");
-    write_tiny_model(m, dir);
-    auto source = ModelSource::open(dir);
-    auto backend = make_cpu_backend(1);
-    try {
-        LlamaModel model(*source, *backend, LoadOptions{});
-        FAIL() << "expected an error";
-    } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find("model.layers.2.self_attn.k_proj.weight"), std::string::npos) << e.what();
-    }
-    std::filesystem::remove_all(dir);
+    const std::string name = "model.layers.1.mlp.up_proj.weight";
+    m.shapes[name] = {s.ffn - 1, s.hidden};
+    m.tensors[name].resize(size_t((s.ffn - 1) * s.hidden));
+    expect_load_error_naming(m, name);
+}
+
+TEST(LlamaForward, MissingTensorNamesTheTensor) {
+    TinyModel m = make_tiny_model(TinySpec{});
+    const std::string name = "model.layers.2.self_attn.k_proj.weight";
+    m.tensors.erase(name);
+    m.shapes.erase(name);
+    expect_load_error_naming(m, name);
 }
