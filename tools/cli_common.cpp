@@ -13,7 +13,13 @@ std::string default_model_path() {
 
 void add_model_args(CLI::App& app, ModelArgs& a) {
     app.add_option("-m,--model", a.model, "GGUF file or Hugging Face directory (default: $SWIFTKV_MODEL or the bundled SmolLM2-135M-Instruct)");
-    app.add_option("--dtype", a.dtype, "weight storage precision: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
+    app.add_option("-d,--device", a.device, "where to run: cpu, cuda or cuda:N (default: cpu)");
+    app.add_option("--dtype", a.dtype, "weight storage precision: f32 or bf16 (default: f32 on cpu, bf16 on cuda)")
+        ->check(CLI::IsMember({"f32", "bf16"}));
+    app.add_option("--gpu-memory-fraction", a.gpu_memory_fraction,
+                   "share of the GPU memory left after the weights that the KV cache takes (default 0.9)")
+        ->check(CLI::Range(0.01, 1.0));
+    app.add_flag("--no-graphs", a.no_graphs, "run every GPU op eagerly (no CUDA graph replay)");
     app.add_option("-t,--threads", a.threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1024));
     app.add_option("-c,--ctx", a.ctx, "context length in tokens (default: the model's, capped at 8192)")->check(CLI::Range(int64_t(0), int64_t(1) << 24));
     app.add_option("--kv-cache-tokens", a.kv_cache_tokens, "KV cache capacity in tokens (default: the context length)")->check(CLI::Range(int64_t(0), int64_t(1) << 30));
@@ -25,7 +31,10 @@ void add_model_args(CLI::App& app, ModelArgs& a) {
 EngineOptions engine_options(const ModelArgs& a) {
     EngineOptions o;
     o.model_path = a.model.empty() ? default_model_path() : a.model;
-    o.weight_dtype = a.dtype == "bf16" ? DType::BF16 : DType::F32;
+    o.device = a.device;
+    if (!a.dtype.empty()) o.weight_dtype = a.dtype == "bf16" ? DType::BF16 : DType::F32;
+    o.gpu_memory_fraction = a.gpu_memory_fraction;
+    o.graphs = !a.no_graphs;
     o.threads = a.threads;
     o.context_length = a.ctx;
     o.kv_cache_tokens = a.kv_cache_tokens;

@@ -10,7 +10,10 @@ namespace swiftkv::cli {
 
 struct ModelArgs {
     std::string model;
-    std::string dtype = "f32";
+    std::string device = "cpu";
+    std::string dtype;  // empty: the device's default (f32 on cpu, bf16 on cuda)
+    double gpu_memory_fraction = 0.9;
+    bool no_graphs = false;
     int threads = 0;
     int64_t ctx = 0;
     int64_t kv_cache_tokens = 0;
@@ -47,6 +50,20 @@ struct BenchArgs {
     std::vector<std::string> swiftkv_variants;  // "50%" or "50%:3": convert the model and measure it too
 };
 int cmd_bench(const swiftkv::cli::ModelArgs& model, const BenchArgs& args);
+struct SyntheticBenchArgs {
+    std::string shape;                               // "llama-3.1-8b" or "llama-3.1-8b:LAYERS"
+    std::vector<int64_t> prompt_lengths{512, 2048, 8192};
+    std::vector<int64_t> prefill_batches{1, 8};
+    std::vector<int64_t> decode_batches{1, 8, 32, 128};
+    int64_t decode_context = 1024;
+    int64_t decode_steps = 32;
+    int64_t max_step_tokens = 65536;                 // tokens in one forward step
+    int reps = 3;
+    std::vector<std::string> swiftkv_variants;       // "50%", "25%", "50%:2"
+    bool time_acrosskv = false;                      // time AcrossKV variants too (else sizes only)
+    std::string json_out;
+};
+int cmd_bench_synthetic(const swiftkv::cli::ModelArgs& model, const SyntheticBenchArgs& args);
 struct ScoreArgs {
     std::vector<int32_t> tokens;
     std::string text;

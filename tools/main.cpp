@@ -51,6 +51,18 @@ int main(int argc, char** argv) {
     bench->add_option("--swiftkv-cuts", bench_args.swiftkv_variants,
                       "also convert the model to SwiftKV at these cuts (CUT or CUT:GROUP, e.g. 50%,25%,50%:3) and measure each")
         ->delimiter(',');
+    SyntheticBenchArgs syn;
+    bench->add_option("--synthetic", syn.shape,
+                      "benchmark a model shape on random weights generated on the device instead of a checkpoint "
+                      "(llama-3.1-8b[:LAYERS], smollm2-135m[:LAYERS]); uses -p, -r, -o and --swiftkv-cuts too");
+    bench->add_option("--prefill-batches", syn.prefill_batches, "synthetic: prefill batch sizes")->delimiter(',');
+    bench->add_option("--decode-batches", syn.decode_batches, "synthetic: decode batch sizes")->delimiter(',');
+    bench->add_option("--decode-context", syn.decode_context, "synthetic: context length for decode")
+        ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+    bench->add_option("--decode-steps", syn.decode_steps, "synthetic: timed decode steps")->check(CLI::Range(4, 100000));
+    bench->add_option("--max-step-tokens", syn.max_step_tokens, "synthetic: most tokens in one forward step")
+        ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
+    bench->add_flag("--time-acrosskv", syn.time_acrosskv, "synthetic: time AcrossKV variants (g > 1) too");
 
     ConvertArgs convert_args;
     auto* convert = app.add_subcommand("convert", "make a SwiftKV student (llama_swiftkv Hugging Face directory or GGUF) from a base Llama model");
@@ -74,6 +86,14 @@ int main(int argc, char** argv) {
         if (*run) return cmd_run(run_model, run_sampling, prompt, chat_format, system);
         if (*chat) return cmd_chat(chat_model, chat_sampling, chat_system);
         if (*inspect) return cmd_inspect(inspect_model.empty() ? cli::default_model_path() : inspect_model, all_tensors);
+        if (*bench && !syn.shape.empty()) {
+            bool lengths_given = bench->count("--prompt-lengths") > 0;
+            if (lengths_given) syn.prompt_lengths = bench_args.prompt_lengths;
+            syn.reps = bench_args.reps;
+            syn.json_out = bench_args.json_out;
+            syn.swiftkv_variants = bench_args.swiftkv_variants;
+            return cmd_bench_synthetic(bench_model, syn);
+        }
         if (*bench) return cmd_bench(bench_model, bench_args);
         if (*score) return cmd_score(score_model, score_args);
         if (*convert) return cmd_convert(convert_args);

@@ -83,7 +83,7 @@ void BM_Matmul(benchmark::State& state) {
     std::vector<float> out(size_t(rows * n));
     const WeightMatrix wm = w.matrix(dtype, n, k);
     for (auto _ : state) {
-        b.matmul(x.data(), rows, wm, out.data());
+        b.matmul(x.data(), rows, wm, out.data(), DType::F32);
         benchmark::DoNotOptimize(out.data());
     }
     const double flops = 2.0 * double(rows) * double(n) * double(k);
@@ -125,7 +125,7 @@ void BM_MatmulSmallRows(benchmark::State& state) {
     std::vector<float> out(size_t(rows * n));
     const WeightMatrix wm = w.matrix(dtype, n, k);
     for (auto _ : state) {
-        b->matmul(x.data(), rows, wm, out.data());
+        b->matmul(x.data(), rows, wm, out.data(), DType::F32);
         benchmark::DoNotOptimize(out.data());
     }
     state.counters["GB/s"] = benchmark::Counter(double(n * k) * (dtype == DType::BF16 ? 2e-9 : 4e-9),
@@ -183,7 +183,7 @@ struct AttentionSetup {
         const int64_t rows = num_seqs * queries, stride = (kHeads + 2 * kKvHeads) * kHeadDim;
         q = random_floats(size_t(rows * stride), -1, 1, 6);
         out.resize(size_t(rows * kHeads * kHeadDim));
-        batch = AttentionBatch{num_seqs, query_start.data(), seq_lens.data(), block_tables.data(), blocks_per_seq, context};
+        batch = AttentionBatch{num_seqs, rows, query_start.data(), seq_lens.data(), block_tables.data(), blocks_per_seq, context};
     }
     void run(Backend& b) {
         b.attention(q.data(), (kHeads + 2 * kKvHeads) * kHeadDim, batch, layout, k_cache.data(), v_cache.data(), kHeads,
@@ -258,6 +258,35 @@ void BM_SiluMul(benchmark::State& state) {
 }
 BENCHMARK(BM_SiluMul)->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of)->Arg(1)->Arg(2048)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
+// ---- sampling over the vocabulary (decode) -------------------------------------------------------------
+
+// args: rows, mode (0 greedy, 1 temperature only, 2 top_k 50, 3 top_p 0.9, 4 min_p 0.05)
+void BM_Sample(benchmark::State& state) {
+    const int64_t rows = state.range(0), mode = state.range(1);
+    const auto logits = random_floats(size_t(rows * kVocab), -8, 8, 9);
+    std::vector<SampleParams> params(static_cast<size_t>(rows));
+    for (size_t r = 0; r < params.size(); ++r) {
+        params[r].temperature = mode == 0 ? 0.0f : 0.8f;
+        params[r].top_k = mode == 2 ? 50 : 0;
+        params[r].top_p = mode == 3 ? 0.9f : 1.0f;
+        params[r].min_p = mode == 4 ? 0.05f : 0.0f;
+        params[r].seed = r;
+    }
+    std::vector<int32_t> tokens(static_cast<size_t>(rows));
+    Backend& b = backend();
+    uint64_t offset = 0;
+    for (auto _ : state) {
+        for (auto& p : params) p.offset = offset;
+        ++offset;
+        b.sample(logits.data(), rows, kVocab, params.data(), tokens.data());
+        benchmark::DoNotOptimize(tokens.data());
+    }
+    static const char* const kModes[] = {"greedy", "temperature", "top_k 50", "top_p 0.9", "min_p 0.05"};
+    state.SetLabel(kModes[mode]);
+}
+BENCHMARK(BM_Sample)->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of)
+    ->ArgsProduct({{1, 8}, {0, 1, 2, 3, 4}})->Unit(benchmark::kMicrosecond)->UseRealTime();
+
 // ---- one whole decoder layer of prefill, to see where time goes --------------------------------------
 
 // args: tokens, dtype (0 f32, 1 bf16), BLAS threading (0 pool, 1 OpenBLAS threads)
@@ -280,17 +309,17 @@ void BM_LayerPrefill(benchmark::State& state) {
     for (int64_t i = 0; i < t; ++i) slots[size_t(i)] = cache.block_tables[size_t(i / kBlock)] * kBlock + int32_t(i % kBlock);
     for (auto _ : state) {
         b.rmsnorm(h.data(), norm_w.data(), x.data(), t, kHidden, 1e-5f);
-        b.matmul(x.data(), t, w_qkv.matrix(dtype, qkv, kHidden), qkv_out.data());
+        b.matmul(x.data(), t, w_qkv.matrix(dtype, qkv, kHidden), qkv_out.data(), DType::F32);
         b.rope(qkv_out.data(), t, qkv, kHeads + kKvHeads, kHeadDim, pos.data(), inv_freq.data());
         b.kv_write(qkv_out.data() + kHeads * kHeadDim, qkv_out.data() + (kHeads + kKvHeads) * kHeadDim, t, qkv,
                    slots.data(), cache.layout, cache.k_cache.data(), cache.v_cache.data());
         b.attention(qkv_out.data(), qkv, cache.batch, cache.layout, cache.k_cache.data(), cache.v_cache.data(), kHeads,
                     0.125f, attn.data());
-        b.matmul(attn.data(), t, w_o.matrix(dtype, kHidden, kHidden), o.data());
+        b.matmul(attn.data(), t, w_o.matrix(dtype, kHidden, kHidden), o.data(), DType::F32);
         b.add_rmsnorm(h.data(), o.data(), norm_w.data(), x.data(), t, kHidden, 1e-5f);
-        b.matmul(x.data(), t, w_gu.matrix(dtype, 2 * kFfn, kHidden), gu.data());
+        b.matmul(x.data(), t, w_gu.matrix(dtype, 2 * kFfn, kHidden), gu.data(), DType::F32);
         b.silu_mul(gu.data(), act.data(), t, kFfn);
-        b.matmul(act.data(), t, w_down.matrix(dtype, kHidden, kFfn), down.data());
+        b.matmul(act.data(), t, w_down.matrix(dtype, kHidden, kFfn), down.data(), DType::F32);
         b.add_rmsnorm(h.data(), down.data(), norm_w.data(), x.data(), t, kHidden, 1e-5f);
     }
     const double flops = 2.0 * double(t) * double(kHidden * qkv + kHidden * kHidden + kHidden * 2 * kFfn + kFfn * kHidden) +

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <random>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -114,10 +115,12 @@ std::optional<std::string> load_chat_template(const ModelSource& source) {
 Engine::Engine(const EngineOptions& options) : options_(options) {
     if (options_.threads > 0) ThreadPool::set_global_threads(options_.threads);
     auto source = ModelSource::open(options_.model_path);
-    backend_ = make_cpu_backend(options_.threads);
+    backend_ = make_backend(options_.device, options_.threads);
     LoadOptions lo;
-    lo.weight_dtype = options_.weight_dtype;
+    lo.weight_dtype = options_.weight_dtype.value_or(backend_->supports_weight_dtype(DType::F32) ? DType::F32
+                                                                                                 : DType::BF16);
     lo.swiftkv = options_.swiftkv;
+    lo.graphs = options_.graphs;
     model_ = std::make_unique<LlamaModel>(*source, *backend_, lo);
     tokenizer_ = std::make_unique<BpeTokenizer>(load_tokenizer(*source));
     SKV_CHECK(tokenizer_->vocab_size() <= model_->config().vocab,
@@ -133,8 +136,32 @@ Engine::Engine(const EngineOptions& options) : options_(options) {
                                                   : std::min<int64_t>(model_->config().max_position, 8192);
     SKV_CHECK(context_length_ > 0 && context_length_ <= model_->config().max_position,
               "context length {} is out of range (1..{})", context_length_, model_->config().max_position);
-    const int64_t cache_tokens = options_.kv_cache_tokens > 0 ? options_.kv_cache_tokens : context_length_;
-    const int64_t blocks = (cache_tokens + options_.block_size - 1) / options_.block_size;
+    SKV_CHECK(options_.block_size > 0 && options_.block_size <= 1024, "KV block size {} is out of range (1..1024)",
+              options_.block_size);
+    SKV_CHECK(options_.prefill_chunk > 0, "prefill chunk must be positive, got {}", options_.prefill_chunk);
+    const int64_t blocks_per_seq = (context_length_ + options_.block_size - 1) / options_.block_size;
+    // The workspace, sized once: prefill chunks of up to prefill_chunk tokens, and evaluation batches.
+    model_->reserve(options_.prefill_chunk, 1, blocks_per_seq);
+    int64_t blocks = 0;
+    if (options_.kv_cache_tokens > 0) {
+        blocks = (options_.kv_cache_tokens + options_.block_size - 1) / options_.block_size;
+    } else if (backend_->supports_graphs()) {
+        // A device backend: the KV pool takes a fraction of what the weights and workspace left free.
+        SKV_CHECK(options_.gpu_memory_fraction > 0.0 && options_.gpu_memory_fraction <= 1.0,
+                  "gpu memory fraction {} must be in (0, 1]", options_.gpu_memory_fraction);
+        size_t free_b = 0, total_b = 0;
+        backend_->memory_info(&free_b, &total_b);
+        const int64_t budget = int64_t(double(free_b) * options_.gpu_memory_fraction) - (int64_t(256) << 20);
+        blocks = PagedKvCache::blocks_for_bytes(model_->config(), std::max<int64_t>(budget, 0), options_.block_size,
+                                                backend_->act_dtype());
+        SKV_CHECK(blocks >= blocks_per_seq,
+                  "the KV cache cannot hold one sequence of {} tokens: {:.0f} MiB of {} memory is free after the "
+                  "weights, room for {} tokens at {} bytes/token; lower --ctx or use a smaller model",
+                  context_length_, double(free_b) / (1 << 20), backend_->name(), blocks * options_.block_size,
+                  PagedKvCache::bytes_per_token(model_->config(), backend_->act_dtype()));
+    } else {
+        blocks = blocks_per_seq;
+    }
     kv_cache_ = std::make_unique<PagedKvCache>(*backend_, model_->config(), blocks, options_.block_size);
 }
 
@@ -206,13 +233,30 @@ GenerationResult Engine::generate(const GenerationRequest& req, const std::funct
             stopped = true;
         }
     };
+    // On a device backend, plain sampling (no penalties) runs on the device and only the token id
+    // comes back; the first token's logits are already on the host from the prefill.
+    const bool device_sampling = backend_->supports_graphs() && !req.sampling.needs_history();
+    std::vector<SampleParams> device_params(1);
+    device_params[0].temperature = req.sampling.temperature;
+    device_params[0].top_k = req.sampling.top_k;
+    device_params[0].top_p = req.sampling.top_p;
+    device_params[0].min_p = req.sampling.min_p;
+    device_params[0].seed = req.sampling.seed ? *req.sampling.seed : std::random_device{}() * 0x100000001ull;
+    std::vector<int32_t> sampled;
     for (int64_t step = 0; step < max_new && !stopped; ++step) {
+        int32_t next = -1;
         if (step > 0) {
             ForwardBatch batch = single_sequence_batch(tokens, int64_t(tokens.size()) - 1, 1, blocks.blocks());
             batch.logits_indices.push_back(0);
-            model_->forward(batch, kv_cache_->view(), logits);
+            if (device_sampling) {
+                device_params[0].offset = uint64_t(step);
+                model_->forward_sample(batch, kv_cache_->view(), device_params, sampled);
+                next = sampled[0];
+            } else {
+                model_->forward(batch, kv_cache_->view(), logits);
+            }
         }
-        const int32_t next = sampler.sample(logits.data(), vocab);
+        if (next < 0) next = sampler.sample(logits.data(), vocab);
         sampler.accept(next);
         tokens.push_back(next);
         result.tokens.push_back(next);

@@ -24,10 +24,16 @@ namespace swiftkv {
 
 struct EngineOptions {
     std::string model_path;
-    DType weight_dtype = DType::F32;
+    std::string device = "cpu";       // "cpu", "cuda" or "cuda:N"
+    // Weight storage on the backend; unset: F32 on the CPU, BF16 on CUDA (the only dtype it holds).
+    std::optional<DType> weight_dtype;
     int threads = 0;                  // 0: all cores
     int64_t context_length = 0;       // 0: the model's max_position_embeddings, capped at 8192
-    int64_t kv_cache_tokens = 0;      // 0: context_length
+    // KV cache size in tokens. 0: context_length on the CPU; on CUDA, gpu_memory_fraction of the GPU
+    // memory left free after the weights and the workspace.
+    int64_t kv_cache_tokens = 0;
+    double gpu_memory_fraction = 0.9;
+    bool graphs = true;               // record and replay decode steps as graphs (CUDA)
     int64_t block_size = 16;
     int64_t prefill_chunk = 2048;     // prompt tokens per forward step
     bool swiftkv = true;              // false: run a SwiftKV checkpoint as its teacher

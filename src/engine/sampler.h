@@ -25,6 +25,10 @@ struct SamplingParams {
 
     // Throws swiftkv::Error naming the parameter and its allowed range.
     void validate() const;
+    // True when sampling depends on earlier tokens (penalties), which only the host Sampler applies.
+    bool needs_history() const {
+        return repetition_penalty != 1.0f || frequency_penalty != 0.0f || presence_penalty != 0.0f;
+    }
 };
 
 class Sampler {

@@ -4,10 +4,12 @@
 
 namespace swiftkv {
 
-int64_t PagedKvCache::bytes_per_token(const ModelConfig& c) { return 2 * c.kv_cache_layers() * c.kv_dim() * 4; }
+int64_t PagedKvCache::bytes_per_token(const ModelConfig& c, DType dtype) {
+    return 2 * c.kv_cache_layers() * c.kv_dim() * dtype_row_bytes(dtype, 1);
+}
 
-int64_t PagedKvCache::blocks_for_bytes(const ModelConfig& c, int64_t bytes, int64_t block_size) {
-    return bytes / (bytes_per_token(c) * block_size);
+int64_t PagedKvCache::blocks_for_bytes(const ModelConfig& c, int64_t bytes, int64_t block_size, DType dtype) {
+    return bytes / (bytes_per_token(c, dtype) * block_size);
 }
 
 PagedKvCache::PagedKvCache(Backend& backend, const ModelConfig& c, int64_t num_blocks, int64_t block_size)
@@ -19,15 +21,15 @@ PagedKvCache::PagedKvCache(Backend& backend, const ModelConfig& c, int64_t num_b
     view_.layout.block_size = block_size;
     view_.layout.n_kv_heads = c.n_kv_heads;
     view_.layout.head_dim = c.head_dim;
-    const int64_t layer_floats = num_blocks * view_.layout.block_elems();
+    const int64_t layer_bytes = num_blocks * view_.layout.block_elems() * dtype_row_bytes(backend.act_dtype(), 1);
     const int64_t layers = c.kv_cache_layers();
-    total_bytes_ = 2 * layers * layer_floats * 4;
+    total_bytes_ = 2 * layers * layer_bytes;
     storage_ = DeviceBuffer(backend, size_t(total_bytes_));
     backend.fill_zero(storage_.get(), size_t(total_bytes_));
-    float* base = storage_.as<float>();
+    char* base = storage_.as<char>();
     for (int64_t l = 0; l < layers; ++l) {
-        view_.k_layers.push_back(base + (2 * l) * layer_floats);
-        view_.v_layers.push_back(base + (2 * l + 1) * layer_floats);
+        view_.k_layers.push_back(base + (2 * l) * layer_bytes);
+        view_.v_layers.push_back(base + (2 * l + 1) * layer_bytes);
     }
 }
 

@@ -31,11 +31,12 @@ struct ForwardBatch {
     void validate(int64_t block_size, int64_t num_blocks) const;
 };
 
-// Device memory of the paged KV cache: one K and one V pool per physical cache layer.
+// Device memory of the paged KV cache: one K and one V pool per physical cache layer, elements in the
+// backend's act_dtype(). Consecutive layers are equally far apart (SwiftKV's bulk write relies on it).
 struct KvCacheView {
     KvLayout layout;
-    std::vector<float*> k_layers;
-    std::vector<float*> v_layers;
+    std::vector<void*> k_layers;
+    std::vector<void*> v_layers;
 };
 
 }  // namespace swiftkv

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 #include "backend/backend.h"
@@ -20,12 +22,23 @@ struct LoadOptions {
     DType weight_dtype = DType::F32;  // storage dtype of matrices on the backend (F32 or BF16)
     // For a SwiftKV checkpoint: false runs it as its teacher (the original model, SwiftKV off).
     bool swiftkv = true;
+    // Record decode steps (and the SwiftKV survivors' later layers) as graphs and replay them, on
+    // backends that support graphs (CUDA). Off: every op runs eagerly.
+    bool graphs = true;
 };
 
 class LlamaModel {
 public:
     LlamaModel(const ModelSource& source, Backend& backend, const LoadOptions& options);
+    // A model of the given shape with random weights generated on the backend (uniform, std 0.02;
+    // norms 1): for benchmarks, where only the speed matters.
+    LlamaModel(const ModelConfig& config, Backend& backend, const LoadOptions& options, uint64_t seed);
     ~LlamaModel();
+
+    // Sizes the workspace once for steps of up to max_tokens tokens from up to max_seqs sequences
+    // whose contexts fit max_blocks_per_seq KV blocks. Steps beyond these bounds still run (the
+    // workspace grows, and recorded graphs are dropped), but serving sizes it up front.
+    void reserve(int64_t max_tokens, int64_t max_seqs, int64_t max_blocks_per_seq);
 
     const ModelConfig& config() const { return config_; }
     Backend& backend() const { return backend_; }
@@ -34,7 +47,14 @@ public:
     // Runs one step. Writes K/V of every token to the cache and returns, in logits (host memory,
     // resized to [logits_indices.size(), vocab]), the logits at the requested rows.
     void forward(const ForwardBatch& batch, const KvCacheView& kv, std::vector<float>& logits);
+    // Like forward, but samples on the backend and returns one token per logits row (params: one per
+    // logits row, host memory); only the token ids cross to the host.
+    void forward_sample(const ForwardBatch& batch, const KvCacheView& kv, const std::vector<SampleParams>& params,
+                        std::vector<int32_t>& tokens);
 
+    // Graph statistics (for tests and benchmarks): recorded graphs and replays so far.
+    int64_t graphs_recorded() const { return graphs_recorded_; }
+    int64_t graph_replays() const { return graph_replays_; }
 private:
     struct LayerWeights {
         WeightMatrix qkv;      // [q_dim + 2*kv_dim, hidden] for layers < L; [q_dim, hidden] (q only) after
@@ -45,16 +65,38 @@ private:
         const float* ffn_norm = nullptr;
     };
 
+    enum class GraphMode { kNone, kWholeStep, kSurvivors };
+    struct StepShape {
+        int64_t T = 0, S = 0, K = 0;   // tokens, sequences, logits rows (after padding when graphed)
+        int64_t real_K = 0;
+        int64_t blocks_per_seq = 0;
+        GraphMode mode = GraphMode::kNone;
+        AttentionBatch all;        // attention over every token of the step
+        AttentionBatch survivors;  // attention for the survivors (SwiftKV later layers)
+    };
+
+    void check_load_options(const LoadOptions& options);
     void load(const ModelSource& source, const LoadOptions& options);
+    void init_random(const LoadOptions& options, uint64_t seed);
+    WeightMatrix random_matrix(int64_t rows, int64_t cols, DType dtype, uint64_t seed);
+    const float* constant_vector(int64_t n, float value);
+    void prepare(const ForwardBatch& batch, const KvCacheView& kv, StepShape& shape);
+    void run_step(const StepShape& shape, const KvCacheView& kv);
+    void run_front(const StepShape& shape, const KvCacheView& kv);
+    void run_back(const StepShape& shape, const KvCacheView& kv);
+    void drop_graphs();
     WeightMatrix upload_matrix(const ModelSource& source, const std::vector<std::string>& names,
                                const std::vector<std::vector<int64_t>>& row_ranges, int64_t cols, DType dtype);
     const float* upload_vector(const ModelSource& source, const std::string& name, int64_t n);
     void ensure_scratch(int64_t tokens, int64_t survivors);
     void run_layer(int64_t layer, int64_t rows, bool swiftkv_layer, const AttentionBatch& attn_batch,
-                   const int32_t* positions, const KvCacheView& kv, float* residual, float* delta, bool first);
+                   const int32_t* positions, const KvCacheView& kv, float* residual, void* delta, bool first);
 
     ModelConfig config_;
     Backend& backend_;
+    DType act_dtype_ = DType::F32;  // the backend's activation dtype
+    size_t act_bytes_ = 4;
+    bool use_graphs_ = false;
     std::vector<DeviceBuffer> storage_;
     size_t weight_bytes_ = 0;
 
@@ -68,13 +110,23 @@ private:
     WeightMatrix kv_swiftkv_;
     DeviceBuffer inv_freq_;
 
-    // Scratch, grown on demand.
+    // Scratch, sized by reserve() or grown on demand (growing drops recorded graphs).
     int64_t scratch_tokens_ = 0;
     int64_t scratch_survivors_ = 0;
+    int64_t reserved_seqs_ = 0;
+    int64_t reserved_blocks_ = 0;
     DeviceBuffer residual_, delta_, normed_, qkv_, attn_out_, gate_up_, act_, kv_swiftkv_out_;
     DeviceBuffer res_surv_, delta_surv_, logits_dev_;
     DeviceBuffer tokens_dev_, positions_dev_, slots_dev_, query_start_dev_, seq_lens_dev_, block_tables_dev_,
-        logits_idx_dev_, surv_query_start_dev_, surv_positions_dev_;
+        logits_idx_dev_, surv_query_start_dev_, surv_positions_dev_, sample_params_dev_, sampled_dev_;
+    // Host staging for one step's index arrays.
+    std::vector<int32_t> h_tokens_, h_positions_, h_slots_, h_query_start_, h_seq_lens_, h_block_tables_,
+        h_logits_idx_, h_surv_query_start_, h_surv_positions_;
+
+    // Recorded graphs by (mode, padded batch, context bound, KV cache base).
+    std::map<std::tuple<int, int64_t, int64_t, const void*>, std::unique_ptr<BackendGraph>> graphs_;
+    int64_t graphs_recorded_ = 0;
+    int64_t graph_replays_ = 0;
 };
 
 }  // namespace swiftkv

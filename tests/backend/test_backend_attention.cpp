@@ -154,6 +154,7 @@ void check_case(Backend& b, const AttentionCase& c, uint32_t seed) {
     DeviceArray<int32_t> dstart(b, pb.query_start), dlens(b, pb.seq_lens), dtables(b, pb.block_tables);
     AttentionBatch batch;
     batch.num_seqs = int64_t(c.seqs.size());
+    batch.num_rows = pb.total_queries;
     batch.query_start = dstart.get();
     batch.seq_lens = dlens.get();
     batch.block_tables = dtables.get();
@@ -211,7 +212,7 @@ TEST_P(BackendAttention, RejectsInvalidBatches) {
     DeviceArray<float> q(b, size_t(2 * 64)), out(b, size_t(2 * 64));
     auto run = [&](std::vector<int32_t> start, std::vector<int32_t> lens, std::vector<int32_t> tables, int64_t max_blocks) {
         DeviceArray<int32_t> ds(b, start), dl(b, lens), dt(b, tables);
-        AttentionBatch batch{int64_t(lens.size()), ds.get(), dl.get(), dt.get(), max_blocks, 64};
+        AttentionBatch batch{int64_t(lens.size()), start.back(), ds.get(), dl.get(), dt.get(), max_blocks, 64};
         b.attention(q.get(), 64, batch, layout, kc.get(), vc.get(), 1, 0.125f, out.get());
     };
     EXPECT_NO_THROW(run({0, 2}, {20}, {0, 3}, 2));

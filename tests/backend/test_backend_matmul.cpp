@@ -44,7 +44,7 @@ void check_matmul(Backend& b, DType dtype, uint32_t seed, const std::string& wha
                     scale[size_t(r * s.n + n)] = mag + 1e-30;
                 }
             DeviceArray<float> dx(b, x), dout(b, ref.size());
-            b.matmul(dx.get(), rows, wm, dout.get());
+            b.matmul(dx.get(), rows, wm, dout.get(), DType::F32);
             ASSERT_TRUE(all_close(dout.to_host(), ref, scale, 1e-5))
                 << what << " " << dtype_name(dtype) << " rows " << rows << " W [" << s.n << ", " << s.k << "]";
         }
@@ -68,7 +68,26 @@ TEST_P(BackendMatmul, RejectsUnsupportedWeights) {
     if (b->supports_weight_dtype(DType::Q4_0)) GTEST_SKIP();
     std::vector<float> x(4), out(4);
     std::vector<uint8_t> w(64);
-    EXPECT_THROW(b->matmul(x.data(), 1, WeightMatrix{DType::Q4_0, 1, 32, w.data()}, out.data()), Error);
+    EXPECT_THROW(b->matmul(x.data(), 1, WeightMatrix{DType::Q4_0, 1, 32, w.data()}, out.data(), DType::F32), Error);
+}
+
+// The CPU backend's activations are f32: it writes F32 products only, and says so for anything else.
+TEST_P(BackendMatmul, CpuRejectsBf16Output) {
+    auto b = make_backend(GetParam());
+    if (GetParam() != "cpu") GTEST_SKIP();
+    ASSERT_EQ(b->act_dtype(), DType::F32);
+    DeviceArray<float> x(*b, 4), w(*b, 8), out(*b, 2);
+    const WeightMatrix wm{DType::F32, 2, 4, w.get()};
+    EXPECT_NO_THROW(b->matmul(x.get(), 1, wm, out.get(), DType::F32));
+    try {
+        b->matmul(x.get(), 1, wm, out.get(), DType::BF16);
+        FAIL() << "BF16 output accepted";
+    } catch (const Error& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find("BF16"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("F32"), std::string::npos) << msg;
+    }
+    EXPECT_THROW(b->matmul(x.get(), 1, wm, out.get(), DType::F16), Error);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, BackendMatmul, ::testing::ValuesIn(backend_names()),

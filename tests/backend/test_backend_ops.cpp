@@ -1,5 +1,6 @@
-// Backend ops other than matmul and attention, on every backend, against double-precision references:
-// memory, embedding, gather_rows, rmsnorm, add_rmsnorm, rope, silu_mul, kv_write.
+// Backend ops other than matmul, attention and sample, on every backend, against double-precision
+// references: memory (incl. memory_info, fill_random), embedding, gather_rows, rmsnorm, add_rmsnorm,
+// rope, silu_mul, kv_write, kv_write_layers.
 // Tolerances (f32): elementwise results within 1e-5 relative (plus a tiny absolute floor near zero);
 // copies (embedding, gather, kv_write, the residual add) must be exact.
 #include <gtest/gtest.h>
@@ -7,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <set>
 
 #include "backend_test_util.h"
 #include "core/error.h"
@@ -61,6 +63,96 @@ TEST_P(BackendOps, AllocFailureThrowsWithSize) {
         FAIL() << "allocating 2^60 bytes succeeded";
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find(std::to_string(huge)), std::string::npos) << e.what();
+    }
+}
+
+TEST_P(BackendOps, ActDtype) {
+    const DType act = b().act_dtype();
+    EXPECT_TRUE(act == DType::F32 || act == DType::BF16) << dtype_name(act);
+    if (GetParam() == "cpu") {
+        EXPECT_EQ(act, DType::F32);
+    }
+}
+
+TEST_P(BackendOps, MemoryInfo) {
+    size_t free_bytes = 0, total_bytes = 0;
+    b().memory_info(&free_bytes, &total_bytes);
+    EXPECT_GT(total_bytes, 0u);
+    EXPECT_GT(free_bytes, 0u);
+    EXPECT_LE(free_bytes, total_bytes);
+    // Either output may be left out.
+    size_t total_only = 0;
+    b().memory_info(nullptr, &total_only);
+    EXPECT_GT(total_only, 0u);
+}
+
+// fill_random: uniform(-scale, scale), a pure function of (seed, index).
+TEST_P(BackendOps, FillRandomF32) {
+    const int64_t n = int64_t(1) << 20;  // large enough to run in parallel
+    const float scale = 0.5f;
+    DeviceArray<float> a(b(), size_t(n)), c(b(), size_t(n)), d(b(), size_t(n)), small(b(), 1000);
+    b().fill_random(a.get(), n, DType::F32, 42, scale);
+    b().fill_random(c.get(), n, DType::F32, 42, scale);
+    b().fill_random(d.get(), n, DType::F32, 43, scale);
+    b().fill_random(small.get(), 1000, DType::F32, 42, scale);
+    const auto ha = a.to_host(), hc = c.to_host(), hd = d.to_host(), hs = small.to_host();
+    EXPECT_EQ(ha, hc) << "same seed, different values";
+    EXPECT_TRUE(std::equal(hs.begin(), hs.end(), ha.begin())) << "values depend on the fill's length";
+    double sum = 0, sum_sq = 0;
+    float lo = INFINITY, hi = -INFINITY;
+    int64_t same_as_other_seed = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const float x = ha[size_t(i)];
+        ASSERT_TRUE(x >= -scale && x <= scale) << "element " << i << " = " << x;
+        sum += x;
+        sum_sq += double(x) * x;
+        lo = std::min(lo, x);
+        hi = std::max(hi, x);
+        same_as_other_seed += x == hd[size_t(i)];
+    }
+    const double mean = sum / double(n), var = sum_sq / double(n) - mean * mean;
+    // Standard error of the mean: scale / sqrt(3 n) = 2.8e-4.
+    EXPECT_LT(std::abs(mean), 2e-3) << mean;
+    EXPECT_NEAR(var, double(scale) * scale / 3.0, 0.01 * double(scale) * scale / 3.0);
+    EXPECT_LT(lo, -0.99f * scale);
+    EXPECT_GT(hi, 0.99f * scale);
+    EXPECT_LT(same_as_other_seed, n / 1000) << "seeds 42 and 43 give the same values";
+    // Distinct values: not a short cycle.
+    EXPECT_GT(std::set<float>(ha.begin(), ha.begin() + 10000).size(), 9900u);
+    // Scale 0 gives zeros; n = 0 writes nothing.
+    b().fill_random(small.get(), 1000, DType::F32, 1, 0.0f);
+    for (float x : small.to_host()) ASSERT_EQ(x, 0.0f);
+    b().fill_random(small.get(), 0, DType::F32, 1, 1.0f);
+}
+
+TEST_P(BackendOps, FillRandomBf16) {
+    const int64_t n = 300001;
+    const float scale = 0.02f;
+    DeviceArray<uint16_t> a(b(), size_t(n)), c(b(), size_t(n)), d(b(), size_t(n));
+    b().fill_random(a.get(), n, DType::BF16, 7, scale);
+    b().fill_random(c.get(), n, DType::BF16, 7, scale);
+    b().fill_random(d.get(), n, DType::BF16, 8, scale);
+    const auto ha = a.to_host(), hc = c.to_host(), hd = d.to_host();
+    EXPECT_EQ(ha, hc);
+    EXPECT_NE(ha, hd);
+    const float bound = bf16_to_f32(f32_to_bf16(scale));  // scale rounded to bf16 (0.02 -> 0.020019...)
+    double sum = 0, sum_sq = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const float x = bf16_to_f32(ha[size_t(i)]);
+        ASSERT_TRUE(x >= -bound && x <= bound) << "element " << i << " = " << x;
+        sum += x;
+        sum_sq += double(x) * x;
+    }
+    const double mean = sum / double(n), var = sum_sq / double(n) - mean * mean;
+    EXPECT_LT(std::abs(mean), 0.01 * scale) << mean;
+    EXPECT_NEAR(var, double(scale) * scale / 3.0, 0.02 * double(scale) * scale / 3.0);
+    if (GetParam() == "cpu") {
+        // The CPU backend rounds its f32 values: BF16 fills are the F32 fill of the same seed, rounded.
+        DeviceArray<float> f(b(), size_t(n));
+        b().fill_random(f.get(), n, DType::F32, 7, scale);
+        const auto hf = f.to_host();
+        for (int64_t i = 0; i < n; ++i) ASSERT_EQ(ha[size_t(i)], f32_to_bf16(hf[size_t(i)])) << i;
+        EXPECT_THROW(b().fill_random(f.get(), 4, DType::I32, 7, scale), Error);
     }
 }
 
@@ -122,10 +214,33 @@ TEST_P(BackendOps, GatherRows) {
     const std::vector<int32_t> idx = {0, 39, 5, 5, 17, 0};
     DeviceArray<float> dx(b(), x), dout(b(), idx.size() * dim);
     DeviceArray<int32_t> di(b(), idx);
-    b().gather_rows(dx.get(), di.get(), int64_t(idx.size()), dim, dout.get());
+    b().gather_rows(dx.get(), di.get(), int64_t(idx.size()), dim * int64_t(sizeof(float)), dout.get());
     const auto out = dout.to_host();
     for (size_t i = 0; i < idx.size(); ++i)
         for (int64_t j = 0; j < dim; ++j) ASSERT_EQ(out[i * dim + j], x[size_t(idx[i] * dim + j)]);
+}
+
+// Rows of any byte size (bf16 rows, odd sizes), including copies large enough to run in parallel.
+TEST_P(BackendOps, GatherRowsBytes) {
+    std::mt19937 rng(31);
+    for (int64_t row_bytes : {1, 2, 7, 13, 130, 4097}) {
+        for (int64_t n : {0, 1, 9, 600}) {
+            const int64_t rows = 50;
+            std::vector<uint8_t> x(size_t(rows * row_bytes));
+            for (auto& v : x) v = uint8_t(rng());
+            std::vector<int32_t> idx(static_cast<size_t>(n));
+            for (auto& i : idx) i = int32_t(rng() % rows);
+            if (n > 1) idx[1] = int32_t(rows - 1);
+            DeviceArray<uint8_t> dx(b(), x), dout(b(), size_t(std::max<int64_t>(1, n * row_bytes)));
+            DeviceArray<int32_t> di(b(), idx.empty() ? std::vector<int32_t>{0} : idx);
+            b().gather_rows(dx.get(), di.get(), n, row_bytes, dout.get());
+            const auto out = dout.to_host();
+            for (int64_t i = 0; i < n; ++i)
+                ASSERT_EQ(0, std::memcmp(out.data() + i * row_bytes, x.data() + idx[size_t(i)] * row_bytes,
+                                         size_t(row_bytes)))
+                    << "row " << i << " of " << n << ", " << row_bytes << " bytes";
+        }
+    }
 }
 
 // out = x / sqrt(mean(x^2) + eps) * w in double.
@@ -270,6 +385,52 @@ TEST_P(BackendOps, KvWrite) {
             EXPECT_NE(std::string(e.what()).find(std::to_string(slots_total)), std::string::npos) << e.what();
         }
         EXPECT_EQ(kc.to_host(), k_expect);
+    }
+}
+
+// kv_write_layers == one kv_write per layer, for a fused row layout: per layer K then V, layers
+// layer_offset apart, caches cache_layer_stride apart (with padding between layers that stays untouched).
+TEST_P(BackendOps, KvWriteLayers) {
+    Random rng(8);
+    for (int64_t block_size : {16, 1}) {
+        for (int64_t rows : {int64_t(1), int64_t(37), int64_t(600)}) {  // 600 rows: large enough to run in parallel
+            for (int64_t layers : {int64_t(1), int64_t(3)}) {
+                const int64_t n_kv = 3, hd = 64, kv_dim = n_kv * hd;
+                KvLayout layout{/*num_blocks=*/(rows + 40) / block_size + 2, block_size, n_kv, hd};
+                const int64_t slots_total = layout.num_blocks * block_size;
+                const int64_t layer_offset = 2 * kv_dim, stride = layers * layer_offset + 5;
+                const int64_t cache_floats = layout.num_blocks * layout.block_elems();
+                const int64_t cache_layer_stride = cache_floats + 7;
+                const auto x = rng.floats(size_t(rows * stride));
+                std::vector<int32_t> all(static_cast<size_t>(slots_total));
+                std::iota(all.begin(), all.end(), 0);
+                std::shuffle(all.begin(), all.end(), rng.engine());
+                std::vector<int32_t> slots(all.begin(), all.begin() + rows);
+                if (rows > 10) slots[3] = slots[9] = -1;
+                const auto k_init = rng.floats(size_t(layers * cache_layer_stride));
+                const auto v_init = rng.floats(k_init.size());
+                DeviceArray<float> dx(b(), x), kc(b(), k_init), vc(b(), v_init), kc_ref(b(), k_init), vc_ref(b(), v_init);
+                DeviceArray<int32_t> ds(b(), slots);
+                b().kv_write_layers(dx.get(), dx.get() + kv_dim, rows, stride, layer_offset, layers, ds.get(), layout,
+                                    kc.get(), vc.get(), cache_layer_stride);
+                for (int64_t g = 0; g < layers; ++g)
+                    b().kv_write(dx.get() + g * layer_offset, dx.get() + g * layer_offset + kv_dim, rows, stride,
+                                 ds.get(), layout, kc_ref.get() + g * cache_layer_stride,
+                                 vc_ref.get() + g * cache_layer_stride);
+                const auto k_out = kc.to_host(), v_out = vc.to_host();
+                EXPECT_EQ(k_out, kc_ref.to_host()) << rows << " rows, " << layers << " layers, block " << block_size;
+                EXPECT_EQ(v_out, vc_ref.to_host()) << rows << " rows, " << layers << " layers, block " << block_size;
+                EXPECT_NE(k_out, k_init);
+
+                // A slot past the cache throws and writes nothing.
+                slots[0] = int32_t(slots_total);
+                DeviceArray<int32_t> bad(b(), slots);
+                EXPECT_THROW(b().kv_write_layers(dx.get(), dx.get() + kv_dim, rows, stride, layer_offset, layers,
+                                                 bad.get(), layout, kc.get(), vc.get(), cache_layer_stride),
+                             Error);
+                EXPECT_EQ(kc.to_host(), k_out);
+            }
+        }
     }
 }
 

@@ -7,8 +7,12 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <mutex>
+#include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "backend/cpu/cpu_simd.h"
 #include "core/error.h"
@@ -91,6 +95,45 @@ public:
     }
     void synchronize() override {}
     bool supports_weight_dtype(DType dtype) const override { return dtype == DType::F32 || dtype == DType::BF16; }
+    DType act_dtype() const override { return DType::F32; }
+
+    // MemAvailable and MemTotal from /proc/meminfo; sysconf's free and total pages where it is unreadable.
+    void memory_info(size_t* free_bytes, size_t* total_bytes) const override {
+        size_t available = 0, total = 0;
+        bool have_available = false, have_total = false;
+        std::ifstream meminfo("/proc/meminfo");
+        std::string key;
+        unsigned long long kib = 0;
+        std::string unit;
+        while (meminfo >> key >> kib) {
+            std::getline(meminfo, unit);
+            if (key == "MemAvailable:") {
+                available = size_t(kib) * 1024;
+                have_available = true;
+            } else if (key == "MemTotal:") {
+                total = size_t(kib) * 1024;
+                have_total = true;
+            }
+        }
+        const long page = sysconf(_SC_PAGESIZE);
+        if (!have_total) {
+            const long pages = sysconf(_SC_PHYS_PAGES);
+            total = pages > 0 && page > 0 ? size_t(pages) * size_t(page) : 0;
+        }
+        if (!have_available) {
+            const long pages = sysconf(_SC_AVPHYS_PAGES);
+            available = pages > 0 && page > 0 ? size_t(pages) * size_t(page) : 0;
+        }
+        if (free_bytes) *free_bytes = std::min(available, total);
+        if (total_bytes) *total_bytes = total;
+    }
+
+    void fill_random(void* dst, int64_t n, DType dtype, uint64_t seed, float scale) override {
+        SKV_CHECK(dtype == DType::F32 || dtype == DType::BF16,
+                  "fill_random: the CPU backend fills F32 or BF16, not {}", dtype_name(dtype));
+        SKV_CHECK(n >= 0, "fill_random: negative element count {}", n);
+        cpu::fill_random(dst, n, dtype, seed, scale, *pool_);
+    }
 
     void embedding(const WeightMatrix& table, const int32_t* tokens, int64_t n, float* out) override {
         check_weight(table, "embedding");
@@ -114,23 +157,29 @@ public:
         parallel_copy(n, dim * 4, rows);
     }
 
-    void matmul(const float* x, int64_t rows, const WeightMatrix& w, float* out) override {
+    // Activations are f32 on the CPU, so x is float and out must be F32.
+    void matmul(const void* x, int64_t rows, const WeightMatrix& w, void* out, DType out_dtype) override {
         check_weight(w, "matmul");
+        SKV_CHECK(out_dtype == DType::F32,
+                  "matmul: the CPU backend writes F32 outputs only (its activations are F32), not {}",
+                  dtype_name(out_dtype));
         SKV_CHECK(rows >= 0, "matmul: negative row count {}", rows);
-        cpu::matmul(x, rows, w, out, *pool_, options_);
+        cpu::matmul(static_cast<const float*>(x), rows, w, static_cast<float*>(out), *pool_, options_);
     }
 
-    void rmsnorm(const float* x, const float* weight, float* out, int64_t rows, int64_t dim, float eps) override {
-        cpu::rmsnorm(x, weight, out, rows, dim, eps, *pool_);
+    void rmsnorm(const float* x, const float* weight, void* out, int64_t rows, int64_t dim, float eps) override {
+        cpu::rmsnorm(x, weight, static_cast<float*>(out), rows, dim, eps, *pool_);
     }
 
-    void add_rmsnorm(float* residual, const float* delta, const float* weight, float* out, int64_t rows, int64_t dim,
+    void add_rmsnorm(float* residual, const void* delta, const float* weight, void* out, int64_t rows, int64_t dim,
                      float eps) override {
-        cpu::add_rmsnorm(residual, delta, weight, out, rows, dim, eps, *pool_);
+        cpu::add_rmsnorm(residual, static_cast<const float*>(delta), weight, static_cast<float*>(out), rows, dim, eps,
+                         *pool_);
     }
 
-    void rope(float* x, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim, const int32_t* positions,
+    void rope(void* x_act, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim, const int32_t* positions,
               const float* inv_freq) override {
+        float* x = static_cast<float*>(x_act);
         if (rows <= 0 || n_heads <= 0) return;
         SKV_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim {} must be even", head_dim);
         SKV_CHECK(row_stride >= n_heads * head_dim, "rope: row stride {} is shorter than {} heads of {}", row_stride,
@@ -167,30 +216,73 @@ public:
         cpu::rope_apply(x, rows, row_stride, n_heads, head_dim, positions, cos_sin, *pool_);
     }
 
-    void silu_mul(const float* gate_up, float* out, int64_t rows, int64_t ffn) override {
-        cpu::silu_mul(gate_up, out, rows, ffn, *pool_);
+    void silu_mul(const void* gate_up, void* out, int64_t rows, int64_t ffn) override {
+        cpu::silu_mul(static_cast<const float*>(gate_up), static_cast<float*>(out), rows, ffn, *pool_);
     }
 
-    void kv_write(const float* k, const float* v, int64_t rows, int64_t row_stride, const int32_t* slots,
-                  const KvLayout& layout, float* k_cache, float* v_cache) override {
+    void kv_write(const void* k, const void* v, int64_t rows, int64_t row_stride, const int32_t* slots,
+                  const KvLayout& layout, void* k_cache, void* v_cache) override {
         SKV_CHECK(row_stride >= layout.n_kv_heads * layout.head_dim,
                   "kv_write: row stride {} is shorter than {} KV heads of {}", row_stride, layout.n_kv_heads,
                   layout.head_dim);
-        cpu::kv_write(k, v, rows, row_stride, slots, layout, k_cache, v_cache);
+        cpu::kv_write(static_cast<const float*>(k), static_cast<const float*>(v), rows, row_stride, slots, layout,
+                      static_cast<float*>(k_cache), static_cast<float*>(v_cache));
     }
 
-    void attention(const float* q, int64_t q_row_stride, const AttentionBatch& batch, const KvLayout& layout,
-                   const float* k_cache, const float* v_cache, int64_t n_heads, float scale, float* out) override {
-        cpu::attention(q, q_row_stride, batch, layout, k_cache, v_cache, n_heads, scale, out, *pool_);
+    void kv_write_layers(const void* k, const void* v, int64_t rows, int64_t row_stride, int64_t layer_offset,
+                         int64_t layers, const int32_t* slots, const KvLayout& layout, void* k_cache, void* v_cache,
+                         int64_t cache_layer_stride) override {
+        SKV_CHECK(row_stride >= layout.n_kv_heads * layout.head_dim,
+                  "kv_write_layers: row stride {} is shorter than {} KV heads of {}", row_stride, layout.n_kv_heads,
+                  layout.head_dim);
+        SKV_CHECK(layers >= 0 && layer_offset >= 0 && cache_layer_stride >= 0,
+                  "kv_write_layers: invalid layers {}, layer offset {} or cache layer stride {}", layers,
+                  layer_offset, cache_layer_stride);
+        if (layers == 0 || rows <= 0) return;
+        // Validate the slots here (cpu::kv_write would throw inside a pool worker otherwise).
+        const int64_t capacity = layout.num_blocks * layout.block_size;
+        for (int64_t r = 0; r < rows; ++r)
+            SKV_CHECK(slots[r] < capacity,
+                      "kv_write_layers: row {} targets slot {}, but the cache holds {} slots ({} blocks of {})", r,
+                      slots[r], capacity, layout.num_blocks, layout.block_size);
+        const float* kf = static_cast<const float*>(k);
+        const float* vf = static_cast<const float*>(v);
+        float* kc = static_cast<float*>(k_cache);
+        float* vc = static_cast<float*>(v_cache);
+        auto write = [&](int64_t begin, int64_t end) {
+            for (int64_t g = begin; g < end; ++g)
+                cpu::kv_write(kf + g * layer_offset, vf + g * layer_offset, rows, row_stride, slots, layout,
+                              kc + g * cache_layer_stride, vc + g * cache_layer_stride);
+        };
+        // Layers write disjoint cache layers: one layer per thread once the copy is large.
+        parallel_copy(layers, rows * 2 * layout.n_kv_heads * layout.head_dim * int64_t(sizeof(float)), write);
     }
 
-    void gather_rows(const float* x, const int32_t* indices, int64_t n, int64_t dim, float* out) override {
+    void attention(const void* q, int64_t q_row_stride, const AttentionBatch& batch, const KvLayout& layout,
+                   const void* k_cache, const void* v_cache, int64_t n_heads, float scale, void* out) override {
+        cpu::attention(static_cast<const float*>(q), q_row_stride, batch, layout, static_cast<const float*>(k_cache),
+                       static_cast<const float*>(v_cache), n_heads, scale, static_cast<float*>(out), *pool_);
+    }
+
+    void gather_rows(const void* x, const int32_t* indices, int64_t n, int64_t row_bytes, void* out) override {
+        SKV_CHECK(row_bytes >= 0, "gather_rows: negative row size {} bytes", row_bytes);
         for (int64_t i = 0; i < n; ++i)
             SKV_CHECK(indices[i] >= 0, "gather_rows: index {} at position {} is negative", indices[i], i);
-        parallel_copy(n, dim * 4, [&](int64_t begin, int64_t end) {
+        const char* src = static_cast<const char*>(x);
+        char* dst = static_cast<char*>(out);
+        parallel_copy(n, row_bytes, [&](int64_t begin, int64_t end) {
             for (int64_t i = begin; i < end; ++i)
-                std::memcpy(out + i * dim, x + int64_t(indices[i]) * dim, size_t(dim) * sizeof(float));
+                std::memcpy(dst + i * row_bytes, src + int64_t(indices[i]) * row_bytes, size_t(row_bytes));
         });
+    }
+
+    // The reference sampler; the rules are documented at cpu::sample (cpu_elementwise.cpp).
+    void sample(const float* logits, int64_t rows, int64_t vocab, const SampleParams* params,
+                int32_t* tokens) override {
+        SKV_CHECK(rows >= 0, "sample: negative row count {}", rows);
+        if (rows == 0) return;
+        SKV_CHECK(vocab > 0 && vocab <= INT32_MAX, "sample: vocabulary size {} must be in [1, 2^31)", vocab);
+        cpu::sample(logits, rows, vocab, params, tokens, *pool_);
     }
 
 private:

@@ -45,6 +45,17 @@ void rope_apply(float* x, int64_t rows, int64_t row_stride, int64_t n_heads, int
                 const int32_t* positions, const float* cos_sin_table, ThreadPool& pool);
 void silu_mul(const float* gate_up, float* out, int64_t rows, int64_t ffn, ThreadPool& pool);
 
+// Backend::fill_random for F32 and BF16 (the caller checks the dtype): element i is
+//   h = noise_mix64(noise_mix64(seed) + i),  x = scale * (float(h >> 40) * 2^-23 - 1)
+// i.e. uniform on the 2^24-point grid of [-scale, scale) in f32 (then rounded to bf16 for BF16).
+void fill_random(void* dst, int64_t n, DType dtype, uint64_t seed, float scale, ThreadPool& pool);
+
+// Backend::sample, the reference implementation of the sampling rules (documented at the definition in
+// cpu_elementwise.cpp). Rows run in parallel; each row's draw is computed serially, so the result does
+// not depend on the thread count.
+void sample(const float* logits, int64_t rows, int64_t vocab, const SampleParams* params, int32_t* tokens,
+            ThreadPool& pool);
+
 // --- cpu_attention.cpp ---------------------------------------------------------------------------
 void kv_write(const float* k, const float* v, int64_t rows, int64_t row_stride, const int32_t* slots,
               const KvLayout& layout, float* k_cache, float* v_cache);
