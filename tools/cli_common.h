@@ -68,6 +68,10 @@ struct ScoreArgs {
     std::vector<int32_t> tokens;
     std::string text;
     std::vector<int32_t> positions;
+    bool all_positions = false;
     std::string json_out;
+    std::string npy_out;
+    int64_t greedy = 0;          // also generate this many greedy tokens (with --prompts-file)
+    std::string prompts_file;    // {"prompts": [[ids...], ...]}: greedy continuations of each
 };
 int cmd_score(const swiftkv::cli::ModelArgs& model, const ScoreArgs& args);

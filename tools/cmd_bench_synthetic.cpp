@@ -207,7 +207,6 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
         lo.graphs = !model_args.no_graphs;
         LlamaModel model(c, *backend, lo, 1234);
         const int64_t kv_bpt = PagedKvCache::bytes_per_token(c, backend->act_dtype());
-        const int64_t cap_tokens = std::max(max_prompt * max_batch_prefill, decode_capacity * max_batch_decode);
         const int64_t bs = 16;
         size_t free_b = 0, total_b = 0;
         backend->memory_info(&free_b, &total_b);
@@ -233,7 +232,9 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
             jvariants.push_back(jvar);
             continue;
         }
-        const int64_t pool_blocks = std::min(pool_blocks_max, (cap_tokens + bs - 1) / bs + 64);
+        const int64_t need_blocks = std::max(max_batch_prefill * ((max_prompt + bs - 1) / bs),
+                                             max_batch_decode * ((decode_capacity + bs - 1) / bs));
+        const int64_t pool_blocks = std::min(pool_blocks_max, need_blocks + 64);
         PagedKvCache kv(*backend, c, pool_blocks, bs);
         std::vector<float> logits;
         std::vector<int32_t> sampled;

@@ -36,6 +36,7 @@ void add_convert_args(CLI::App& app, ConvertArgs& args) {
                    "tensor dtype: auto (bf16 if the base is bf16, else f32), f32, bf16, or q8_0 (gguf only)")
         ->check(CLI::IsMember({"auto", "f32", "bf16", "q8_0"}));
     app.add_flag("--force", args.force, "replace the output directory (or file) if it exists");
+    app.add_flag("--no-tokenizer", args.no_tokenizer, "allow a source without tokenizer.json (weights-only student)");
     app.add_option("--max-shard-size", args.max_shard_bytes,
                    "split the weights into model-0000i-of-0000n.safetensors files of at most this size (e.g. 2GB, "
                    "500MB; default 4GB)")
@@ -49,6 +50,7 @@ int cmd_convert(const ConvertArgs& args) {
     o.group_size = args.group;
     o.out_dir = args.out;
     o.format = args.format == "gguf" ? ConvertFormat::Gguf : ConvertFormat::HuggingFace;
+    o.allow_no_tokenizer = args.no_tokenizer;
     o.dtype = args.dtype == "bf16"   ? ConvertDType::BF16
               : args.dtype == "f32"  ? ConvertDType::F32
               : args.dtype == "q8_0" ? ConvertDType::Q8_0

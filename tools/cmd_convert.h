@@ -12,6 +12,7 @@ struct ConvertArgs {
     std::string out;
     std::string format = "hf";   // "hf" (directory) or "gguf" (one file)
     std::string dtype = "auto";
+    bool no_tokenizer = false;
     bool force = false;
     uint64_t max_shard_bytes = 4'000'000'000ull;
 };

@@ -11,7 +11,38 @@
 using namespace swiftkv;
 
 int cmd_score(const cli::ModelArgs& model_args, const ScoreArgs& args) {
-    Engine engine(cli::engine_options(model_args));
+    EngineOptions eo = cli::engine_options(model_args);
+    eo.load_tokenizer = !args.text.empty() || args.greedy > 0;
+    Engine engine(eo);
+    if (!args.prompts_file.empty()) {
+        // Greedy continuations of many token prompts with one loaded model: {"prompts": [[ids...], ...]}.
+        SKV_CHECK(args.greedy > 0, "--prompts-file needs --greedy N");
+        std::ifstream in(args.prompts_file);
+        SKV_CHECK(in.good(), "cannot read '{}'", args.prompts_file);
+        const nlohmann::json doc = nlohmann::json::parse(in, nullptr, false);
+        SKV_CHECK(doc.is_object() && doc.contains("prompts") && doc["prompts"].is_array(),
+                  "{}: expected {{\"prompts\": [[token ids...], ...]}}", args.prompts_file);
+        nlohmann::json results = nlohmann::json::array();
+        for (const auto& p : doc["prompts"]) {
+            GenerationRequest req;
+            req.prompt = p.get<std::vector<int32_t>>();
+            req.max_tokens = args.greedy;
+            req.ignore_eos = true;
+            const GenerationResult r = engine.generate(req);
+            results.push_back({{"greedy_ids", r.tokens}, {"prompt_tokens", r.prompt_tokens}});
+        }
+        const nlohmann::json out = {{"model", engine.options().model_path},
+                                    {"device", engine.options().device},
+                                    {"results", results}};
+        if (args.json_out.empty()) {
+            fmt::print("{}\n", out.dump());
+        } else {
+            std::ofstream f(args.json_out);
+            SKV_CHECK(f.good(), "cannot write '{}'", args.json_out);
+            f << out.dump(1) << "\n";
+        }
+        return 0;
+    }
     std::vector<int32_t> tokens = args.tokens;
     if (!args.text.empty()) {
         SKV_CHECK(tokens.empty(), "give either --tokens or --text, not both");
@@ -19,6 +50,10 @@ int cmd_score(const cli::ModelArgs& model_args, const ScoreArgs& args) {
     }
     SKV_CHECK(!tokens.empty(), "nothing to score: give --tokens or --text");
     std::vector<int32_t> positions = args.positions;
+    if (args.all_positions) {
+        positions.resize(tokens.size());
+        for (size_t i = 0; i < tokens.size(); ++i) positions[i] = int32_t(i);
+    }
     if (positions.empty()) positions.push_back(int32_t(tokens.size()) - 1);
     std::sort(positions.begin(), positions.end());
     for (int32_t p : positions) {
@@ -27,6 +62,27 @@ int cmd_score(const cli::ModelArgs& model_args, const ScoreArgs& args) {
     positions.erase(std::unique(positions.begin(), positions.end()), positions.end());
     const auto logits = engine.prompt_logits(tokens, positions);
     const int64_t V = engine.config().vocab;
+    if (!args.npy_out.empty()) {
+        // float32 [positions, vocab] in NumPy's .npy format (version 1.0), little-endian.
+        std::string header = fmt::format("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
+                                         positions.size(), V);
+        const size_t total = 10 + header.size() + 1;
+        header.append((64 - total % 64) % 64, ' ');
+        header.push_back('\n');
+        const std::string tmp = args.npy_out + ".tmp";
+        {
+            std::ofstream f(tmp, std::ios::binary);
+            SKV_CHECK(f.good(), "cannot write '{}'", args.npy_out);
+            const uint16_t len = uint16_t(header.size());
+            f.write("\x93NUMPY\x01\x00", 8);
+            f.write(reinterpret_cast<const char*>(&len), 2);
+            f << header;
+            f.write(reinterpret_cast<const char*>(logits.data()), std::streamsize(logits.size() * sizeof(float)));
+            SKV_CHECK(f.good(), "writing '{}' failed", args.npy_out);
+        }
+        std::rename(tmp.c_str(), args.npy_out.c_str());
+        if (args.json_out.empty()) return 0;
+    }
     nlohmann::json rows = nlohmann::json::array();
     for (size_t i = 0; i < positions.size(); ++i) {
         rows.push_back(std::vector<float>(logits.begin() + int64_t(i) * V, logits.begin() + int64_t(i + 1) * V));

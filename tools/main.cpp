@@ -76,6 +76,12 @@ int main(int argc, char** argv) {
     score->add_option("--text", score_args.text, "text to tokenize instead of --tokens");
     score->add_option("--positions", score_args.positions, "positions to score (default: the last)")->delimiter(',');
     score->add_option("-o,--json", score_args.json_out, "write the JSON to this file");
+    score->add_option("--npy", score_args.npy_out, "write the logits as a float32 [positions, vocab] .npy file");
+    score->add_flag("--all-positions", score_args.all_positions, "score every position");
+    score->add_option("--greedy", score_args.greedy, "greedy continuation length (with --prompts-file)")
+        ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+    score->add_option("--prompts-file", score_args.prompts_file,
+                      "JSON {\"prompts\": [[ids...], ...]}: print the greedy continuation of each prompt");
 
     try {
         app.parse(argc, argv);

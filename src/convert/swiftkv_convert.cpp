@@ -491,8 +491,9 @@ ConvertResult convert_to_swiftkv(const ConvertOptions& options) {
                                  "merges.txt"}) {
             if (fs::is_regular_file(fs::path(src_path) / name)) copied.push_back(name);
         }
-        SKV_CHECK(std::find(copied.begin(), copied.end(), "tokenizer.json") != copied.end(),
-                  "'{}' has no tokenizer.json; the converted model would have no tokenizer", src_path);
+        SKV_CHECK(options.allow_no_tokenizer || std::find(copied.begin(), copied.end(), "tokenizer.json") != copied.end(),
+                  "'{}' has no tokenizer.json; the converted model would have no tokenizer (pass --no-tokenizer to "
+                  "convert the weights alone)", src_path);
         if (std::find(copied.begin(), copied.end(), "generation_config.json") == copied.end()) {
             generation = nlohmann::json::object();
             for (const char* key : {"bos_token_id", "eos_token_id"}) {

@@ -57,6 +57,9 @@ struct ConvertOptions {
     ConvertFormat format = ConvertFormat::HuggingFace;
     ConvertDType dtype = ConvertDType::Auto;
     bool force = false;          // replace an existing output directory (or GGUF file)
+    // An HF source without tokenizer.json (a weights-only checkpoint) is refused unless this is set;
+    // the student is then weights-only too (token-level use: score, bench).
+    bool allow_no_tokenizer = false;
     // Weights above this many bytes are split into model-0000i-of-0000n.safetensors shards with a
     // model.safetensors.index.json, as Hugging Face does.
     uint64_t max_shard_bytes = 4'000'000'000ull;

@@ -122,14 +122,16 @@ Engine::Engine(const EngineOptions& options) : options_(options) {
     lo.swiftkv = options_.swiftkv;
     lo.graphs = options_.graphs;
     model_ = std::make_unique<LlamaModel>(*source, *backend_, lo);
-    tokenizer_ = std::make_unique<BpeTokenizer>(load_tokenizer(*source));
-    SKV_CHECK(tokenizer_->vocab_size() <= model_->config().vocab,
-              "{}: the tokenizer has {} tokens but the model's vocabulary is {}", options_.model_path,
-              tokenizer_->vocab_size(), model_->config().vocab);
-    if (auto tmpl = load_chat_template(*source)) chat_template_ = std::make_unique<ChatTemplate>(*tmpl);
-    const auto& spec = tokenizer_->spec();
-    if (spec.bos_id >= 0) bos_text_ = tokenizer_->token_bytes(spec.bos_id);
-    if (spec.eos_id >= 0) eos_text_ = tokenizer_->token_bytes(spec.eos_id);
+    if (options_.load_tokenizer) {
+        tokenizer_ = std::make_unique<BpeTokenizer>(load_tokenizer(*source));
+        SKV_CHECK(tokenizer_->vocab_size() <= model_->config().vocab,
+                  "{}: the tokenizer has {} tokens but the model's vocabulary is {}", options_.model_path,
+                  tokenizer_->vocab_size(), model_->config().vocab);
+        if (auto tmpl = load_chat_template(*source)) chat_template_ = std::make_unique<ChatTemplate>(*tmpl);
+        const auto& spec = tokenizer_->spec();
+        if (spec.bos_id >= 0) bos_text_ = tokenizer_->token_bytes(spec.bos_id);
+        if (spec.eos_id >= 0) eos_text_ = tokenizer_->token_bytes(spec.eos_id);
+    }
     generation_defaults_ = source->generation_config();
 
     context_length_ = options_.context_length > 0 ? options_.context_length
@@ -176,7 +178,13 @@ std::string Engine::apply_chat_template(const nlohmann::json& messages, bool add
     return chat_template_->render(ctx);
 }
 
+const BpeTokenizer& Engine::tokenizer() const {
+    SKV_CHECK(tokenizer_ != nullptr, "{}: this engine was opened without its tokenizer", options_.model_path);
+    return *tokenizer_;
+}
+
 GenerationResult Engine::generate(const GenerationRequest& req, const std::function<bool(std::string_view)>& on_text) {
+    SKV_CHECK(tokenizer_ != nullptr, "{}: generation needs the tokenizer, which was not loaded", options_.model_path);
     req.sampling.validate();
     SKV_CHECK(!req.prompt.empty(), "the prompt is empty");
     SKV_CHECK(req.max_tokens >= 0, "max_tokens must be >= 0, got {}", req.max_tokens);

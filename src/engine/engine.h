@@ -34,6 +34,9 @@ struct EngineOptions {
     int64_t kv_cache_tokens = 0;
     double gpu_memory_fraction = 0.9;
     bool graphs = true;               // record and replay decode steps as graphs (CUDA)
+    // false: skip the tokenizer and chat template (token-level use only, e.g. a checkpoint that ships
+    // without tokenizer files); generate() and tokenizer() then throw.
+    bool load_tokenizer = true;
     int64_t block_size = 16;
     int64_t prefill_chunk = 2048;     // prompt tokens per forward step
     bool swiftkv = true;              // false: run a SwiftKV checkpoint as its teacher
@@ -67,7 +70,7 @@ public:
     ~Engine();
 
     const ModelConfig& config() const { return model_->config(); }
-    const BpeTokenizer& tokenizer() const { return *tokenizer_; }
+    const BpeTokenizer& tokenizer() const;
     bool has_chat_template() const { return chat_template_ != nullptr; }
     const EngineOptions& options() const { return options_; }
     int64_t context_length() const { return context_length_; }

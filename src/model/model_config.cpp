@@ -109,12 +109,18 @@ ModelConfig ModelConfig::from_hf_json(const nlohmann::json& j, const std::string
     if (j.contains("max_position_embeddings")) c.max_position = json_int(j, "max_position_embeddings", source);
     c.rms_eps = json_num(j, "rms_norm_eps", 1e-6, source);
     c.rope_theta = json_num(j, "rope_theta", 10000.0, source);
+    // transformers 5 writes RoPE settings as one "rope_parameters" object (theta and scaling together).
+    const char* scaling_key = "rope_scaling";
+    if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+        if (j["rope_parameters"].contains("rope_theta")) c.rope_theta = json_num(j["rope_parameters"], "rope_theta", 10000.0, source);
+        if (!j.contains("rope_scaling") || j["rope_scaling"].is_null()) scaling_key = "rope_parameters";
+    }
     c.tie_embeddings = j.value("tie_word_embeddings", false);
     SKV_CHECK(!j.value("attention_bias", false) && !j.value("mlp_bias", false),
               "{}: attention_bias / mlp_bias are not supported for Llama models", source);
-    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
-        const auto& rs = j["rope_scaling"];
-        SKV_CHECK(rs.is_object(), "{}: rope_scaling must be an object", source);
+    if (j.contains(scaling_key) && !j[scaling_key].is_null()) {
+        const auto& rs = j[scaling_key];
+        SKV_CHECK(rs.is_object(), "{}: {} must be an object", source, scaling_key);
         const std::string type = rs.value("rope_type", rs.value("type", std::string("default")));
         if (type == "llama3") {
             c.rope_scaling.type = RopeScaling::Type::Llama3;

@@ -68,6 +68,24 @@ TEST(ModelConfig, RejectsBadValuesWithTheKeyName) {
     expect_error_mentions(j, "yarn");
 }
 
+TEST(ModelConfig, TransformersV5RopeParametersAreRead) {
+    // transformers 5 writes {"rope_parameters": {"rope_type": ..., "rope_theta": ..., scaling...}}.
+    auto j = base_config();
+    j["hidden_size"] = 512;
+    j["num_attention_heads"] = 4;
+    j["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 500000.0}, {"factor", 8.0},
+                            {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                            {"original_max_position_embeddings", 8192}};
+    auto c = ModelConfig::from_hf_json(j, "config.json");
+    EXPECT_EQ(c.rope_theta, 500000.0);
+    EXPECT_EQ(c.rope_scaling.type, RopeScaling::Type::Llama3);
+    EXPECT_EQ(c.rope_scaling.factor, 8.0);
+    j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 123.0}};
+    c = ModelConfig::from_hf_json(j, "config.json");
+    EXPECT_EQ(c.rope_theta, 123.0);
+    EXPECT_EQ(c.rope_scaling.type, RopeScaling::Type::None);
+}
+
 TEST(ModelConfig, Llama3RopeScalingMatchesPublishedFrequencies) {
     // Llama-3.1-8B: theta 500000, head_dim 128, factor 8, low 1, high 4, original 8192.
     auto j = base_config();

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds swiftkv with the CUDA backend for the GPU machine and packs what it needs to run there into
+# .devbundle/bundle.tar.xz (binaries, the non-system shared libraries they load, the Python checks).
+# The GPU machine has the CUDA driver, cuBLASLt (via PyTorch's nvidia-* wheels), PyTorch and
+# transformers, but none of our Debian libraries and no network; CPU code is built for x86-64-v3.
+# Usage: scripts/gpu/make_bundle.sh   (then carry .devbundle to the GPU machine; see run_checks.sh)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+B=build/gpu
+cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSWIFTKV_CUDA=ON -DSWIFTKV_NATIVE=OFF \
+  -DSWIFTKV_CPU_ARCH=x86-64-v3 -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache >/dev/null
+targets=(swiftkv test_cuda_ops test_backend attention_selftest)
+ninja -C "$B" -j"${JOBS:-2}" "${targets[@]}"
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/bin" "$stage/lib"
+cp "$B/tools/swiftkv" "$B/tests/cuda/test_cuda_ops" "$B/tests/backend/test_backend" "$B/tests/cuda/attention_selftest" "$stage/bin/"
+# Shared libraries from Debian that the GPU machine's image lacks (libc, libstdc++ and CUDA stay).
+for bin in "$stage"/bin/*; do
+  ldd "$bin" | awk '/=> \//{print $3}'
+done | sort -u | grep -E 'openblas|pcre2|libfmt|gfortran|quadmath|gtest|gmock' | while read -r lib; do
+  cp -L "$lib" "$stage/lib/"
+done
+mkdir -p .devbundle
+tar -C "$stage" -cJf .devbundle/bundle.tar.xz .
+ls -la .devbundle/bundle.tar.xz
