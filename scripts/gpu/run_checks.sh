@@ -35,6 +35,9 @@ ops)
   note "attention self-test"
   $R/bin/attention_selftest 2>&1 | tee "$OUT/attention_selftest.log" | tail -40 || status=1
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  note "GEMV self-test (decode-sized matmul) against an f64 reference, and against cuBLASLt's speed"
+  $R/bin/gemv_selftest 2>&1 | tee "$OUT/gemv_selftest.log" | tail -45
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
   note "CUDA op tests against the CPU backend"
   $R/bin/test_cuda_ops --gtest_brief=1 2>&1 | tee "$OUT/test_cuda_ops.log" | tail -30
   [ "${PIPESTATUS[0]}" = 0 ] || status=1

@@ -5,9 +5,11 @@
 //     -gencode=arch=compute_80,code=sm_80 --expt-relaxed-constexpr -DSKV_SELFTEST_DEFINE_CHECK_LAUNCH \
 //     -I src -I /usr/include tests/cuda/attention_selftest.cu src/backend/cuda/cuda_attention.cu \
 //     -o build/attention_selftest -lfmt -lpthread
-//   (When linking together with cuda_elementwise.cu, which defines check_launch, drop
+//   (When linking together with cuda_elementwise.cu, which defines check_launch -- e.g. the CMake target
+//   attention_selftest in tests/cuda/CMakeLists.txt, linked against swiftkv_backend -- leave out
 //   -DSKV_SELFTEST_DEFINE_CHECK_LAUNCH.)
-// Run: build/attention_selftest [--no-perf] [--perf-only]
+// Run: build/attention_selftest [--no-perf] [--perf-only] [--quick]   (--quick: a small subset, e.g. for
+//   compute-sanitizer --tool memcheck / racecheck)
 //
 // Correctness: random bf16 q and paged K/V caches (random, non-contiguous block tables; unused cache
 // slots, the tail of every last block and the unused block-table entries are poisoned with NaN / -1 so
