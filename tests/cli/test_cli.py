@@ -154,3 +154,56 @@ def test_convert_refuses_bad_cut_and_leaves_nothing(tmp_path):
                        "group")
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cuda_device_without_gpu_is_a_clean_error():
+    # CI machines have no GPU: -d cuda must say why, not crash. (On a GPU machine this runs the model.)
+    proc = run("run", "-m", MODEL, "-d", "cuda", "-p", "hi", "-n", "2")
+    if proc.returncode == 0:
+        pytest.skip("a CUDA device is available here")
+    assert_clean_error(proc, "CUDA")
+
+
+def test_unknown_device_is_a_clean_error():
+    assert_clean_error(run("run", "-m", MODEL, "-d", "tpu", "-p", "hi"), "unknown device 'tpu'")
+
+
+@needs_model
+def test_score_npy_matches_json(tmp_path):
+    np = pytest.importorskip("numpy")
+    out_json, out_npy = tmp_path / "s.json", tmp_path / "s.npy"
+    proc = run("score", "-m", MODEL, "--tokens", "1,504,3575,282", "--all-positions", "-o", out_json, "--npy", out_npy)
+    assert proc.returncode == 0, proc.stderr.decode()
+    logits = np.load(out_npy)
+    ref = np.array(json.loads(out_json.read_text())["logits"], dtype=np.float32)
+    assert logits.shape == (4, 49152) and np.array_equal(logits, ref)
+
+
+@needs_model
+def test_score_greedy_prompts_file(tmp_path):
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"prompts": [[504, 3575, 282, 4649, 314], [1, 2, 3]]}))
+    out = tmp_path / "g.json"
+    proc = run("score", "-m", MODEL, "--prompts-file", prompts, "--greedy", "4", "-o", out)
+    assert proc.returncode == 0, proc.stderr.decode()
+    res = json.loads(out.read_text())["results"]
+    assert len(res) == 2 and all(len(r["greedy_ids"]) == 4 for r in res)
+    assert res[0]["greedy_ids"][0] == 7042  # " Paris", as llama.cpp (tests/oracle/data)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"prompts\": 3}")
+    assert_clean_error(run("score", "-m", MODEL, "--prompts-file", bad, "--greedy", "4"), "expected")
+
+
+def test_synthetic_bench_on_cpu(tmp_path):
+    out = tmp_path / "b.json"
+    proc = run("bench", "--synthetic", "smollm2-135m:2", "-p", "32", "--prefill-batches", "1,2",
+               "--decode-batches", "1,3", "--decode-context", "20", "--decode-steps", "6", "-r", "1",
+               "--swiftkv-cuts", "50%", "-o", out, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    res = json.loads(out.read_text())
+    assert [v["label"] for v in res["variants"]] == ["base", "SwiftKV 50% g1"]
+    base, skv = res["variants"]
+    assert base["kv_bytes_per_token"] == 2 * 2 * 3 * 64 * 4 and skv["kv_bytes_per_token"] == base["kv_bytes_per_token"]
+    tests = {(r["test"], r["batch"]) for r in base["results"]}
+    assert tests == {("pp32", 1), ("pp32", 2), ("decode@20", 1), ("decode@20", 3)}
+    assert all(r.get("tokens_per_s", 0) > 0 for r in base["results"] + skv["results"])

@@ -130,3 +130,62 @@ TEST(LlamaForward, MissingTensorNamesTheTensor) {
     m.shapes.erase(name);
     expect_load_error_naming(m, name);
 }
+
+namespace {
+
+ModelConfig random_config(int64_t swiftkv_layers, int64_t group) {
+    ModelConfig c;
+    c.n_layers = 4, c.hidden = 64, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 16, c.ffn = 96, c.vocab = 101;
+    c.max_position = 256, c.rope_theta = 10000.0;
+    c.swiftkv_layers = swiftkv_layers, c.kv_group_size = group;
+    if (c.is_swiftkv()) c.architecture = "llama_swiftkv";
+    c.validate("random");
+    return c;
+}
+
+// Two sequences (5 and 3 prompt tokens), logits at each last token.
+ForwardBatch two_sequences(int64_t vocab) {
+    ForwardBatch b;
+    b.query_start = {0, 5, 8};
+    b.seq_lens = {5, 3};
+    b.max_blocks_per_seq = 2;
+    b.block_tables = {0, 1, 2, 3};
+    for (int i = 0; i < 8; ++i) b.tokens.push_back(int32_t((i * 37 + 11) % vocab));
+    b.positions = {0, 1, 2, 3, 4, 0, 1, 2};
+    b.logits_indices = {4, 7};
+    return b;
+}
+
+}  // namespace
+
+// Random weights generated on the backend (benchmarks use these): deterministic per seed, finite
+// logits; greedy sampling on the backend picks the argmax of the logits the plain forward returns.
+TEST(LlamaForward, RandomWeightsAndBackendSampling) {
+    auto backend = make_cpu_backend(2);
+    for (auto [L, g] : {std::pair<int64_t, int64_t>{4, 1}, {2, 1}, {2, 2}}) {
+        const ModelConfig c = random_config(L, g);
+        LoadOptions lo;
+        LlamaModel a(c, *backend, lo, 7), b(c, *backend, lo, 7), other(c, *backend, lo, 8);
+        a.reserve(16, 4, 4);
+        PagedKvCache kv(*backend, a.config(), 8, 4);
+        const ForwardBatch batch = two_sequences(c.vocab);
+        std::vector<float> la, lb, lo_other;
+        a.forward(batch, kv.view(), la);
+        b.forward(batch, kv.view(), lb);
+        other.forward(batch, kv.view(), lo_other);
+        ASSERT_EQ(la.size(), size_t(2 * c.vocab));
+        EXPECT_EQ(la, lb) << "same seed, same weights";
+        EXPECT_NE(la, lo_other) << "another seed, other weights";
+        for (float x : la) ASSERT_TRUE(std::isfinite(x));
+        std::vector<SampleParams> greedy(2);
+        std::vector<int32_t> tokens;
+        a.forward_sample(batch, kv.view(), greedy, tokens);
+        ASSERT_EQ(tokens.size(), 2u);
+        for (int r = 0; r < 2; ++r) {
+            const auto row = la.begin() + r * c.vocab;
+            EXPECT_EQ(tokens[r], int32_t(std::max_element(row, row + c.vocab) - row)) << "L=" << L << " g=" << g;
+        }
+        std::vector<SampleParams> wrong(3);
+        EXPECT_THROW(a.forward_sample(batch, kv.view(), wrong, tokens), Error);
+    }
+}
