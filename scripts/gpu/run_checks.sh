@@ -41,6 +41,9 @@ ops)
   note "CUDA op tests against the CPU backend"
   $R/bin/test_cuda_ops --gtest_brief=1 2>&1 | tee "$OUT/test_cuda_ops.log" | tail -30
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  note "CUDA forward (graphs replayed, SwiftKV survivors) against the CPU forward"
+  $R/bin/test_cuda_forward --gtest_brief=1 2>&1 | tee "$OUT/test_cuda_forward.log" | tail -30
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
   ;;
 hf)
   for preset in small 8b-layers; do
