@@ -75,3 +75,12 @@ struct ScoreArgs {
     std::string prompts_file;    // {"prompts": [[ids...], ...]}: greedy continuations of each
 };
 int cmd_score(const swiftkv::cli::ModelArgs& model, const ScoreArgs& args);
+struct ServeArgs {
+    std::string host = "127.0.0.1";
+    int port = 8000;
+    std::string api_key;            // empty: $SWIFTKV_API_KEY, else no authentication
+    std::string served_model_name;  // empty: the model file's stem
+    int http_threads = 32;
+    int64_t max_body_bytes = int64_t(8) << 20;
+};
+int cmd_serve(const swiftkv::cli::ModelArgs& model, const ServeArgs& args);

@@ -1,4 +1,4 @@
-// swiftkv — command line entry point: run, chat, inspect, bench.
+// swiftkv — command line entry point: run, chat, serve, inspect, bench.
 // Every error reaching here is reported as one line on stderr with a non-zero exit code.
 #include <cstdio>
 #include <iostream>
@@ -83,6 +83,22 @@ int main(int argc, char** argv) {
     score->add_option("--prompts-file", score_args.prompts_file,
                       "JSON {\"prompts\": [[ids...], ...]}: print the greedy continuation of each prompt");
 
+    cli::ModelArgs serve_model;
+    ServeArgs serve_args;
+    auto* serve = app.add_subcommand("serve", "serve the model over an OpenAI-compatible HTTP API");
+    cli::add_model_args(*serve, serve_model);
+    serve->add_option("--host", serve_args.host, "address to listen on (default 127.0.0.1)");
+    serve->add_option("--port", serve_args.port, "port to listen on (default 8000; 0: any free port)")
+        ->check(CLI::Range(0, 65535));
+    serve->add_option("--api-key", serve_args.api_key,
+                      "require Authorization: Bearer KEY on /v1, /tokenize and /detokenize (default: $SWIFTKV_API_KEY)");
+    serve->add_option("--served-model-name", serve_args.served_model_name,
+                      "model id in /v1/models and requests (default: the model file's name)");
+    serve->add_option("--http-threads", serve_args.http_threads, "HTTP worker threads (default 32)")
+        ->check(CLI::Range(1, 4096));
+    serve->add_option("--max-body-bytes", serve_args.max_body_bytes, "largest request body accepted (default 8 MiB)")
+        ->check(CLI::Range(int64_t(1), int64_t(1) << 34));
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -103,6 +119,7 @@ int main(int argc, char** argv) {
         if (*bench) return cmd_bench(bench_model, bench_args);
         if (*score) return cmd_score(score_model, score_args);
         if (*convert) return cmd_convert(convert_args);
+        if (*serve) return cmd_serve(serve_model, serve_args);
     } catch (const Error& e) {
         std::fflush(stdout);
         std::cerr << "\nerror: " << e.what() << "\n";

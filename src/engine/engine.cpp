@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <cstring>
 #include <random>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "engine/stop_filter.h"
 #include "io/gguf_reader.h"
 #include "model/model_source.h"
 #include "tokenizer/gguf_vocab.h"
@@ -43,49 +46,6 @@ ForwardBatch single_sequence_batch(const std::vector<int32_t>& tokens, int64_t s
     return batch;
 }
 
-// Holds back generated text that might be the beginning of a stop string.
-class StopStringFilter {
-public:
-    explicit StopStringFilter(const std::vector<std::string>& stops) : stops_(stops) {
-        for (const auto& s : stops_) max_len_ = std::max(max_len_, s.size());
-    }
-    // Appends text; returns (text now safe to emit, whether a stop string was found).
-    std::pair<std::string, bool> push(std::string_view text) {
-        pending_ += text;
-        for (const auto& s : stops_) {
-            if (s.empty()) continue;
-            const size_t at = pending_.find(s);
-            if (at != std::string::npos) {
-                std::string out = pending_.substr(0, at);
-                pending_.clear();
-                return {out, true};
-            }
-        }
-        if (max_len_ == 0) return {std::exchange(pending_, {}), false};
-        // Keep the longest suffix that is a proper prefix of some stop string.
-        size_t keep = 0;
-        for (const auto& s : stops_) {
-            for (size_t n = std::min(s.size() - 1, pending_.size()); n > keep; --n) {
-                if (pending_.compare(pending_.size() - n, n, s, 0, n) == 0) {
-                    keep = n;
-                    break;
-                }
-            }
-        }
-        // Never split a UTF-8 character when holding back.
-        size_t cut = pending_.size() - keep;
-        while (cut > 0 && cut < pending_.size() && (uint8_t(pending_[cut]) & 0xC0) == 0x80) --cut;
-        std::string out = pending_.substr(0, cut);
-        pending_.erase(0, cut);
-        return {out, false};
-    }
-    std::string finish() { return std::exchange(pending_, {}); }
-
-private:
-    std::vector<std::string> stops_;
-    size_t max_len_ = 0;
-    std::string pending_;
-};
 
 }  // namespace
 
@@ -183,7 +143,33 @@ const BpeTokenizer& Engine::tokenizer() const {
     return *tokenizer_;
 }
 
-GenerationResult Engine::generate(const GenerationRequest& req, const std::function<bool(std::string_view)>& on_text) {
+namespace {
+
+// log-softmax of logits at `token` and the k largest entries, without modifying logits.
+TokenLogprobs token_logprobs(const float* logits, int64_t vocab, int32_t token, int32_t k) {
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < vocab; ++i) mx = std::max(mx, logits[i]);
+    double sum = 0.0;
+    for (int64_t i = 0; i < vocab; ++i) sum += std::exp(double(logits[i] - mx));
+    const float lse = mx + float(std::log(sum));
+    TokenLogprobs out;
+    out.token = token;
+    out.logprob = logits[token] - lse;
+    if (k > 0) {
+        const int64_t kk = std::min<int64_t>(k, vocab);
+        std::vector<int32_t> idx(static_cast<size_t>(vocab));
+        for (int64_t i = 0; i < vocab; ++i) idx[size_t(i)] = int32_t(i);
+        std::partial_sort(idx.begin(), idx.begin() + kk, idx.end(),
+                          [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+        for (int64_t i = 0; i < kk; ++i) out.top.emplace_back(idx[size_t(i)], logits[idx[size_t(i)]] - lse);
+    }
+    return out;
+}
+
+}  // namespace
+
+GenerationResult Engine::generate(const GenerationRequest& req, const std::function<bool(std::string_view)>& on_text,
+                                  const std::function<void(const TokenLogprobs&)>& on_token) {
     SKV_CHECK(tokenizer_ != nullptr, "{}: generation needs the tokenizer, which was not loaded", options_.model_path);
     req.sampling.validate();
     SKV_CHECK(!req.prompt.empty(), "the prompt is empty");
@@ -243,7 +229,8 @@ GenerationResult Engine::generate(const GenerationRequest& req, const std::funct
     };
     // On a device backend, plain sampling (no penalties) runs on the device and only the token id
     // comes back; the first token's logits are already on the host from the prefill.
-    const bool device_sampling = backend_->supports_graphs() && !req.sampling.needs_history();
+    const bool want_logprobs = req.logprobs >= 0 && on_token;
+    const bool device_sampling = backend_->supports_graphs() && !req.sampling.needs_history() && !want_logprobs;
     std::vector<SampleParams> device_params(1);
     device_params[0].temperature = req.sampling.temperature;
     device_params[0].top_k = req.sampling.top_k;
@@ -264,7 +251,14 @@ GenerationResult Engine::generate(const GenerationRequest& req, const std::funct
                 model_->forward(batch, kv_cache_->view(), logits);
             }
         }
-        if (next < 0) next = sampler.sample(logits.data(), vocab);
+        TokenLogprobs lp;
+        if (next < 0) {
+            // Logprobs come from the raw logits: compute the distribution before sample() modifies them.
+            std::vector<float> raw;
+            if (want_logprobs) raw.assign(logits.begin(), logits.begin() + vocab);
+            next = sampler.sample(logits.data(), vocab);
+            if (want_logprobs) lp = token_logprobs(raw.data(), vocab, next, req.logprobs);
+        }
         sampler.accept(next);
         tokens.push_back(next);
         result.tokens.push_back(next);
@@ -275,6 +269,7 @@ GenerationResult Engine::generate(const GenerationRequest& req, const std::funct
             result.finish_reason = "stop";
             break;
         }
+        if (want_logprobs) on_token(lp);
         emit_filtered(decoder.push(next));
     }
     emit_filtered(decoder.finish());

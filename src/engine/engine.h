@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -53,6 +54,17 @@ struct GenerationRequest {
     std::vector<std::string> stop;           // stop strings (not included in the output)
     std::vector<int32_t> stop_token_ids;     // extra stop tokens
     bool ignore_eos = false;
+    // Logprobs: -1 off; k >= 0: on_token (below) receives each generated token's logprob and the k
+    // most likely alternatives, from the raw logits (log-softmax before penalties and temperature).
+    // Off keeps decode on the fast path (device sampling, no extra work).
+    int32_t logprobs = -1;
+};
+
+// One generated token with its logprobs (GenerationRequest::logprobs >= 0).
+struct TokenLogprobs {
+    int32_t token = -1;
+    float logprob = 0.0f;
+    std::vector<std::pair<int32_t, float>> top;  // most likely first
 };
 
 struct GenerationResult {
@@ -83,8 +95,11 @@ public:
 
     // Generates; on_text receives text as it becomes final (never a broken UTF-8 sequence, never part
     // of a stop string). Return false from on_text to stop early.
+    // on_token (with request.logprobs >= 0) is called for each generated token that is not a stop
+    // token, before the text it completes is passed to on_text.
     GenerationResult generate(const GenerationRequest& request,
-                              const std::function<bool(std::string_view)>& on_text = {});
+                              const std::function<bool(std::string_view)>& on_text = {},
+                              const std::function<void(const TokenLogprobs&)>& on_token = {});
 
     // Logits at the chosen positions of a prompt (prompt prefix only; positions sorted, or all when
     // empty), computed through the batched forward. For evaluation and tests.

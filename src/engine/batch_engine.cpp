@@ -1,0 +1,345 @@
+#include "engine/batch_engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "model/model_source.h"
+
+namespace swiftkv {
+
+namespace {
+
+// Log-softmax of the raw logits at `token`, and the k most likely tokens with theirs.
+TokenLogprobs token_logprobs(const float* row, int64_t vocab, int32_t token, int32_t k) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < vocab; ++i) mx = std::max(mx, row[i]);
+    double sum = 0.0;
+    for (int64_t i = 0; i < vocab; ++i) sum += std::exp(double(row[i]) - mx);
+    const float lse = mx + float(std::log(sum));
+    TokenLogprobs out;
+    out.token = token;
+    out.logprob = row[token] - lse;
+    if (k > 0) {
+        std::vector<int32_t> idx(static_cast<size_t>(vocab));
+        std::iota(idx.begin(), idx.end(), 0);
+        const int64_t kk = std::min<int64_t>(k, vocab);
+        std::partial_sort(idx.begin(), idx.begin() + kk, idx.end(),
+                          [&](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+        for (int64_t i = 0; i < kk; ++i) out.top.emplace_back(idx[size_t(i)], row[idx[size_t(i)]] - lse);
+    }
+    return out;
+}
+
+}  // namespace
+
+BatchEngine::BatchEngine(const BatchEngineOptions& options) : options_(options) {
+    const EngineOptions& eo = options_.engine;
+    SKV_CHECK(!eo.full_student, "the batch engine runs SwiftKV models on the survivor path only (no --full-student)");
+    SKV_CHECK(options_.max_num_seqs > 0 && options_.max_batched_tokens > 0,
+              "max_num_seqs and max_batched_tokens must be positive");
+    SKV_CHECK(eo.block_size > 0 && eo.block_size <= 1024, "KV block size {} is out of range (1..1024)", eo.block_size);
+    if (eo.threads > 0) ThreadPool::set_global_threads(eo.threads);
+    auto source = ModelSource::open(eo.model_path);
+    backend_ = make_backend(eo.device, eo.threads);
+    LoadOptions lo;
+    lo.weight_dtype =
+        eo.weight_dtype.value_or(backend_->supports_weight_dtype(DType::F32) ? DType::F32 : DType::BF16);
+    lo.swiftkv = eo.swiftkv;
+    lo.graphs = eo.graphs;
+    model_ = std::make_unique<LlamaModel>(*source, *backend_, lo);
+    tokenizer_ = std::make_unique<BpeTokenizer>(load_tokenizer(*source));
+    const ModelConfig& c = model_->config();
+    context_length_ = eo.context_length > 0 ? eo.context_length : std::min<int64_t>(c.max_position, 8192);
+    SKV_CHECK(context_length_ > 0 && context_length_ <= c.max_position, "context length {} is out of range (1..{})",
+              context_length_, c.max_position);
+    const int64_t bs = eo.block_size;
+    const int64_t blocks_per_seq = (context_length_ + bs - 1) / bs;
+    model_->reserve(options_.max_batched_tokens, options_.max_num_seqs, blocks_per_seq);
+    int64_t blocks = 0;
+    if (eo.kv_cache_tokens > 0) {
+        blocks = (eo.kv_cache_tokens + bs - 1) / bs;
+    } else if (backend_->supports_graphs()) {
+        SKV_CHECK(eo.gpu_memory_fraction > 0.0 && eo.gpu_memory_fraction <= 1.0,
+                  "gpu memory fraction {} must be in (0, 1]", eo.gpu_memory_fraction);
+        size_t free_b = 0, total_b = 0;
+        backend_->memory_info(&free_b, &total_b);
+        const int64_t budget = int64_t(double(free_b) * eo.gpu_memory_fraction) - (int64_t(256) << 20);
+        blocks = PagedKvCache::blocks_for_bytes(c, std::max<int64_t>(budget, 0), bs, backend_->act_dtype());
+    } else {
+        // CPU: room for several full contexts (serving shares the pool between requests).
+        blocks = (std::max<int64_t>(context_length_, 16384) + bs - 1) / bs;
+    }
+    SKV_CHECK(blocks >= blocks_per_seq,
+              "the KV cache ({} tokens) cannot hold one sequence of {} tokens; lower --ctx or raise --kv-cache-tokens",
+              blocks * bs, context_length_);
+    kv_cache_ = std::make_unique<PagedKvCache>(*backend_, c, blocks, bs);
+    SchedulerConfig sc;
+    sc.max_num_seqs = options_.max_num_seqs;
+    sc.max_batched_tokens = options_.max_batched_tokens;
+    sc.max_model_len = context_length_;
+    sc.enable_chunked_prefill = true;
+    scheduler_ = std::make_unique<Scheduler>(sc, blocks, bs, options_.prefix_caching);
+}
+
+BatchEngine::~BatchEngine() = default;
+
+uint64_t BatchEngine::add_request(BatchRequest request, ChoiceCallback callback) {
+    request.sampling.validate();
+    SKV_CHECK(!request.prompt.empty(), "the prompt is empty");
+    const int64_t n_prompt = int64_t(request.prompt.size());
+    SKV_CHECK(n_prompt < context_length_,
+              "the prompt has {} tokens but the context holds {}; shorten the prompt", n_prompt, context_length_);
+    for (int32_t t : request.prompt) {
+        SKV_CHECK(t >= 0 && t < config().vocab, "prompt token id {} is outside the vocabulary", t);
+    }
+    SKV_CHECK(request.max_tokens >= 1, "max_tokens must be at least 1, got {}", request.max_tokens);
+    SKV_CHECK(request.n >= 1 && request.n <= options_.max_num_seqs, "n must be in 1..{}, got {}",
+              options_.max_num_seqs, request.n);
+    SKV_CHECK(request.logprobs <= 20, "logprobs must be at most 20, got {}", request.logprobs);
+    const uint64_t id = scheduler_->add(request.prompt, request.n);
+    Request r;
+    r.max_new = std::min<int64_t>(request.max_tokens, context_length_ - n_prompt);
+    r.callback = std::move(callback);
+    const uint64_t base_seed = request.sampling.seed ? *request.sampling.seed : std::random_device{}() * 0x100000001ull;
+    for (int i = 0; i < request.n; ++i) {
+        Choice ch;
+        SamplingParams sp = request.sampling;
+        sp.seed = base_seed + uint64_t(i);
+        ch.seed = *sp.seed;
+        ch.sampler = std::make_unique<Sampler>(sp, request.prompt);
+        ch.decoder = std::make_unique<StreamDecoder>(*tokenizer_);
+        ch.filter = std::make_unique<StopStringFilter>(request.stop);
+        r.choices.push_back(std::move(ch));
+    }
+    r.choices[0].seq_id = id;
+    r.live = request.n;
+    r.req = std::move(request);
+    seq_choice_[id] = {id, 0};
+    counters_.prompt_tokens_total += n_prompt;
+    requests_.emplace(id, std::move(r));
+    return id;
+}
+
+bool BatchEngine::abort(uint64_t request_id) {
+    auto it = requests_.find(request_id);
+    if (it == requests_.end()) return false;
+    Request& r = it->second;
+    for (int i = 0; i < int(r.choices.size()); ++i) {
+        ChoiceEvent ev;
+        end_choice(r, i, "abort", &ev);
+    }
+    requests_.erase(it);
+    return true;
+}
+
+void BatchEngine::end_choice(Request& r, int index, const std::string& reason, ChoiceEvent* ev) {
+    Choice& c = r.choices[size_t(index)];
+    if (c.done) return;
+    c.done = true;
+    r.live--;
+    ev->request_id = r.choices[0].seq_id;
+    ev->index = index;
+    ev->finished = true;
+    ev->finish_reason = reason;
+    ev->prompt_tokens = int64_t(r.req.prompt.size());
+    ev->completion_tokens = c.generated;
+    if (reason != "stop_string") {
+        // Flush what the decoder and the stop filter held back.
+        auto [text, hit] = c.filter->push(c.decoder->finish());
+        ev->text += text;
+        if (!hit) ev->text += c.filter->finish();
+    } else {
+        ev->finish_reason = "stop";
+    }
+    if (c.seq_id != 0) {
+        if (scheduler_->find(c.seq_id) != nullptr) scheduler_->finish(c.seq_id, ev->finish_reason);
+        seq_choice_.erase(c.seq_id);
+    }
+    if (r.callback) r.callback(*ev);
+}
+
+void BatchEngine::deliver(Request& r, int index, int32_t token, const TokenLogprobs* lp) {
+    Choice& c = r.choices[size_t(index)];
+    if (c.done) return;
+    c.generated++;
+    counters_.generation_tokens_total++;
+    ChoiceEvent ev;
+    ev.tokens.push_back(token);
+    if (lp) ev.logprobs.push_back(*lp);
+    const bool stop_token =
+        (!r.req.ignore_eos && tokenizer_->is_eos(token)) ||
+        std::find(r.req.stop_token_ids.begin(), r.req.stop_token_ids.end(), token) != r.req.stop_token_ids.end();
+    if (stop_token) {
+        end_choice(r, index, "stop", &ev);
+        return;
+    }
+    auto [safe, hit] = c.filter->push(c.decoder->push(token));
+    ev.text = std::move(safe);
+    if (hit) {
+        end_choice(r, index, "stop_string", &ev);
+        return;
+    }
+    if (c.generated >= r.max_new) {
+        end_choice(r, index, "length", &ev);
+        return;
+    }
+    ev.request_id = r.choices[0].seq_id;
+    ev.index = index;
+    ev.prompt_tokens = int64_t(r.req.prompt.size());
+    ev.completion_tokens = c.generated;
+    if (r.callback) r.callback(ev);
+}
+
+void BatchEngine::apply_cow(const std::vector<std::pair<int32_t, int32_t>>& copies) {
+    const KvCacheView& kv = kv_cache_->view();
+    const size_t block_bytes = size_t(kv.layout.block_elems() * dtype_row_bytes(backend_->act_dtype(), 1));
+    for (const auto& [src, dst] : copies) {  // in list order (see Scheduler)
+        for (size_t l = 0; l < kv.k_layers.size(); ++l) {
+            backend_->copy(static_cast<char*>(kv.k_layers[l]) + size_t(dst) * block_bytes,
+                           static_cast<char*>(kv.k_layers[l]) + size_t(src) * block_bytes, block_bytes);
+            backend_->copy(static_cast<char*>(kv.v_layers[l]) + size_t(dst) * block_bytes,
+                           static_cast<char*>(kv.v_layers[l]) + size_t(src) * block_bytes, block_bytes);
+        }
+    }
+}
+
+// Runs the model on the step's batch and samples: `sampled` gets out.num_samples tokens in batch
+// order, `logprobs` one entry per sample (empty when not requested).
+void BatchEngine::sample_entries(const ScheduleOutput& out, std::vector<int32_t>& sampled,
+                                 std::vector<std::vector<TokenLogprobs>>& logprobs) {
+    const ForwardBatch batch = scheduler_->to_forward_batch(out);
+    const int64_t V = config().vocab;
+    // Which (request, choice) each sample goes to; nullptr when the sequence is gone.
+    struct Target {
+        Request* r = nullptr;
+        int index = 0;
+    };
+    std::vector<Target> targets;
+    bool device_ok = backend_->supports_graphs();
+    for (const auto& e : out.seqs) {
+        if (!e.needs_logits) continue;
+        auto sc = seq_choice_.find(e.id);
+        Request* r = nullptr;
+        int base = 0;
+        if (sc != seq_choice_.end()) {
+            auto rit = requests_.find(sc->second.first);
+            if (rit != requests_.end()) r = &rit->second, base = sc->second.second;
+        }
+        for (int k = 0; k < e.num_samples; ++k) {
+            targets.push_back({r, e.num_samples > 1 ? k : base});
+            if (e.num_samples > 1) device_ok = false;
+        }
+        if (r && (r->req.sampling.needs_history() || r->req.logprobs >= 0)) device_ok = false;
+    }
+    sampled.assign(targets.size(), 0);
+    logprobs.assign(targets.size(), {});
+    if (device_ok) {
+        // Plain sampling of one token per row: on the device, only the ids come back.
+        std::vector<SampleParams> params(targets.size());
+        for (size_t i = 0; i < targets.size(); ++i) {
+            if (!targets[i].r) continue;
+            const Choice& ch = targets[i].r->choices[size_t(targets[i].index)];
+            const SamplingParams& sp = targets[i].r->req.sampling;
+            params[i] = SampleParams{sp.temperature, sp.top_k, sp.top_p, sp.min_p, ch.seed, uint64_t(ch.generated)};
+        }
+        model_->forward_sample(batch, kv_cache_->view(), params, sampled);
+        return;
+    }
+    model_->forward(batch, kv_cache_->view(), logits_);
+    std::vector<float> scratch(static_cast<size_t>(V));
+    size_t i = 0, row = 0;
+    for (const auto& e : out.seqs) {
+        if (!e.needs_logits) continue;
+        const float* logits = logits_.data() + row * size_t(V);
+        for (int k = 0; k < e.num_samples; ++k, ++i) {
+            Target& t = targets[i];
+            if (!t.r || t.r->choices[size_t(t.index)].done) continue;
+            Choice& ch = t.r->choices[size_t(t.index)];
+            std::copy(logits, logits + V, scratch.begin());
+            const int32_t tok = ch.sampler->sample(scratch.data(), V);
+            ch.sampler->accept(tok);
+            sampled[i] = tok;
+            if (t.r->req.logprobs >= 0) logprobs[i].push_back(token_logprobs(logits, V, tok, t.r->req.logprobs));
+        }
+        ++row;
+    }
+}
+
+bool BatchEngine::step() {
+    if (!scheduler_->has_work()) return false;
+    ScheduleOutput out = scheduler_->schedule();
+    counters_.steps++;
+    counters_.preemptions += int64_t(out.preempted.size());
+    if (!out.empty()) {
+        apply_cow(out.cow_copies);
+        std::vector<int32_t> sampled;
+        std::vector<std::vector<TokenLogprobs>> logprobs;
+        sample_entries(out, sampled, logprobs);
+        // Targets again (update() may fork siblings): capture (request id, choice) per sample first.
+        std::vector<std::pair<uint64_t, int>> targets;
+        for (const auto& e : out.seqs) {
+            if (!e.needs_logits) continue;
+            auto sc = seq_choice_.find(e.id);
+            for (int k = 0; k < e.num_samples; ++k) {
+                if (sc == seq_choice_.end()) {
+                    targets.emplace_back(0, 0);
+                } else {
+                    targets.emplace_back(sc->second.first, e.num_samples > 1 ? k : sc->second.second);
+                }
+            }
+        }
+        scheduler_->update(out, sampled);
+        // Forks: map the new siblings' sequence ids to their choices.
+        for (const auto& e : out.seqs) {
+            if (e.num_samples <= 1) continue;
+            auto rit = requests_.find(e.id);
+            if (rit == requests_.end()) continue;
+            for (uint64_t sid : scheduler_->running_ids()) {
+                const Sequence* s = scheduler_->find(sid);
+                if (s && s->group_id == e.id && s->index > 0 && s->index < int(rit->second.choices.size())) {
+                    rit->second.choices[size_t(s->index)].seq_id = sid;
+                    seq_choice_[sid] = {e.id, s->index};
+                }
+            }
+        }
+        for (size_t i = 0; i < targets.size(); ++i) {
+            auto rit = requests_.find(targets[i].first);
+            if (targets[i].first == 0 || rit == requests_.end()) continue;
+            deliver(rit->second, targets[i].second, sampled[i], logprobs[i].empty() ? nullptr : &logprobs[i][0]);
+        }
+    }
+    // Sequences the scheduler ended itself ("length" at the context limit, "kv_cache").
+    for (const Sequence& s : scheduler_->take_finished()) {
+        auto sc = seq_choice_.find(s.id);
+        if (sc == seq_choice_.end()) continue;
+        auto rit = requests_.find(sc->second.first);
+        if (rit == requests_.end()) continue;
+        ChoiceEvent ev;
+        end_choice(rit->second, sc->second.second, s.finish_reason, &ev);
+    }
+    for (auto it = requests_.begin(); it != requests_.end();) {
+        it = it->second.live == 0 ? requests_.erase(it) : std::next(it);
+    }
+    return scheduler_->has_work();
+}
+
+void BatchEngine::run_until_idle() {
+    while (step()) {
+    }
+}
+
+BatchEngineStats BatchEngine::stats() const {
+    BatchEngineStats s = counters_;
+    s.running = scheduler_->num_running();
+    s.waiting = scheduler_->num_waiting();
+    s.kv_blocks_used = scheduler_->block_manager().num_used_blocks();
+    s.kv_blocks_total = scheduler_->block_manager().num_blocks();
+    s.prefix_cache_hit_rate = scheduler_->block_manager().prefix_cache_stats().hit_rate();
+    return s;
+}
+
+}  // namespace swiftkv

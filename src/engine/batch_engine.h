@@ -1,0 +1,128 @@
+// BatchEngine — continuous batching over the one forward interface (DESIGN.md sections 3 and 4):
+// requests enter a queue; each step() the Scheduler builds one mixed batch under a token budget
+// (decodes first, then prefill chunks), the model runs it, every sequence that reached its last
+// token samples, and per-request callbacks receive the new tokens and text. The paged KV cache is
+// shared through the BlockManager: prompt prefixes are reused from the prefix cache (for SwiftKV
+// models the later layers' KV too: it depends only on layers < L), n > 1 completions share the
+// prompt's blocks copy-on-write, and sequences are preempted (recomputed later) when blocks run out.
+// Not thread-safe: one thread calls add_request / abort / step (the server's engine loop).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "backend/backend.h"
+#include "engine/engine.h"
+#include "engine/sampler.h"
+#include "engine/scheduler.h"
+#include "engine/stop_filter.h"
+#include "kv/paged_kv_cache.h"
+#include "model/llama_model.h"
+#include "tokenizer/bpe_tokenizer.h"
+
+namespace swiftkv {
+
+struct BatchEngineOptions {
+    EngineOptions engine;              // model, device, dtype, context length, KV cache size, block size
+    int64_t max_num_seqs = 256;        // sequences in one step
+    int64_t max_batched_tokens = 2048; // tokens in one step (prefill chunks fill what decodes leave)
+    bool prefix_caching = true;
+};
+
+struct BatchRequest {
+    std::vector<int32_t> prompt;
+    SamplingParams sampling;           // choice i uses seed + i when a seed is given
+    int64_t max_tokens = 16;           // capped by the context length
+    std::vector<std::string> stop;
+    std::vector<int32_t> stop_token_ids;
+    bool ignore_eos = false;
+    int n = 1;
+    int32_t logprobs = -1;             // >= 0: each token's logprob and this many top alternatives
+};
+
+// What a request's callback receives: new tokens of one choice, and when that choice ends.
+struct ChoiceEvent {
+    uint64_t request_id = 0;
+    int index = 0;                       // choice 0..n-1
+    std::vector<int32_t> tokens;         // tokens generated in this step (a stop token included)
+    std::string text;                    // text that became final (never part of a stop string)
+    std::vector<TokenLogprobs> logprobs; // one per token when requested
+    bool finished = false;
+    std::string finish_reason;           // "stop", "length", "abort", "kv_cache"
+    int64_t prompt_tokens = 0;
+    int64_t completion_tokens = 0;       // so far
+};
+using ChoiceCallback = std::function<void(const ChoiceEvent&)>;
+
+struct BatchEngineStats {
+    int64_t running = 0, waiting = 0;
+    int64_t kv_blocks_used = 0, kv_blocks_total = 0;
+    double prefix_cache_hit_rate = 0.0;
+    int64_t prompt_tokens_total = 0, generation_tokens_total = 0;
+    int64_t steps = 0, preemptions = 0;
+};
+
+class BatchEngine {
+public:
+    explicit BatchEngine(const BatchEngineOptions& options);
+    ~BatchEngine();
+
+    // Validates and queues a request; returns its id. Throws swiftkv::Error for bad input (empty
+    // prompt, prompt over the context, token ids outside the vocabulary, bad sampling values).
+    uint64_t add_request(BatchRequest request, ChoiceCallback callback);
+    // Ends every choice of a request now (its blocks are released); false if it is not live.
+    bool abort(uint64_t request_id);
+    // One engine step; returns whether work remains.
+    bool step();
+    void run_until_idle();
+    bool has_work() const { return scheduler_->has_work(); }
+
+    BatchEngineStats stats() const;
+    const ModelConfig& config() const { return model_->config(); }
+    const BpeTokenizer& tokenizer() const { return *tokenizer_; }
+    int64_t context_length() const { return context_length_; }
+    Backend& backend() { return *backend_; }
+    const PagedKvCache& kv_cache() const { return *kv_cache_; }
+
+private:
+    struct Choice {
+        std::unique_ptr<Sampler> sampler;
+        std::unique_ptr<StreamDecoder> decoder;
+        std::unique_ptr<StopStringFilter> filter;
+        uint64_t seq_id = 0;
+        uint64_t seed = 0;
+        int64_t generated = 0;
+        bool done = false;
+    };
+    struct Request {
+        BatchRequest req;
+        ChoiceCallback callback;
+        std::vector<Choice> choices;
+        int64_t max_new = 0;
+        int live = 0;
+    };
+
+    void sample_entries(const ScheduleOutput& out, std::vector<int32_t>& sampled,
+                        std::vector<std::vector<TokenLogprobs>>& logprobs);
+    void deliver(Request& r, int index, int32_t token, const TokenLogprobs* lp);
+    void end_choice(Request& r, int index, const std::string& reason, ChoiceEvent* event);
+    void apply_cow(const std::vector<std::pair<int32_t, int32_t>>& copies);
+
+    BatchEngineOptions options_;
+    std::unique_ptr<Backend> backend_;
+    std::unique_ptr<LlamaModel> model_;
+    std::unique_ptr<BpeTokenizer> tokenizer_;
+    std::unique_ptr<PagedKvCache> kv_cache_;
+    std::unique_ptr<Scheduler> scheduler_;
+    int64_t context_length_ = 0;
+    std::unordered_map<uint64_t, Request> requests_;           // by request id (= group id)
+    std::unordered_map<uint64_t, std::pair<uint64_t, int>> seq_choice_;  // seq id -> (request, choice)
+    std::vector<float> logits_;
+    BatchEngineStats counters_;
+};
+
+}  // namespace swiftkv

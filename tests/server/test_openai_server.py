@@ -1,0 +1,407 @@
+"""`swiftkv serve`: the OpenAI-compatible HTTP API, driven by the official `openai` client.
+
+A module-scoped server runs the default model (-c 2048) on a free port; a second one requires an API
+key. Generations stay short (the default model decodes ~40 tokens/s on a small CPU).
+Decisions checked here: a request naming a model other than the served one gets 404
+(openai.NotFoundError, code model_not_found), like the OpenAI API and vLLM; an empty model is fine.
+"""
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+openai = pytest.importorskip("openai")
+prom_parser = pytest.importorskip("prometheus_client.parser")
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("SWIFTKV_BUILD_DIR", ROOT / "build" / "release"))
+if not BUILD.is_absolute():
+    BUILD = ROOT / BUILD
+SWIFTKV = BUILD / "tools" / "swiftkv"
+MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+CTX = 2048
+API_KEY = "sk-test-key-123"
+
+pytestmark = [
+    pytest.mark.skipif(not SWIFTKV.exists(), reason=f"{SWIFTKV} not built"),
+    pytest.mark.skipif(not MODEL.exists(), reason="default model not fetched"),
+]
+
+
+class Server:
+    def __init__(self, *extra):
+        self.proc = subprocess.Popen(
+            [str(SWIFTKV), "serve", "-m", str(MODEL), "-c", str(CTX), "--port", "0", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        self.url = None
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("listening on "):
+                self.url = line.split()[-1]
+                break
+        if self.url is None:
+            self.proc.kill()
+            raise RuntimeError("server did not start: " + self.proc.stderr.read())
+        while time.time() < deadline:  # the port answers as soon as it listens
+            try:
+                if http("GET", self.url + "/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        self.model = MODEL.stem
+
+    def client(self, api_key="none", **kw):
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=60, **kw)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return None
+        return self.proc.returncode
+
+
+def http(method, url, body=None, headers=None, timeout=30):
+    """(status, parsed JSON or text) without raising on HTTP errors."""
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, raw, ctype = r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        status, raw, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
+    text = raw.decode("utf-8", errors="replace")
+    return status, (json.loads(text) if "json" in ctype else text)
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server()
+    yield s
+    assert s.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server.client()
+
+
+@pytest.fixture(scope="module")
+def auth_server():
+    s = Server("--api-key", API_KEY)
+    yield s
+    s.stop()
+
+
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def greedy16(client):
+    r = client.completions.create(model="", prompt=PROMPT, max_tokens=16, temperature=0)
+    return r
+
+
+def assert_error(resp, status):
+    code, body = resp
+    assert code == status, body
+    assert isinstance(body, dict) and "error" in body, body
+    assert body["error"]["message"], body
+    return body["error"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Basics
+
+
+def test_health_and_models(server, client):
+    assert http("GET", server.url + "/health") == (200, {})
+    models = client.models.list()
+    assert [m.id for m in models.data] == [server.model]
+
+
+def test_completion_stream_matches_non_stream(client, greedy16):
+    assert greedy16.choices[0].finish_reason in ("length", "stop")
+    assert greedy16.usage.completion_tokens <= 16
+    text = greedy16.choices[0].text
+    assert text
+    stream = client.completions.create(model="", prompt=PROMPT, max_tokens=16, temperature=0, stream=True)
+    parts, finish = [], None
+    for chunk in stream:
+        for c in chunk.choices:
+            parts.append(c.text)
+            finish = c.finish_reason or finish
+    assert "".join(parts) == text
+    assert finish == greedy16.choices[0].finish_reason
+
+
+def test_chat_non_stream_and_stream(client):
+    msgs = [{"role": "user", "content": "Say hello."}]
+    r = client.chat.completions.create(model="", messages=msgs, max_tokens=8, temperature=0)
+    msg = r.choices[0].message
+    assert msg.role == "assistant" and msg.content
+    assert r.object == "chat.completion"
+    stream = client.chat.completions.create(model="", messages=msgs, max_tokens=8, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == msg.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [r.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == r.usage.prompt_tokens
+
+
+def test_stream_ends_with_done(server):
+    req = urllib.request.Request(server.url + "/v1/chat/completions", method="POST",
+                                 data=json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+                                                  "stream": True}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        events = [l for l in r.read().decode().split("\n\n") if l]
+    assert events[-1] == "data: [DONE]"
+    assert all(e.startswith("data: ") for e in events)
+
+
+def test_usage_matches_tokenize(server, greedy16):
+    code, tok = http("POST", server.url + "/tokenize", {"prompt": PROMPT})
+    assert code == 200
+    assert greedy16.usage.prompt_tokens == tok["count"] == len(tok["tokens"])
+    assert greedy16.usage.total_tokens == greedy16.usage.prompt_tokens + greedy16.usage.completion_tokens
+
+
+def test_tokenize_detokenize_round_trip(server):
+    text = "Hello world, this is swiftkv!"
+    code, tok = http("POST", server.url + "/tokenize", {"prompt": text, "add_special_tokens": False})
+    assert code == 200 and tok["max_model_len"] == CTX
+    code, detok = http("POST", server.url + "/detokenize", {"tokens": tok["tokens"]})
+    assert code == 200 and detok["prompt"] == text
+    code, chat_tok = http("POST", server.url + "/tokenize", {"messages": [{"role": "user", "content": text}]})
+    assert code == 200 and chat_tok["count"] > tok["count"]
+    assert_error(http("POST", server.url + "/detokenize", {"tokens": [10**9]}), 400)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and stopping
+
+
+def test_n_choices(client):
+    r = client.completions.create(model="", prompt=PROMPT, max_tokens=4, temperature=0.8, seed=1, n=2)
+    assert sorted(c.index for c in r.choices) == [0, 1]
+    assert all(c.text for c in r.choices)
+    assert 2 <= r.usage.completion_tokens <= 8
+    if all(c.finish_reason == "length" for c in r.choices):
+        assert r.usage.completion_tokens == 8
+
+
+def test_stop_string(client, greedy16):
+    text = greedy16.choices[0].text
+    # A stop string from the middle of the greedy text: the output is cut right before it.
+    cut = max(2, len(text) // 2)
+    stop = text[cut:cut + 2]
+    assert stop.strip(), text
+    r = client.completions.create(model="", prompt=PROMPT, max_tokens=16, temperature=0, stop=[stop])
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].text == text[:text.index(stop)]
+
+
+def test_max_tokens_gives_length(client):
+    r = client.completions.create(model="", prompt=PROMPT, max_tokens=3, temperature=0)
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 3
+
+
+def test_seed_reproducible(client):
+    a = client.completions.create(model="", prompt="Once upon a time", max_tokens=8, temperature=0.8, seed=1234)
+    b = client.completions.create(model="", prompt="Once upon a time", max_tokens=8, temperature=0.8, seed=1234)
+    assert a.choices[0].text == b.choices[0].text
+
+
+def test_completion_logprobs(client):
+    r = client.completions.create(model="", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == r.usage.completion_tokens
+    for tok, v, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert math.isfinite(v) and v <= 0
+        assert len(top) == 2
+        assert all(math.isfinite(x) and x <= 0 for x in top.values())
+        assert max(top.values()) == pytest.approx(v, abs=1e-5)  # greedy: the chosen token is the most likely
+    assert "".join(lp.tokens) == r.choices[0].text
+
+
+def test_chat_logprobs(client):
+    r = client.chat.completions.create(model="", messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
+                                       temperature=0, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) >= 1
+    for item in content:
+        assert math.isfinite(item.logprob) and item.logprob <= 0
+        assert len(item.top_logprobs) == 3
+    stream = client.chat.completions.create(model="", messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
+                                            temperature=0, logprobs=True, top_logprobs=1, stream=True)
+    streamed = [x for c in stream if c.choices and c.choices[0].logprobs for x in c.choices[0].logprobs.content]
+    assert [x.token for x in streamed] == [x.token for x in content]
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(temperature=5),
+    dict(n=0),
+    dict(max_tokens=CTX + 10),  # prompt + max_tokens over the context
+    dict(extra_body={"max_tokens": "abc"}),
+    dict(extra_body={"stop": 3}),
+])
+def test_bad_completion_requests(client, kwargs):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="", prompt=PROMPT, **{"max_tokens": 2, **kwargs})
+    assert e.value.body and e.value.body.get("message"), e.value.body
+
+
+def test_context_length_message(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="", prompt="word " * 2100, max_tokens=1)
+    assert f"maximum context length is {CTX} tokens" in str(e.value)
+
+
+def test_bad_chat_requests(server, client):
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="", messages=[], max_tokens=2)
+    err = assert_error(http("POST", server.url + "/v1/chat/completions", {"max_tokens": 2}), 400)
+    assert "messages" in err["message"]
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="no-such-model", prompt=PROMPT, max_tokens=1)
+    assert "no-such-model" in str(e.value)
+
+
+def test_http_errors(server):
+    err = assert_error(http("POST", server.url + "/v1/completions", b"{not json"), 400)
+    assert err["type"] == "invalid_request_error"
+    assert_error(http("POST", server.url + "/v1/completions", b"[1, 2]"), 400)
+    assert_error(http("GET", server.url + "/v1/nothing-here"), 404)
+    assert_error(http("GET", server.url + "/v1/completions"), 405)
+    assert_error(http("POST", server.url + "/v1/completions", b"x" * (9 << 20)), 413)
+
+
+def test_client_disconnect_mid_stream(server, client):
+    req = urllib.request.Request(server.url + "/v1/completions", method="POST",
+                                 data=json.dumps({"prompt": PROMPT, "max_tokens": 400, "temperature": 0.7,
+                                                  "ignore_eos": True, "stream": True}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    r = urllib.request.urlopen(req, timeout=30)
+    r.readline()  # the first event arrived: generation is running
+    r.close()
+    t0 = time.time()
+    out = client.completions.create(model="", prompt=PROMPT, max_tokens=2, temperature=0)
+    assert out.choices[0].text
+    assert time.time() - t0 < 8, "the abandoned generation was not aborted"
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics and auth
+
+
+def metric_values(server):
+    code, text = http("GET", server.url + "/metrics")
+    assert code == 200
+    values = {}
+    for fam in prom_parser.text_string_to_metric_families(text):
+        for s in fam.samples:
+            key = s.name + ("" if "finished_reason" not in s.labels else "/" + s.labels["finished_reason"])
+            if "le" in s.labels:
+                key += "@" + s.labels["le"]
+            values[key] = s.value
+    return values
+
+
+def test_metrics(server, client):
+    before = metric_values(server)
+    for name in ["swiftkv:num_requests_running", "swiftkv:num_requests_waiting", "swiftkv:kv_cache_blocks_used",
+                 "swiftkv:kv_cache_blocks_total", "swiftkv:prefix_cache_hit_rate"]:
+        assert name in before, name
+    assert before["swiftkv:kv_cache_blocks_total"] > 0
+    client.completions.create(model="", prompt=PROMPT, max_tokens=3, temperature=0)
+    after = metric_values(server)
+    assert after["swiftkv:prompt_tokens_total"] > before["swiftkv:prompt_tokens_total"]
+    assert after["swiftkv:generation_tokens_total"] >= before["swiftkv:generation_tokens_total"] + 3
+    assert after["swiftkv:request_success_total/length"] >= before["swiftkv:request_success_total/length"] + 1
+    for h in ["swiftkv:time_to_first_token_seconds", "swiftkv:time_per_output_token_seconds",
+              "swiftkv:e2e_request_latency_seconds"]:
+        assert after[h + "_count"] >= before[h + "_count"] + 1
+        assert after[h + "_bucket@+Inf"] == after[h + "_count"]
+        assert after[h + "_sum"] > 0
+
+
+def test_auth(auth_server):
+    with pytest.raises(openai.AuthenticationError):
+        auth_server.client(api_key="wrong").completions.create(model="", prompt=PROMPT, max_tokens=1)
+    assert_error(http("POST", auth_server.url + "/tokenize", {"prompt": "hi"}), 401)
+    r = auth_server.client(api_key=API_KEY).completions.create(model="", prompt=PROMPT, max_tokens=2, temperature=0)
+    assert r.choices[0].text
+    assert http("GET", auth_server.url + "/health")[0] == 200
+    assert http("GET", auth_server.url + "/metrics")[0] == 200
+    code, _ = http("POST", auth_server.url + "/tokenize", {"prompt": "hi"},
+                   headers={"Authorization": "Bearer " + API_KEY})
+    assert code == 200
+
+
+def test_sigterm_exits_cleanly_mid_request(auth_server):
+    req = urllib.request.Request(auth_server.url + "/v1/completions", method="POST",
+                                 data=json.dumps({"prompt": PROMPT, "max_tokens": 400, "ignore_eos": True,
+                                                  "stream": True}).encode(),
+                                 headers={"Content-Type": "application/json", "Authorization": "Bearer " + API_KEY})
+    r = urllib.request.urlopen(req, timeout=30)
+    r.readline()
+    t0 = time.time()
+    assert auth_server.stop() == 0
+    assert time.time() - t0 < 15
+    r.close()
+
+
+def test_queued_request_counts_as_waiting(server, client):
+    import threading
+    req = urllib.request.Request(server.url + "/v1/completions", method="POST",
+                                 data=json.dumps({"prompt": PROMPT, "max_tokens": 300, "ignore_eos": True,
+                                                  "stream": True}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    r = urllib.request.urlopen(req, timeout=30)
+    r.readline()  # the long request runs
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "r", client.completions.create(model="", prompt=PROMPT, max_tokens=2, temperature=0)))
+    t.start()
+    seen = None
+    for _ in range(100):
+        v = metric_values(server)
+        if v["swiftkv:num_requests_waiting"] == 1:
+            seen = v
+            break
+        time.sleep(0.02)
+    r.close()  # abort the long one: the queued one runs next
+    t.join(timeout=30)
+    assert seen is not None and seen["swiftkv:num_requests_running"] == 1
+    assert seen["swiftkv:kv_cache_blocks_used"] > 0
+    assert result["r"].choices[0].text

@@ -1,0 +1,96 @@
+// swiftkv serve — the OpenAI-compatible HTTP server. Loads the model first, then binds and listens
+// (so /health is 200 as soon as the port accepts connections); SIGINT/SIGTERM stop accepting, abort
+// running requests and exit 0.
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <thread>
+
+#include "cli_common.h"
+#include "core/error.h"
+#include "server/http_server.h"
+#include "server/serving_engine.h"
+
+using namespace swiftkv;
+
+namespace {
+
+std::atomic<int> g_signal{0};
+
+extern "C" void on_signal(int sig) { g_signal.store(sig); }
+
+}  // namespace
+
+int cmd_serve(const cli::ModelArgs& model_args, const ServeArgs& args) {
+    server::HttpServerOptions opt;
+    opt.host = args.host;
+    opt.port = args.port;
+    opt.api_key = args.api_key;
+    if (opt.api_key.empty()) {
+        if (const char* env = std::getenv("SWIFTKV_API_KEY"); env != nullptr) opt.api_key = env;
+    }
+    opt.http_threads = args.http_threads;
+    opt.max_body_bytes = size_t(args.max_body_bytes);
+    const EngineOptions eopt = cli::engine_options(model_args);
+    opt.served_model_name = args.served_model_name;
+    if (opt.served_model_name.empty()) {
+        std::filesystem::path p(eopt.model_path);
+        if (!p.has_filename()) p = p.parent_path();
+        opt.served_model_name = std::filesystem::is_directory(p) ? p.filename().string() : p.stem().string();
+    }
+
+    // Signals: handled by a flag that a watcher thread turns into a graceful stop.
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+#ifdef SIGPIPE
+    std::signal(SIGPIPE, SIG_IGN);
+#endif
+
+    std::fprintf(stderr, "loading %s ...\n", eopt.model_path.c_str());
+    auto engine = std::make_unique<Engine>(eopt);
+    const int64_t ctx = engine->context_length();
+    server::SerialEngineBackend backend(std::move(engine));
+    server::HttpServer http(backend, opt);
+    if (g_signal.load() != 0) return 0;
+    SKV_CHECK(http.bind(), "{}", http.error());
+
+    std::atomic<bool> finished{false};
+    std::thread watcher([&] {
+        while (!finished.load()) {
+            if (g_signal.load() != 0) {
+                std::fprintf(stderr, "signal %d: shutting down\n", g_signal.load());
+                http.stop();
+                // In-flight requests are aborted; idle keep-alive connections and half-sent requests end
+                // within the HTTP read timeout. Past a deadline, exit anyway.
+                for (int i = 0; i < 200 && !finished.load(); ++i)
+                    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+                if (!finished.load()) {
+                    std::fprintf(stderr, "connections still open after 10 s: exiting\n");
+                    std::fflush(stdout);
+                    std::fflush(stderr);
+                    std::_Exit(0);
+                }
+                return;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+    });
+    std::printf("model %s (context %lld tokens) served as \"%s\"%s\n", eopt.model_path.c_str(), (long long)ctx,
+                opt.served_model_name.c_str(), opt.api_key.empty() ? "" : ", API key required");
+    std::printf("listening on http://%s:%d\n", opt.host.c_str(), http.port());
+    std::fflush(stdout);
+    const bool ok = http.listen();
+    finished = true;
+    watcher.join();
+    http.stop();
+    if (!ok && g_signal.load() == 0) {
+        std::cerr << "error: the HTTP server stopped unexpectedly\n";
+        return 1;
+    }
+    return 0;
+}
