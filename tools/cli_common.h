@@ -82,5 +82,9 @@ struct ServeArgs {
     std::string served_model_name;  // empty: the model file's stem
     int http_threads = 32;
     int64_t max_body_bytes = int64_t(8) << 20;
+    std::string batching = "continuous";  // or "serial": one request at a time
+    int64_t max_num_seqs = 256;
+    int64_t max_batched_tokens = 2048;
+    bool no_prefix_caching = false;
 };
 int cmd_serve(const swiftkv::cli::ModelArgs& model, const ServeArgs& args);

@@ -98,6 +98,15 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1, 4096));
     serve->add_option("--max-body-bytes", serve_args.max_body_bytes, "largest request body accepted (default 8 MiB)")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 34));
+    serve->add_option("--batching", serve_args.batching,
+                      "continuous: every request advances in every step (default); serial: one at a time")
+        ->check(CLI::IsMember({"continuous", "serial"}));
+    serve->add_option("--max-num-seqs", serve_args.max_num_seqs, "sequences in one step (default 256)")
+        ->check(CLI::Range(int64_t(1), int64_t(1) << 16));
+    serve->add_option("--max-batched-tokens", serve_args.max_batched_tokens,
+                      "tokens in one step; long prompts are prefilled in chunks of what decodes leave (default 2048)")
+        ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+    serve->add_flag("--no-prefix-caching", serve_args.no_prefix_caching, "do not reuse cached prompt prefixes");
 
     try {
         app.parse(argc, argv);

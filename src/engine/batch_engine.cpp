@@ -52,6 +52,9 @@ BatchEngine::BatchEngine(const BatchEngineOptions& options) : options_(options) 
     lo.graphs = eo.graphs;
     model_ = std::make_unique<LlamaModel>(*source, *backend_, lo);
     tokenizer_ = std::make_unique<BpeTokenizer>(load_tokenizer(*source));
+    chat_ = load_chat_format(*source, *tokenizer_);
+    generation_defaults_ = source->generation_config();
+    if (!generation_defaults_.is_object()) generation_defaults_ = nlohmann::json::object();
     const ModelConfig& c = model_->config();
     context_length_ = eo.context_length > 0 ? eo.context_length : std::min<int64_t>(c.max_position, 8192);
     SKV_CHECK(context_length_ > 0 && context_length_ <= c.max_position, "context length {} is out of range (1..{})",
@@ -169,14 +172,14 @@ void BatchEngine::deliver(Request& r, int index, int32_t token, const TokenLogpr
     counters_.generation_tokens_total++;
     ChoiceEvent ev;
     ev.tokens.push_back(token);
-    if (lp) ev.logprobs.push_back(*lp);
     const bool stop_token =
         (!r.req.ignore_eos && tokenizer_->is_eos(token)) ||
         std::find(r.req.stop_token_ids.begin(), r.req.stop_token_ids.end(), token) != r.req.stop_token_ids.end();
-    if (stop_token) {
+    if (stop_token) {  // (stop tokens get no logprob entry, as in Engine::generate)
         end_choice(r, index, "stop", &ev);
         return;
     }
+    if (lp) ev.logprobs.push_back(*lp);
     auto [safe, hit] = c.filter->push(c.decoder->push(token));
     ev.text = std::move(safe);
     if (hit) {

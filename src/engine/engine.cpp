@@ -87,10 +87,7 @@ Engine::Engine(const EngineOptions& options) : options_(options) {
         SKV_CHECK(tokenizer_->vocab_size() <= model_->config().vocab,
                   "{}: the tokenizer has {} tokens but the model's vocabulary is {}", options_.model_path,
                   tokenizer_->vocab_size(), model_->config().vocab);
-        if (auto tmpl = load_chat_template(*source)) chat_template_ = std::make_unique<ChatTemplate>(*tmpl);
-        const auto& spec = tokenizer_->spec();
-        if (spec.bos_id >= 0) bos_text_ = tokenizer_->token_bytes(spec.bos_id);
-        if (spec.eos_id >= 0) eos_text_ = tokenizer_->token_bytes(spec.eos_id);
+        chat_ = load_chat_format(*source, *tokenizer_);
     }
     generation_defaults_ = source->generation_config();
 
@@ -130,12 +127,26 @@ Engine::Engine(const EngineOptions& options) : options_(options) {
 Engine::~Engine() = default;
 
 std::string Engine::apply_chat_template(const nlohmann::json& messages, bool add_generation_prompt) const {
-    SKV_CHECK(chat_template_ != nullptr, "{} has no chat template", options_.model_path);
+    return chat_.render(messages, add_generation_prompt);
+}
+
+ChatFormat load_chat_format(const ModelSource& source, const BpeTokenizer& tokenizer) {
+    ChatFormat f;
+    f.model_path = source.path();
+    if (auto tmpl = load_chat_template(source)) f.tmpl = std::make_unique<ChatTemplate>(*tmpl);
+    const auto& spec = tokenizer.spec();
+    if (spec.bos_id >= 0) f.bos_text = tokenizer.token_bytes(spec.bos_id);
+    if (spec.eos_id >= 0) f.eos_text = tokenizer.token_bytes(spec.eos_id);
+    return f;
+}
+
+std::string ChatFormat::render(const nlohmann::json& messages, bool add_generation_prompt) const {
+    SKV_CHECK(tmpl != nullptr, "{} has no chat template", model_path);
     nlohmann::json ctx = {{"messages", messages},
                           {"add_generation_prompt", add_generation_prompt},
-                          {"bos_token", bos_text_},
-                          {"eos_token", eos_text_}};
-    return chat_template_->render(ctx);
+                          {"bos_token", bos_text},
+                          {"eos_token", eos_text}};
+    return tmpl->render(ctx);
 }
 
 const BpeTokenizer& Engine::tokenizer() const {

@@ -76,6 +76,15 @@ struct GenerationResult {
     double decode_seconds = 0;      // time for the remaining tokens
 };
 
+// A model's chat template with the BOS/EOS text it may reference; shared by Engine and BatchEngine.
+struct ChatFormat {
+    std::unique_ptr<ChatTemplate> tmpl;  // null: the model has none
+    std::string bos_text, eos_text;
+    std::string model_path;
+    // Renders messages (OpenAI-style list of {role, content}); throws if there is no template.
+    std::string render(const nlohmann::json& messages, bool add_generation_prompt) const;
+};
+
 class Engine {
 public:
     explicit Engine(const EngineOptions& options);
@@ -83,7 +92,7 @@ public:
 
     const ModelConfig& config() const { return model_->config(); }
     const BpeTokenizer& tokenizer() const;
-    bool has_chat_template() const { return chat_template_ != nullptr; }
+    bool has_chat_template() const { return chat_.tmpl != nullptr; }
     const EngineOptions& options() const { return options_; }
     int64_t context_length() const { return context_length_; }
     LlamaModel& model() { return *model_; }
@@ -114,8 +123,7 @@ private:
     std::unique_ptr<LlamaModel> model_;
     std::unique_ptr<PagedKvCache> kv_cache_;
     std::unique_ptr<BpeTokenizer> tokenizer_;
-    std::unique_ptr<ChatTemplate> chat_template_;
-    std::string bos_text_, eos_text_;
+    ChatFormat chat_;
     nlohmann::json generation_defaults_ = nlohmann::json::object();
     int64_t context_length_ = 0;
 };
@@ -123,6 +131,8 @@ private:
 // The tokenizer and chat template source text of a model on disk.
 class ModelSource;
 BpeTokenizer load_tokenizer(const ModelSource& source);
+
+ChatFormat load_chat_format(const ModelSource& source, const BpeTokenizer& tokenizer);
 std::optional<std::string> load_chat_template(const ModelSource& source);
 
 }  // namespace swiftkv

@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/batch_engine.h"
 #include "engine/engine.h"
 
 namespace swiftkv::server {
@@ -110,6 +111,47 @@ private:
     std::atomic<int64_t> generation_tokens_{0};
     std::atomic<int64_t> kv_used_{0};
     std::thread worker_;
+};
+
+// Continuous batching: one engine thread runs BatchEngine steps; every request in flight advances in
+// each step (decodes first, prefill chunks after), sharing the paged KV cache and its prefix cache.
+class BatchEngineBackend : public ServingBackend {
+public:
+    explicit BatchEngineBackend(std::unique_ptr<BatchEngine> engine);
+    ~BatchEngineBackend() override;
+
+    uint64_t submit(ServingRequest request, StreamCallbacks callbacks) override;
+    void abort(uint64_t id) override;
+    void shutdown() override;
+    ServingStats stats() const override;
+    const BpeTokenizer& tokenizer() const override { return engine_->tokenizer(); }
+    std::string apply_chat_template(const nlohmann::json& messages, bool add_generation_prompt) const override {
+        return engine_->apply_chat_template(messages, add_generation_prompt);
+    }
+    const ModelInfo& model_info() const override { return info_; }
+
+private:
+    struct Live {
+        StreamCallbacks callbacks;
+        std::vector<GenerationResult> results;
+        int remaining = 0;
+        bool aborted = false;
+        uint64_t engine_id = 0;
+    };
+    void loop();
+    void on_event(uint64_t id, const ChoiceEvent& e);
+
+    std::unique_ptr<BatchEngine> engine_;
+    ModelInfo info_;
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<std::pair<uint64_t, std::pair<ServingRequest, StreamCallbacks>>> incoming_;
+    std::vector<uint64_t> aborts_;
+    bool stopping_ = false;
+    uint64_t next_id_ = 1;
+    ServingStats snapshot_;
+    std::unordered_map<uint64_t, Live> live_;  // engine thread only
+    std::thread thread_;
 };
 
 }  // namespace swiftkv::server

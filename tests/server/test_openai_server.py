@@ -405,3 +405,18 @@ def test_queued_request_counts_as_waiting(server, client):
     assert seen is not None and seen["swiftkv:num_requests_running"] == 1
     assert seen["swiftkv:kv_cache_blocks_used"] > 0
     assert result["r"].choices[0].text
+
+
+def test_concurrent_requests_are_batched_and_unchanged(server, client):
+    # Continuous batching: requests in flight together advance in the same steps, and each gets the
+    # same greedy text as when it runs alone.
+    import concurrent.futures
+
+    prompts = ["The capital of France is", "Once upon a time", "def add(a, b):", "Water boils at"]
+    alone = [client.completions.create(model="", prompt=p, max_tokens=12, temperature=0).choices[0].text
+             for p in prompts]
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(
+            lambda p: client.completions.create(model="", prompt=p, max_tokens=12, temperature=0).choices[0].text,
+            prompts))
+    assert together == alone
