@@ -31,15 +31,7 @@
 // workspace, and a combine kernel merges splits 0 .. ceil(keys_visible_to_row / (64*tps)) - 1, all of
 // which are guaranteed to have been written (each contains at least one key visible to the row).
 //
-// nvcc's front end (EDG) rejects fmt 9's consteval format-string check in core/error.h ("call to consteval
-// function ... did not produce a valid constant expression"), and with the check off, fmt (which turns its
-// constexpr off under __NVCC__) no longer compiles in the host pass; these two settings make it build.
-#if !defined(FMT_CONSTEVAL)
-#define FMT_CONSTEVAL
-#endif
-#if !defined(FMT_USE_CONSTEXPR)
-#define FMT_USE_CONSTEXPR 1
-#endif
+// fmt under nvcc: FMT_CONSTEVAL= and FMT_USE_CONSTEXPR=1 come from the top-level CMakeLists.txt.
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

@@ -7,12 +7,6 @@
 // Index math that can exceed 2^31 (row * stride) is 64-bit. Launchers return without launching when
 // there is nothing to do, and never synchronise or allocate (graph-capturable).
 
-// fmt 9 turns its constexpr support off under nvcc, which then breaks its own consteval format-string
-// checks (core/error.h); host compilers see FMT_USE_CONSTEXPR=1, so this only restores the same setting.
-#ifndef FMT_USE_CONSTEXPR
-#define FMT_USE_CONSTEXPR 1
-#endif
-
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 

@@ -33,12 +33,6 @@
 // In the Gumbel pass each thread keeps its best score and skips the logarithms of tokens whose u is too
 // small to reach it (a bound evaluated with a wide margin), which never changes the winner.
 
-// fmt 9 turns its constexpr support off under nvcc, which then breaks its own consteval format-string
-// checks (core/error.h); host compilers see FMT_USE_CONSTEXPR=1, so this only restores the same setting.
-#ifndef FMT_USE_CONSTEXPR
-#define FMT_USE_CONSTEXPR 1
-#endif
-
 #include <cuda_runtime.h>
 
 #include <algorithm>
