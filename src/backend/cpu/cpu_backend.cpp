@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "backend/cpu/cpu_simd.h"
+#include "backend/cpu/cpu_train_ops.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 
@@ -65,7 +66,8 @@ private:
     int64_t positions_ = 0;
 };
 
-class CpuBackend final : public Backend {
+// The training ops (backward passes, losses, AdamW) come from the base class (cpu_train_ops.cpp).
+class CpuBackend final : public cpu::TrainingOpsBackend {
 public:
     explicit CpuBackend(const CpuBackendOptions& options) : options_(options.matmul) {
         if (options.num_threads > 0) ThreadPool::set_global_threads(options.num_threads);
