@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <random>
 
@@ -99,12 +100,18 @@ uint64_t BatchEngine::add_request(BatchRequest request, ChoiceCallback callback)
     for (int32_t t : request.prompt) {
         SKV_CHECK(t >= 0 && t < config().vocab, "prompt token id {} is outside the vocabulary", t);
     }
-    SKV_CHECK(request.max_tokens >= 1, "max_tokens must be at least 1, got {}", request.max_tokens);
+    SKV_CHECK(request.max_tokens >= 1 || (request.max_tokens == 0 && request.prompt_logprobs),
+              "max_tokens must be at least 1 (0 only when asking for prompt logprobs), got {}", request.max_tokens);
     SKV_CHECK(request.n >= 1 && request.n <= options_.max_num_seqs, "n must be in 1..{}, got {}",
               options_.max_num_seqs, request.n);
     SKV_CHECK(request.logprobs <= 20, "logprobs must be at most 20, got {}", request.logprobs);
-    const uint64_t id = scheduler_->add(request.prompt, request.n);
+    const uint64_t id = scheduler_->add(request.prompt, request.n, request.prompt_logprobs);
     Request r;
+    if (request.prompt_logprobs) {
+        r.prompt_lp.resize(request.prompt.size());
+        r.prompt_lp[0].token = request.prompt[0];
+        r.prompt_lp[0].logprob = std::numeric_limits<float>::quiet_NaN();
+    }
     r.max_new = std::min<int64_t>(request.max_tokens, context_length_ - n_prompt);
     r.callback = std::move(callback);
     const uint64_t base_seed = request.sampling.seed ? *request.sampling.seed : std::random_device{}() * 0x100000001ull;
@@ -150,6 +157,7 @@ void BatchEngine::end_choice(Request& r, int index, const std::string& reason, C
     ev->finish_reason = reason;
     ev->prompt_tokens = int64_t(r.req.prompt.size());
     ev->completion_tokens = c.generated;
+    attach_prompt_logprobs(r, index, *ev);
     if (reason != "stop_string") {
         // Flush what the decoder and the stop filter held back.
         auto [text, hit] = c.filter->push(c.decoder->finish());
@@ -165,9 +173,22 @@ void BatchEngine::end_choice(Request& r, int index, const std::string& reason, C
     if (r.callback) r.callback(*ev);
 }
 
+void BatchEngine::attach_prompt_logprobs(Request& r, int index, ChoiceEvent& ev) {
+    Choice& c = r.choices[size_t(index)];
+    if (!r.req.prompt_logprobs || c.prompt_sent) return;
+    c.prompt_sent = true;
+    // An abort before the prompt completed leaves the tail unknown: only final entries are sent.
+    ev.prompt_logprobs.assign(r.prompt_lp.begin(), r.prompt_lp.begin() + r.prompt_lp_filled);
+}
+
 void BatchEngine::deliver(Request& r, int index, int32_t token, const TokenLogprobs* lp) {
     Choice& c = r.choices[size_t(index)];
     if (c.done) return;
+    if (r.max_new == 0) {  // prompt logprobs only: the sampled token is not part of the answer
+        ChoiceEvent ev;
+        end_choice(r, index, "length", &ev);
+        return;
+    }
     c.generated++;
     counters_.generation_tokens_total++;
     ChoiceEvent ev;
@@ -194,6 +215,7 @@ void BatchEngine::deliver(Request& r, int index, int32_t token, const TokenLogpr
     ev.index = index;
     ev.prompt_tokens = int64_t(r.req.prompt.size());
     ev.completion_tokens = c.generated;
+    attach_prompt_logprobs(r, index, ev);
     if (r.callback) r.callback(ev);
 }
 
@@ -212,6 +234,28 @@ void BatchEngine::apply_cow(const std::vector<std::pair<int32_t, int32_t>>& copi
 
 // Runs the model on the step's batch and samples: `sampled` gets out.num_samples tokens in batch
 // order, `logprobs` one entry per sample (empty when not requested).
+// Prompt logprobs from the logits rows of one prompt chunk: row i (position start + i) predicts the
+// prompt token at start + i + 1.
+void BatchEngine::record_prompt_logprobs(const ScheduledSequence& e, const float* logits) {
+    auto sc = seq_choice_.find(e.id);
+    if (sc == seq_choice_.end()) return;
+    auto rit = requests_.find(sc->second.first);
+    if (rit == requests_.end() || !rit->second.req.prompt_logprobs) return;
+    Request& r = rit->second;
+    const int64_t V = config().vocab;
+    const int64_t n_prompt = int64_t(r.req.prompt.size());
+    const int32_t k = std::max<int32_t>(r.req.logprobs, 0);
+    for (int64_t i = 0; i < e.num_tokens; ++i) {
+        const int64_t target = e.start + i + 1;
+        if (target >= n_prompt) break;
+        if (target < r.prompt_lp_filled) continue;  // already known (a recompute after preemption)
+        SKV_CHECK(target == r.prompt_lp_filled, "prompt logprobs: position {} computed before {}", target,
+                  r.prompt_lp_filled);
+        r.prompt_lp[size_t(target)] = token_logprobs(logits + i * V, V, r.req.prompt[size_t(target)], k);
+        r.prompt_lp_filled = target + 1;
+    }
+}
+
 void BatchEngine::sample_entries(const ScheduleOutput& out, std::vector<int32_t>& sampled,
                                  std::vector<std::vector<TokenLogprobs>>& logprobs) {
     const ForwardBatch batch = scheduler_->to_forward_batch(out);
@@ -237,6 +281,7 @@ void BatchEngine::sample_entries(const ScheduleOutput& out, std::vector<int32_t>
             if (e.num_samples > 1) device_ok = false;
         }
         if (r && (r->req.sampling.needs_history() || r->req.logprobs >= 0)) device_ok = false;
+        if (e.all_logits) device_ok = false;
     }
     sampled.assign(targets.size(), 0);
     logprobs.assign(targets.size(), {});
@@ -256,7 +301,13 @@ void BatchEngine::sample_entries(const ScheduleOutput& out, std::vector<int32_t>
     std::vector<float> scratch(static_cast<size_t>(V));
     size_t i = 0, row = 0;
     for (const auto& e : out.seqs) {
-        if (!e.needs_logits) continue;
+        const int64_t rows = e.logit_rows();
+        if (e.all_logits) record_prompt_logprobs(e, logits_.data() + row * size_t(V));
+        if (!e.needs_logits) {
+            row += size_t(rows);
+            continue;
+        }
+        row += size_t(rows) - 1;  // the entry's last row samples
         const float* logits = logits_.data() + row * size_t(V);
         for (int k = 0; k < e.num_samples; ++k, ++i) {
             Target& t = targets[i];

@@ -36,12 +36,16 @@ struct BatchEngineOptions {
 struct BatchRequest {
     std::vector<int32_t> prompt;
     SamplingParams sampling;           // choice i uses seed + i when a seed is given
-    int64_t max_tokens = 16;           // capped by the context length
+    int64_t max_tokens = 16;           // capped by the context length; 0 only with prompt_logprobs
     std::vector<std::string> stop;
     std::vector<int32_t> stop_token_ids;
     bool ignore_eos = false;
     int n = 1;
     int32_t logprobs = -1;             // >= 0: each token's logprob and this many top alternatives
+    // The logprob of every prompt token given the tokens before it (with max(logprobs, 0) top
+    // alternatives). For a SwiftKV model the prompt then runs the full-student path: every prompt
+    // token through every layer. The prompt is computed without prefix-cache reuse.
+    bool prompt_logprobs = false;
 };
 
 // What a request's callback receives: new tokens of one choice, and when that choice ends.
@@ -51,6 +55,9 @@ struct ChoiceEvent {
     std::vector<int32_t> tokens;         // tokens generated in this step (a stop token included)
     std::string text;                    // text that became final (never part of a stop string)
     std::vector<TokenLogprobs> logprobs; // one per token when requested
+    // With prompt_logprobs: in the first event of each choice, one entry per prompt token (the first
+    // token's logprob is NaN: nothing precedes it).
+    std::vector<TokenLogprobs> prompt_logprobs;
     bool finished = false;
     std::string finish_reason;           // "stop", "length", "abort", "kv_cache"
     int64_t prompt_tokens = 0;
@@ -103,6 +110,7 @@ private:
         uint64_t seed = 0;
         int64_t generated = 0;
         bool done = false;
+        bool prompt_sent = false;
     };
     struct Request {
         BatchRequest req;
@@ -110,11 +118,15 @@ private:
         std::vector<Choice> choices;
         int64_t max_new = 0;
         int live = 0;
+        std::vector<TokenLogprobs> prompt_lp;  // prompt_logprobs: filled as prompt chunks run
+        int64_t prompt_lp_filled = 1;          // entries [0, prompt_lp_filled) are final
     };
 
     void sample_entries(const ScheduleOutput& out, std::vector<int32_t>& sampled,
                         std::vector<std::vector<TokenLogprobs>>& logprobs);
     void deliver(Request& r, int index, int32_t token, const TokenLogprobs* lp);
+    void attach_prompt_logprobs(Request& r, int index, ChoiceEvent& ev);
+    void record_prompt_logprobs(const ScheduledSequence& e, const float* logits);
     void end_choice(Request& r, int index, const std::string& reason, ChoiceEvent* event);
     void apply_cow(const std::vector<std::pair<int32_t, int32_t>>& copies);
 

@@ -18,7 +18,7 @@ Scheduler::Scheduler(const SchedulerConfig& config, int64_t num_blocks, int64_t 
               config_.max_batched_tokens, config_.max_model_len);
 }
 
-uint64_t Scheduler::add(std::vector<int32_t> prompt, int n) {
+uint64_t Scheduler::add(std::vector<int32_t> prompt, int n, bool prompt_logprobs) {
     SKV_CHECK(!prompt.empty(), "request has an empty prompt");
     SKV_CHECK(int64_t(prompt.size()) <= config_.max_model_len,
               "prompt of {} tokens is longer than the maximum context length {}", prompt.size(),
@@ -29,6 +29,7 @@ uint64_t Scheduler::add(std::vector<int32_t> prompt, int n) {
     s.id = next_id_++;
     s.group_id = s.id;
     s.fork_n = n;
+    s.prompt_logprobs = prompt_logprobs;
     s.num_prompt_tokens = int64_t(prompt.size());
     s.tokens = std::move(prompt);
     s.arrival = next_arrival_++;
@@ -144,6 +145,12 @@ bool Scheduler::reserve(Sequence& s, int64_t n, ScheduleOutput& out) {
     }
 }
 
+int64_t Scheduler::chunk_cap(const Sequence& s, int64_t budget) const {
+    // Prompt-logprob chunks bring back a logits row per token: keep them bounded.
+    return s.prompt_logprobs && s.num_computed_tokens < s.num_prompt_tokens ? std::min(budget, kPromptLogprobsChunk)
+                                                                              : budget;
+}
+
 void Scheduler::add_entry(Sequence& s, int64_t n, ScheduleOutput& out) {
     ScheduledSequence e;
     e.id = s.id;
@@ -154,6 +161,7 @@ void Scheduler::add_entry(Sequence& s, int64_t n, ScheduleOutput& out) {
         const bool forks = s.fork_n > 1 && int64_t(s.tokens.size()) == s.num_prompt_tokens;
         e.num_samples = forks ? s.fork_n : 1;
     }
+    e.all_logits = s.prompt_logprobs && e.start < s.num_prompt_tokens;
     e.block_table = s.block_table;
     out.num_batched_tokens += n;
     if (n == 1 && e.start > 0 && e.needs_logits) {
@@ -184,7 +192,7 @@ ScheduleOutput Scheduler::schedule() {
             int64_t n = 1;
             if (!decode) {
                 if (config_.enable_chunked_prefill) {
-                    n = std::min(remaining, budget);
+                    n = std::min(remaining, chunk_cap(*s, budget));
                 } else if (remaining <= budget) {
                     n = remaining;
                 } else {
@@ -204,11 +212,12 @@ ScheduleOutput Scheduler::schedule() {
         if (slots + s.fork_n > config_.max_num_seqs) break;
         // Waiting sequences hold no blocks (new, or preempted in recompute mode).
         s.cache_state = SequenceCacheState{};
-        s.num_computed_tokens = blocks_.match_prefix(s.tokens, s.block_table, &s.cache_state);
+        s.num_computed_tokens =
+            s.prompt_logprobs ? 0 : blocks_.match_prefix(s.tokens, s.block_table, &s.cache_state);
         const int64_t remaining = int64_t(s.tokens.size()) - s.num_computed_tokens;
         int64_t n = 0;
         if (config_.enable_chunked_prefill) {
-            n = std::min(remaining, budget);
+            n = std::min(remaining, chunk_cap(s, budget));
         } else if (remaining <= budget) {
             n = remaining;
         }
@@ -264,7 +273,7 @@ ForwardBatch Scheduler::to_forward_batch(const ScheduleOutput& out) const {
         for (int64_t j = 0; j < max_blocks; ++j) {
             b.block_tables.push_back(j < int64_t(e.block_table.size()) ? e.block_table[size_t(j)] : pad);
         }
-        if (e.needs_logits) b.logits_indices.push_back(int32_t(b.tokens.size()) - 1);
+        for (int64_t r = e.logit_rows(); r > 0; --r) b.logits_indices.push_back(int32_t(b.tokens.size() - r));
     }
     return b;
 }
@@ -282,6 +291,8 @@ void Scheduler::update(const ScheduleOutput& out, const std::vector<int32_t>& sa
                       int64_t(s->block_table.size()) * blocks_.block_size() >= e.start + e.num_tokens,
                   "scheduler update: entry for sequence {} does not match it", e.id);
         s->num_computed_tokens += e.num_tokens;
+        // Prompt logprobs are delivered once: a later recompute (preemption) may reuse cached blocks.
+        if (s->num_computed_tokens >= s->num_prompt_tokens) s->prompt_logprobs = false;
         blocks_.register_full_blocks(s->tokens, s->block_table, s->num_computed_tokens, s->cache_state);
         if (!e.needs_logits) continue;
 

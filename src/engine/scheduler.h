@@ -65,6 +65,7 @@ struct Sequence {
     uint64_t group_id = 0;                 // id of the group's first sequence (what add() returned)
     int index = 0;                         // sibling index within the group, 0..n-1
     int fork_n = 1;                        // > 1: stands for a group of fork_n until its prompt completes
+    bool prompt_logprobs = false;          // logits at every prompt position (no prefix reuse for it)
     std::vector<int32_t> tokens;           // prompt followed by the output tokens
     int64_t num_prompt_tokens = 0;
     int64_t num_computed_tokens = 0;       // tokens whose K/V is in the cache
@@ -87,7 +88,11 @@ struct ScheduledSequence {
     int64_t num_tokens = 0;      // tokens [start, start + num_tokens) run in this step
     bool needs_logits = false;   // the chunk reaches the last known token: a new token is sampled
     int num_samples = 0;         // tokens to sample from its logits row (n when a group forks, else 1; 0 without logits)
+    bool all_logits = false;     // prompt logprobs: logits at every row of the chunk (the last one samples)
     std::vector<int32_t> block_table;  // covers start + num_tokens tokens
+
+    // Logits rows this entry contributes to the step's logits_indices (a suffix of its tokens).
+    int64_t logit_rows() const { return all_logits ? num_tokens : (needs_logits ? 1 : 0); }
 };
 
 struct ScheduleOutput {
@@ -110,9 +115,12 @@ public:
               bool enable_prefix_caching = true);
 
     // Enqueues a request of n completions; returns its group id (= the id of its first sequence).
+    // prompt_logprobs: every prompt chunk yields logits at all its rows (the prompt is computed in
+    // full, without prefix-cache reuse, in chunks of at most kPromptLogprobsChunk tokens).
     // Throws swiftkv::Error for an empty prompt, a prompt longer than max_model_len, n < 1 or
     // n > max_num_seqs.
-    uint64_t add(std::vector<int32_t> prompt, int n = 1);
+    uint64_t add(std::vector<int32_t> prompt, int n = 1, bool prompt_logprobs = false);
+    static constexpr int64_t kPromptLogprobsChunk = 512;
 
     ScheduleOutput schedule();
     // The flattened batch of `out`; call between schedule() and update().
@@ -155,6 +163,7 @@ private:
     // was preempted or finished.
     bool reserve(Sequence& s, int64_t n, ScheduleOutput& out);
     void add_entry(Sequence& s, int64_t n, ScheduleOutput& out);
+    int64_t chunk_cap(const Sequence& s, int64_t budget) const;
     int64_t running_slots() const;
 
     SchedulerConfig config_;

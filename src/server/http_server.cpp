@@ -6,7 +6,9 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <exception>
 #include <map>
@@ -14,6 +16,13 @@
 #include <sstream>
 #include <utility>
 #include <vector>
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <httplib.h>
 #include <nlohmann/json.hpp>
@@ -82,6 +91,7 @@ struct Metrics {
 
 struct Event {
     bool finish = false;
+    bool prompt = false;  // the prompt's logprobs (echo)
     int index = 0;
     std::string text;
     std::vector<TokenLogprobs> logprobs;
@@ -124,6 +134,14 @@ struct RequestState {
             self->events.push_back(std::move(e));
             self->cv.notify_all();
         };
+        cb.on_prompt_logprobs = [self](std::vector<TokenLogprobs>&& lps) {
+            std::lock_guard<std::mutex> lock(self->mu);
+            Event e;
+            e.prompt = true;
+            e.logprobs = std::move(lps);
+            self->events.push_back(std::move(e));
+            self->cv.notify_all();
+        };
         cb.on_done = [self](const std::string& err) {
             std::lock_guard<std::mutex> lock(self->mu);
             self->done = true;
@@ -145,6 +163,64 @@ struct Prepared {
     bool with_logprobs = false;
     std::string echo_prefix;  // completions echo: the prompt text, prepended to each choice
 };
+
+// The socket of a request's connection. cpp-httplib 0.11 (Debian 12) gives a handler no way to see
+// that the client of a non-streaming request went away, so we find the connection's descriptor by
+// its two endpoints among our open sockets; -1 if not found. The descriptor stays open (httplib
+// holds it) until the handler returns, so it cannot be reused under us.
+int find_connection_socket(const httplib::Request& req) {
+    if (req.remote_port <= 0 || req.local_port <= 0) return -1;
+    DIR* dir = opendir("/proc/self/fd");
+    if (dir == nullptr) return -1;
+    int found = -1;
+    while (dirent* ent = readdir(dir)) {
+        char* end = nullptr;
+        const long fd = std::strtol(ent->d_name, &end, 10);
+        if (end == ent->d_name || *end != '\0') continue;
+        struct stat sb {};
+        if (fstat(int(fd), &sb) != 0 || !S_ISSOCK(sb.st_mode)) continue;
+        sockaddr_storage peer{}, local{};
+        socklen_t pl = sizeof(peer), ll = sizeof(local);
+        if (getpeername(int(fd), reinterpret_cast<sockaddr*>(&peer), &pl) != 0) continue;
+        if (getsockname(int(fd), reinterpret_cast<sockaddr*>(&local), &ll) != 0) continue;
+        auto endpoint = [](const sockaddr_storage& a, std::string& ip, int& port) {
+            char buf[INET6_ADDRSTRLEN] = {};
+            if (a.ss_family == AF_INET) {
+                const auto* in = reinterpret_cast<const sockaddr_in*>(&a);
+                inet_ntop(AF_INET, &in->sin_addr, buf, sizeof(buf));
+                port = ntohs(in->sin_port);
+            } else if (a.ss_family == AF_INET6) {
+                const auto* in = reinterpret_cast<const sockaddr_in6*>(&a);
+                inet_ntop(AF_INET6, &in->sin6_addr, buf, sizeof(buf));
+                port = ntohs(in->sin6_port);
+            } else {
+                return false;
+            }
+            ip = buf;
+            return true;
+        };
+        std::string pip, lip;
+        int pport = -1, lport = -1;
+        if (!endpoint(peer, pip, pport) || !endpoint(local, lip, lport)) continue;
+        if (pport == req.remote_port && lport == req.local_port && pip == req.remote_addr && lip == req.local_addr) {
+            found = int(fd);
+            break;
+        }
+    }
+    closedir(dir);
+    return found;
+}
+
+// True once the peer has closed its side (an orderly EOF or an error); pending request bytes
+// (a pipelined request) count as alive.
+bool connection_closed(int fd) {
+    if (fd < 0) return false;
+    char c;
+    const ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return false;
+    if (n == 0) return true;
+    return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
 
 void set_json(httplib::Response& res, int status, const json& body) {
     res.status = status;
@@ -237,9 +313,17 @@ struct HttpServer::Impl {
             prompt = encode(r.prompt_text, true);
         }
         if (prompt.empty()) throw ProtocolError(400, "the prompt is empty", "prompt");
+        if (r.max_tokens == 0 && !r.echo)
+            throw ProtocolError(400, "max_tokens must be at least 1 (0 is allowed only with echo)", "max_tokens");
         if (r.echo) {
-            if (r.logprobs) throw ProtocolError(400, "echo with logprobs is not supported yet", "echo");
             p.echo_prefix = r.prompt_is_tokens ? backend.tokenizer().decode(prompt) : r.prompt_text;
+            // Prompt logprobs: for a SwiftKV model every prompt token then runs every layer (the full
+            // student), so they are the model's real logprobs. max_tokens 0 rides the same path.
+            if (r.logprobs || r.max_tokens == 0) {
+                if (!backend.supports_prompt_logprobs())
+                    throw ProtocolError(400, "echo with logprobs (or max_tokens 0) needs --batching continuous", "echo");
+                p.request.prompt_logprobs = true;
+            }
         }
         check_context(int64_t(prompt.size()), r.max_tokens);
         p.request.gen = r.to_generation_request(std::move(prompt), r.max_tokens, backend.model_info().generation_defaults);
@@ -366,10 +450,26 @@ struct HttpServer::Impl {
                 });
             return;
         }
+        const int conn = find_connection_socket(req);
         st->id = backend.submit(prepared->request, st->callbacks(st));
         st->submitted = true;
         std::unique_lock<std::mutex> lock(st->mu);
-        st->cv.wait(lock, [&] { return st->done; });
+        // Wait for the result, checking a few times a second that the client is still there: a
+        // client that hung up gets its request aborted, so its KV blocks are freed at once.
+        while (!st->cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return st->done; })) {
+            if (!st->client_gone && connection_closed(conn)) {
+                st->client_gone = true;
+                lock.unlock();
+                backend.abort(st->id);
+                lock.lock();
+            }
+        }
+        if (st->client_gone) {
+            lock.unlock();
+            record(*st, {""}, 0, prepared->request.n);
+            res.status = 499;  // nginx's "client closed request"; nobody reads it
+            return;
+        }
         if (!st->error.empty()) {
             lock.unlock();
             record(*st, {""}, 0, prepared->request.n);
@@ -388,6 +488,18 @@ struct HttpServer::Impl {
             offsets[size_t(i)] = int(prepared->echo_prefix.size());
         }
         for (auto& e : st->events) {
+            if (e.prompt) {  // echo: every choice starts with the prompt's tokens
+                for (auto& c : choices) {
+                    int off = 0;
+                    std::vector<TokenLogprob> lps;
+                    for (const auto& lp : e.logprobs) {
+                        lps.push_back(to_protocol(lp, off));
+                        off += int(backend.tokenizer().token_bytes(lp.token).size());
+                    }
+                    c.logprobs.insert(c.logprobs.begin(), lps.begin(), lps.end());
+                }
+                continue;
+            }
             ChoiceResult& c = choices[size_t(e.index)];
             for (const auto& lp : e.logprobs) {
                 c.logprobs.push_back(to_protocol(lp, offsets[size_t(e.index)]));
@@ -432,7 +544,7 @@ struct HttpServer::Impl {
             for (int i = 0; i < p.request.n; ++i) {
                 if (p.chat) {
                     if (!write(sse_event(chat_role_chunk(p.id, p.created, model, i, p.include_usage)))) return give_up();
-                } else if (!p.echo_prefix.empty()) {
+                } else if (!p.echo_prefix.empty() && !p.request.prompt_logprobs) {
                     if (!write(sse_event(completion_chunk(p.id, p.created, model, i, p.echo_prefix, nullptr, "",
                                                           p.include_usage))))
                         return give_up();
@@ -455,6 +567,20 @@ struct HttpServer::Impl {
             }
             if (events.empty() && !done && sink.is_writable && !sink.is_writable()) return give_up();
             for (auto& e : events) {
+                if (e.prompt) {  // echo with logprobs: the prompt text and its logprobs open each choice
+                    std::vector<TokenLogprob> lps;
+                    int off = 0;
+                    for (const auto& lp : e.logprobs) {
+                        lps.push_back(to_protocol(lp, off));
+                        off += int(backend.tokenizer().token_bytes(lp.token).size());
+                    }
+                    const std::vector<TokenLogprob>* lp_ptr = p.with_logprobs ? &lps : nullptr;
+                    for (int i = 0; i < p.request.n; ++i)
+                        if (!write(sse_event(completion_chunk(p.id, p.created, model, i, p.echo_prefix, lp_ptr, "",
+                                                              p.include_usage))))
+                            return give_up();
+                    continue;
+                }
                 std::vector<TokenLogprob> lps;
                 for (const auto& lp : e.logprobs) {
                     lps.push_back(to_protocol(lp, offsets[size_t(e.index)]));

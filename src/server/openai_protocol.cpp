@@ -483,6 +483,12 @@ json completion_logprobs_json(const std::vector<TokenLogprob>& logprobs) {
     json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
     for (const TokenLogprob& lp : logprobs) {
         tokens.push_back(token_display(piece_text(lp)));
+        offsets.push_back(lp.text_offset);
+        if (std::isnan(lp.logprob)) {  // echo: the prompt's first token has no logprob
+            token_logprobs.push_back(nullptr);
+            top.push_back(nullptr);
+            continue;
+        }
         token_logprobs.push_back(finite_logprob(lp.logprob));
         json alts = json::object();
         for (const auto& [tok, v] : lp.top) {
@@ -490,7 +496,6 @@ json completion_logprobs_json(const std::vector<TokenLogprob>& logprobs) {
             if (!alts.contains(key)) alts[key] = finite_logprob(v);
         }
         top.push_back(std::move(alts));
-        offsets.push_back(lp.text_offset);
     }
     return {{"tokens", std::move(tokens)},
             {"token_logprobs", std::move(token_logprobs)},

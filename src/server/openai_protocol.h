@@ -169,7 +169,8 @@ std::string token_display(std::string_view piece);
 // Raw bytes of a token as JSON ints.
 nlohmann::json token_bytes_json(const TokenLogprob& lp);
 
-// Completions "logprobs" object {tokens, token_logprobs, top_logprobs, text_offset}.
+// Completions "logprobs" object {tokens, token_logprobs, top_logprobs, text_offset}. A NaN logprob (the
+// first prompt token under echo) is written as null in token_logprobs and top_logprobs.
 nlohmann::json completion_logprobs_json(const std::vector<TokenLogprob>& logprobs);
 // Chat "logprobs" object {content: [{token, logprob, bytes, top_logprobs}]}.
 nlohmann::json chat_logprobs_json(const std::vector<TokenLogprob>& logprobs);

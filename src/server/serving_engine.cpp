@@ -213,6 +213,10 @@ void BatchEngineBackend::on_event(uint64_t id, const ChoiceEvent& e) {
     r.tokens.insert(r.tokens.end(), e.tokens.begin(), e.tokens.end());
     r.text += e.text;
     r.prompt_tokens = e.prompt_tokens;
+    if (!e.prompt_logprobs.empty() && !l.prompt_sent) {
+        l.prompt_sent = true;
+        if (l.callbacks.on_prompt_logprobs) l.callbacks.on_prompt_logprobs(std::vector<TokenLogprobs>(e.prompt_logprobs));
+    }
     std::vector<TokenLogprobs> lps = e.logprobs;
     if (!e.text.empty() && l.callbacks.on_text) {
         if (!l.callbacks.on_text(e.index, e.text, std::move(lps))) l.aborted = true;  // client gone
@@ -260,6 +264,7 @@ void BatchEngineBackend::loop() {
             br.ignore_eos = req.gen.ignore_eos;
             br.n = req.n;
             br.logprobs = req.gen.logprobs;
+            br.prompt_logprobs = req.prompt_logprobs;
             Live l;
             l.callbacks = std::move(cb);
             l.results.resize(size_t(std::max(1, req.n)));

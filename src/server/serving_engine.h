@@ -28,6 +28,8 @@ namespace swiftkv::server {
 struct ServingRequest {
     GenerationRequest gen;   // gen.logprobs >= 0 asks for per-token logprobs
     int n = 1;               // choices; choice i uses seed gen.sampling.seed + i (when a seed is set)
+    // Logprobs of the prompt's tokens (echo); gen.max_tokens may then be 0. Continuous batching only.
+    bool prompt_logprobs = false;
 };
 
 // Called on the backend's worker thread; must not block for long. Per choice, on_text calls come in
@@ -38,6 +40,8 @@ struct StreamCallbacks {
     std::function<bool(int index, std::string_view text, std::vector<TokenLogprobs>&& logprobs)> on_text;
     // A choice finished; `trailing` holds logprobs of tokens whose text was never emitted.
     std::function<void(int index, const GenerationResult& result, std::vector<TokenLogprobs>&& trailing)> on_finish;
+    // With prompt_logprobs: once, before any text, one entry per prompt token (the first NaN).
+    std::function<void(std::vector<TokenLogprobs>&& prompt)> on_prompt_logprobs;
     // The request is over. error empty: success; "aborted" when aborted; else the failure's message.
     std::function<void(const std::string& error)> on_done;
 };
@@ -74,6 +78,8 @@ public:
     virtual const BpeTokenizer& tokenizer() const = 0;
     virtual std::string apply_chat_template(const nlohmann::json& messages, bool add_generation_prompt) const = 0;
     virtual const ModelInfo& model_info() const = 0;
+    // Whether ServingRequest::prompt_logprobs (echo with logprobs) is served.
+    virtual bool supports_prompt_logprobs() const { return false; }
 };
 
 class SerialEngineBackend : public ServingBackend {
@@ -129,6 +135,7 @@ public:
         return engine_->apply_chat_template(messages, add_generation_prompt);
     }
     const ModelInfo& model_info() const override { return info_; }
+    bool supports_prompt_logprobs() const override { return true; }
 
 private:
     struct Live {
@@ -136,6 +143,7 @@ private:
         std::vector<GenerationResult> results;
         int remaining = 0;
         bool aborted = false;
+        bool prompt_sent = false;
         uint64_t engine_id = 0;
     };
     void loop();

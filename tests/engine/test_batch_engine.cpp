@@ -4,8 +4,12 @@
 // the KV pool is empty again when idle.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <map>
+
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "engine/batch_engine.h"
@@ -208,4 +212,76 @@ TEST_F(BatchEngineTest, BadRequestsAreErrors) {
     r.sampling.temperature = -1.0f;
     EXPECT_THROW(eng->add_request(r, {}), Error);
     EXPECT_FALSE(eng->has_work());
+}
+
+// Prompt logprobs (echo) against llama.cpp: the stored per-position log-probability of each next
+// prompt token (scripts/make_oracle_refs.py, llama-cpp-python on the f32 GGUF, which holds exactly the
+// Q4_1 weights dequantized). Requests are mixed with ordinary ones and the prompt logprobs run in
+// several chunks (budget 64), so row bookkeeping across entries is exercised; max_tokens 0 returns
+// the prompt logprobs only, max_tokens 4 also generates, with the same tokens as a plain request.
+TEST_F(BatchEngineTest, PromptLogprobsMatchLlamaCpp) {
+    std::ifstream in(std::string(SWIFTKV_SOURCE_DIR) + "/tests/oracle/data/oracle_refs.json");
+    ASSERT_TRUE(in.good());
+    const nlohmann::json refs = nlohmann::json::parse(in);
+    auto eng = make(64, 0);
+    Collected plain;
+    std::map<uint64_t, std::vector<TokenLogprobs>> got;
+    std::map<uint64_t, std::vector<int32_t>> generated;
+    std::map<uint64_t, int> prompt_events;
+    std::vector<std::pair<uint64_t, const nlohmann::json*>> asked;
+    int k = 0;
+    for (const auto& p : refs["prompts"]) {
+        if (!p.contains("position_stats") || p["position_stats"].is_null()) continue;
+        BatchRequest other;  // an ordinary request beside each one
+        other.prompt = prompt(kTexts[k % 4]);
+        other.max_tokens = 6;
+        other.ignore_eos = true;
+        eng->add_request(other, plain.callback());
+        BatchRequest r;
+        r.prompt = p["prompt_ids"].get<std::vector<int32_t>>();
+        r.prompt_logprobs = true;
+        r.logprobs = 2;
+        r.max_tokens = (k % 2 == 0) ? 0 : 4;
+        r.ignore_eos = true;
+        const uint64_t id = eng->add_request(r, [&](const ChoiceEvent& e) {
+            if (!e.prompt_logprobs.empty()) {
+                got[e.request_id] = e.prompt_logprobs;
+                prompt_events[e.request_id]++;
+            }
+            generated[e.request_id].insert(generated[e.request_id].end(), e.tokens.begin(), e.tokens.end());
+        });
+        asked.emplace_back(id, &p);
+        ++k;
+    }
+    ASSERT_EQ(asked.size(), 3u);
+    eng->run_until_idle();
+    for (size_t i = 0; i < asked.size(); ++i) {
+        const auto [id, p] = asked[i];
+        SCOPED_TRACE((*p)["name"].get<std::string>());
+        const auto ids = (*p)["prompt_ids"].get<std::vector<int32_t>>();
+        const auto ref = (*p)["position_stats"]["next_token_logprob"].get<std::vector<double>>();
+        ASSERT_EQ(prompt_events[id], 1);
+        const auto& lp = got[id];
+        ASSERT_EQ(lp.size(), ids.size());
+        EXPECT_TRUE(std::isnan(lp[0].logprob));
+        ASSERT_EQ(ref.size() + 1, ids.size());
+        double worst = 0.0;
+        for (size_t j = 1; j < ids.size(); ++j) {
+            EXPECT_EQ(lp[j].token, ids[j]);
+            ASSERT_EQ(lp[j].top.size(), 2u);
+            EXPECT_GE(lp[j].top[0].second, lp[j].logprob - 1e-6);
+            worst = std::max(worst, std::abs(double(lp[j].logprob) - ref[j - 1]));
+        }
+        EXPECT_LT(worst, 2e-3);
+        if (i % 2 == 0) {
+            EXPECT_TRUE(generated[id].empty());
+        } else {
+            EXPECT_EQ(generated[id], greedy_reference(ids, 4));
+        }
+    }
+    EXPECT_EQ(eng->stats().kv_blocks_used, 0);
+    BatchRequest bad;
+    bad.prompt = {1, 2, 3};
+    bad.max_tokens = 0;  // 0 needs prompt_logprobs
+    EXPECT_THROW(eng->add_request(bad, {}), Error);
 }

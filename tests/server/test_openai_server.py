@@ -320,6 +320,71 @@ def test_client_disconnect_mid_stream(server, client):
     assert time.time() - t0 < 8, "the abandoned generation was not aborted"
 
 
+def test_client_disconnect_non_streaming(server, client):
+    """A non-streaming client that hangs up gets its request aborted (its KV blocks freed)."""
+    import socket
+    host, port = server.url.split("//")[1].split(":")
+    body = json.dumps({"prompt": PROMPT, "max_tokens": 400, "temperature": 0.7, "ignore_eos": True}).encode()
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    deadline = time.time() + 10
+    while time.time() < deadline and metric_values(server).get("swiftkv:num_requests_running", 0) < 1:
+        time.sleep(0.05)
+    s.close()
+    t0 = time.time()
+    out = client.completions.create(model="", prompt=PROMPT, max_tokens=2, temperature=0)
+    assert out.choices[0].text
+    assert time.time() - t0 < 8, "the abandoned non-streaming generation was not aborted"
+    deadline = time.time() + 10
+    while time.time() < deadline and metric_values(server).get("swiftkv:kv_cache_blocks_used", 1) != 0:
+        time.sleep(0.05)
+    assert metric_values(server)["swiftkv:kv_cache_blocks_used"] == 0
+
+
+def oracle_prompts():
+    refs = json.loads((ROOT / "tests" / "oracle" / "data" / "oracle_refs.json").read_text())
+    return [p for p in refs["prompts"] if p.get("position_stats")]
+
+
+def test_echo_prompt_logprobs_match_llama_cpp(server, client):
+    """echo + logprobs returns every prompt token's logprob (the first is null), as lm-eval's
+    log-likelihood requests need; the values match llama.cpp's (scripts/make_oracle_refs.py)."""
+    for p in oracle_prompts():
+        ids = p["prompt_ids"]
+        ref = p["position_stats"]["next_token_logprob"]
+        for max_tokens in (0, 1):
+            out = client.completions.create(model="", prompt=ids, max_tokens=max_tokens, temperature=0,
+                                            echo=True, logprobs=1)
+            lp = out.choices[0].logprobs
+            assert len(lp.tokens) == len(ids) + max_tokens
+            assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+            got = lp.token_logprobs[1:len(ids)]
+            assert max(abs(a - b) for a, b in zip(got, ref)) < 2e-3, p["name"]
+            for j in range(1, len(ids)):  # the top alternative is at least as likely as the token
+                assert max(lp.top_logprobs[j].values()) >= lp.token_logprobs[j] - 1e-5
+            assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+            text = out.choices[0].text
+            assert text.startswith(http("POST", server.url + "/detokenize", {"tokens": ids})[1]["prompt"])
+            assert out.usage.prompt_tokens == len(ids) and out.usage.completion_tokens == max_tokens
+
+
+def test_echo_logprobs_stream_and_text_prompt(client):
+    text = "The capital of France is"
+    full = client.completions.create(model="", prompt=text, max_tokens=3, temperature=0, echo=True, logprobs=2)
+    chunks = list(client.completions.create(model="", prompt=text, max_tokens=3, temperature=0, echo=True,
+                                            logprobs=2, stream=True))
+    streamed_text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert streamed_text == full.choices[0].text and streamed_text.startswith(text)
+    streamed_lps = [v for c in chunks if c.choices and c.choices[0].logprobs
+                    for v in c.choices[0].logprobs.token_logprobs]
+    assert streamed_lps[0] is None and full.choices[0].logprobs.token_logprobs[0] is None
+    assert all(abs(a - b) < 1e-5 for a, b in zip(streamed_lps[1:], full.choices[0].logprobs.token_logprobs[1:]))
+    # max_tokens 0 needs echo
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="", prompt=text, max_tokens=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Metrics and auth
 
