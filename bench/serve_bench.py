@@ -25,6 +25,7 @@ command already contains --port.
 import argparse
 import http.client
 import json
+import math
 import os
 import platform
 import random
@@ -113,7 +114,7 @@ def make_prompts(args):
             sys.exit("no prompts in " + args.prompts_jsonl)
         return out
     # random token ids; a fresh prompt per request so prefix caching cannot help
-    total = args.num_requests * (len(args.levels) + (1 if args.warmup else 0))
+    total = sum(args.level_requests) + (args.num_requests if args.warmup else 0)
     return [{"prompt": [rng.randrange(args.token_min, args.token_max) for _ in range(args.input_len)],
              "max_tokens": args.output_len} for _ in range(total)]
 
@@ -279,10 +280,12 @@ def bench_target(url, label, prompts, args):
         run_level(url, model, prompts[:args.num_requests][:max(1, args.warmup)], args, concurrency=1)
         off = args.num_requests
     levels = []
+    start = 0
     for k, lv in enumerate(args.levels):
-        items = prompts[off + k * args.num_requests: off + (k + 1) * args.num_requests] \
-            if not args.prompts_jsonl else [prompts[i % len(prompts)] for i in
-                                            range(k * args.num_requests, (k + 1) * args.num_requests)]
+        n = args.level_requests[k]
+        items = prompts[off + start: off + start + n] \
+            if not args.prompts_jsonl else [prompts[i % len(prompts)] for i in range(start, start + n)]
+        start += n
         kw = {"concurrency": lv} if args.concurrency else {"rate": lv}
         print(f"# {label}: {level_name({'concurrency': kw.get('concurrency'), 'request_rate': kw.get('rate')})}, "
               f"{len(items)} requests", file=sys.stderr)
@@ -333,6 +336,9 @@ def main():
     g.add_argument("--concurrency", help="comma-separated fixed concurrency levels, e.g. 1,2,4")
     g.add_argument("--request-rate", help="comma-separated Poisson arrival rates in req/s")
     ap.add_argument("--num-requests", type=int, default=32, help="requests per level")
+    ap.add_argument("--requests-per-concurrency", type=float, default=0,
+                    help="with --concurrency: each level sends at least this many requests per unit of "
+                         "concurrency (e.g. 2: two full waves at every level)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up requests before the levels (0: none)")
     ap.add_argument("--token-min", type=int, default=100)
     ap.add_argument("--token-max", type=int, default=40000)
@@ -351,6 +357,8 @@ def main():
     else:
         args.concurrency = "1"
         args.levels = [1]
+    args.level_requests = [max(args.num_requests, int(math.ceil(args.requests_per_concurrency * lv)))
+                           if args.concurrency else args.num_requests for lv in args.levels]
     if not args.url and not args.server_cmd:
         ap.error("give --url or --server-cmd")
     if args.url and args.server_cmd:
@@ -382,7 +390,7 @@ def main():
         "argv": sys.argv,
         "settings": {"input_len": None if args.prompts_jsonl else args.input_len,
                      "output_len": None if args.prompts_jsonl else args.output_len,
-                     "prompts_jsonl": args.prompts_jsonl, "num_requests": args.num_requests,
+                     "prompts_jsonl": args.prompts_jsonl, "num_requests": args.num_requests, "level_requests": args.level_requests,
                      "mode": "concurrency" if args.concurrency else "request_rate",
                      "levels": args.levels, "warmup": args.warmup, "seed": args.seed,
                      "ignore_eos": (not args.prompts_jsonl) or args.ignore_eos, "temperature": 0},

@@ -80,11 +80,13 @@ struct ServeArgs {
     int port = 8000;
     std::string api_key;            // empty: $SWIFTKV_API_KEY, else no authentication
     std::string served_model_name;  // empty: the model file's stem
-    int http_threads = 32;
+    int http_threads = 0;           // 0: max-num-seqs + 16 (a streaming request holds a thread)
     int64_t max_body_bytes = int64_t(8) << 20;
     std::string batching = "continuous";  // or "serial": one request at a time
     int64_t max_num_seqs = 256;
     int64_t max_batched_tokens = 2048;
     bool no_prefix_caching = false;
+    std::string synthetic;          // random weights of this shape (benchmarks)
+    std::string synthetic_swiftkv;  // its SwiftKV cut
 };
 int cmd_serve(const swiftkv::cli::ModelArgs& model, const ServeArgs& args);

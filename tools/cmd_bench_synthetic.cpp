@@ -38,28 +38,7 @@ double median(std::vector<double> v) {
     return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
 }
 
-ModelConfig shape_config(const std::string& spec) {
-    // "llama-3.1-8b" or "llama-3.1-8b:N" (N layers), "smollm2-135m".
-    const size_t colon = spec.find(':');
-    const std::string name = spec.substr(0, colon);
-    ModelConfig c;
-    if (name == "llama-3.1-8b") {
-        c.n_layers = 32, c.hidden = 4096, c.n_heads = 32, c.n_kv_heads = 8, c.head_dim = 128, c.ffn = 14336;
-        c.vocab = 128256, c.max_position = 131072, c.rms_eps = 1e-5, c.rope_theta = 500000.0;
-        c.rope_scaling.type = RopeScaling::Type::Llama3;
-        c.rope_scaling.factor = 8.0, c.rope_scaling.low_freq_factor = 1.0, c.rope_scaling.high_freq_factor = 4.0;
-        c.rope_scaling.original_max_position = 8192;
-    } else if (name == "smollm2-135m") {
-        c.n_layers = 30, c.hidden = 576, c.n_heads = 9, c.n_kv_heads = 3, c.head_dim = 64, c.ffn = 1536;
-        c.vocab = 49152, c.max_position = 8192, c.rms_eps = 1e-5, c.rope_theta = 100000.0, c.tie_embeddings = true;
-    } else {
-        SKV_THROW("unknown synthetic shape '{}' (llama-3.1-8b[:layers] or smollm2-135m[:layers])", name);
-    }
-    if (colon != std::string::npos) c.n_layers = std::stoll(spec.substr(colon + 1));
-    c.swiftkv_layers = c.n_layers;
-    c.validate("synthetic " + spec);
-    return c;
-}
+ModelConfig shape_config(const std::string& spec) { return ModelConfig::synthetic(spec); }
 
 // A sequence set in the KV cache: block tables of `seqs` sequences of up to `capacity` tokens each.
 struct Sequences {

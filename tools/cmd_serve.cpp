@@ -1,6 +1,7 @@
 // swiftkv serve — the OpenAI-compatible HTTP server. Loads the model first, then binds and listens
 // (so /health is 200 as soon as the port accepts connections); SIGINT/SIGTERM stop accepting, abort
 // running requests and exit 0.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -34,10 +35,18 @@ int cmd_serve(const cli::ModelArgs& model_args, const ServeArgs& args) {
     if (opt.api_key.empty()) {
         if (const char* env = std::getenv("SWIFTKV_API_KEY"); env != nullptr) opt.api_key = env;
     }
-    opt.http_threads = args.http_threads;
+    // Each streaming request holds an HTTP thread for its whole life: room for every sequence the
+    // engine can run at once, plus some for /health, /metrics and queued requests.
+    opt.http_threads = args.http_threads > 0 ? args.http_threads
+                                             : int(std::min<int64_t>(args.max_num_seqs, 4096) + 16);
     opt.max_body_bytes = size_t(args.max_body_bytes);
-    const EngineOptions eopt = cli::engine_options(model_args);
+    EngineOptions eopt = cli::engine_options(model_args);
+    eopt.synthetic = args.synthetic;
+    eopt.synthetic_swiftkv = args.synthetic_swiftkv;
+    if (!eopt.synthetic.empty()) eopt.model_path = "synthetic:" + eopt.synthetic +
+                                                   (eopt.synthetic_swiftkv.empty() ? "" : "@" + eopt.synthetic_swiftkv);
     opt.served_model_name = args.served_model_name;
+    if (!eopt.synthetic.empty() && opt.served_model_name.empty()) opt.served_model_name = "synthetic-" + eopt.synthetic;
     if (opt.served_model_name.empty()) {
         std::filesystem::path p(eopt.model_path);
         if (!p.has_filename()) p = p.parent_path();

@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
                       "require Authorization: Bearer KEY on /v1, /tokenize and /detokenize (default: $SWIFTKV_API_KEY)");
     serve->add_option("--served-model-name", serve_args.served_model_name,
                       "model id in /v1/models and requests (default: the model file's name)");
-    serve->add_option("--http-threads", serve_args.http_threads, "HTTP worker threads (default 32)")
+    serve->add_option("--http-threads", serve_args.http_threads, "HTTP worker threads (default: --max-num-seqs + 16; a streaming request holds one)")
         ->check(CLI::Range(1, 4096));
     serve->add_option("--max-body-bytes", serve_args.max_body_bytes, "largest request body accepted (default 8 MiB)")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 34));
@@ -107,6 +107,11 @@ int main(int argc, char** argv) {
                       "tokens in one step; long prompts are prefilled in chunks of what decodes leave (default 2048)")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
     serve->add_flag("--no-prefix-caching", serve_args.no_prefix_caching, "do not reuse cached prompt prefixes");
+    serve->add_option("--synthetic", serve_args.synthetic,
+                      "benchmarks: serve random weights of this shape (llama-3.1-8b[:layers], smollm2-135m) "
+                      "instead of -m, with a stand-in tokenizer");
+    serve->add_option("--synthetic-swiftkv", serve_args.synthetic_swiftkv,
+                      "with --synthetic: the SwiftKV cut, e.g. 50% or 50%:2 (AcrossKV group size)");
 
     try {
         app.parse(argc, argv);

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (H100/H200): builds nothing (carry .devbundle/bundle.tar.xz made by
 # make_bundle.sh), then checks and measures swiftkv's CUDA backend in one go. Phases (any subset, in
-# order): ops hf bench torch greedy. Results and logs go to $OUT (or ./gpu-out).
+# order): ops hf bench serve torch greedy. Results and logs go to $OUT (or ./gpu-out).
 #   ops    attention self-test (tensor-core kernels against an f64 reference) and test_cuda_ops (every
 #          CUDA op against the CPU op over a grid of shapes)
 #   hf     transformers builds random bf16 Llama checkpoints (small; Llama-3.1-8B layer shape with 4
 #          layers); swiftkv's logits on the GPU must match transformers' (compare_logits.py); SwiftKV
 #          survivor logits must match swiftkv's own full-student path on the GPU
 #   bench  swiftkv bench --synthetic llama-3.1-8b (prefill, decode, SwiftKV 25%/50%, AcrossKV 2/4)
+#   serve  bench/serve_bench.py against `swiftkv serve --synthetic llama-3.1-8b` (base, SwiftKV 50%)
 #   torch  the PyTorch/transformers baseline of the same shapes (scripts/gpu/torch_baseline_bench.py)
 #   greedy the default model (models/*.gguf, carried in parts) greedy on GPU against the stored CPU
 #          continuations of the oracle prompts
@@ -95,6 +96,24 @@ bench)
   note "swiftkv bench, Llama-3.1-8B shape"
   $SKV bench -d cuda --synthetic llama-3.1-8b --swiftkv-cuts 25%,50%,50%:2,50%:4 -r 3 -o "$OUT/swiftkv_bench.json" \
     2>&1 | tee "$OUT/swiftkv_bench.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  ;;
+serve)
+  # The SwiftKV reference workload through the HTTP server: Llama-3.1-8B shape, random bf16 weights,
+  # 2000 prompt tokens / 250 output tokens (ignore_eos), base against SwiftKV 50% on the same prompts.
+  # SERVE_LEVELS / SERVE_WAVES / SERVE_VARIANTS override the load levels, waves per level and variants.
+  note "serve load benchmark, Llama-3.1-8B shape, 2000 in / 250 out"
+  cmds=()
+  for v in ${SERVE_VARIANTS:-base 50%}; do
+    extra=""; label=base
+    if [ "$v" != base ]; then extra="--synthetic-swiftkv $v"; label="swiftkv${v//%/}"; label=${label//:/_g}; fi
+    cmds+=(--server-cmd "$SKV serve -d cuda --synthetic llama-3.1-8b $extra -c 4096 --max-num-seqs 256 --max-batched-tokens 8192" --label "$label")
+  done
+  python3 bench/serve_bench.py --compare "${cmds[@]}" --input-len 2000 --output-len 250 \
+    --concurrency "${SERVE_LEVELS:-1,16,64,128,256}" --num-requests 4 --requests-per-concurrency "${SERVE_WAVES:-2}" \
+    --token-min 1000 --token-max 100000 --warmup 2 --timeout 900 --server-log-dir "$OUT" \
+    --json-out "$OUT/serve_bench.json" --png-out "$OUT/serve_bench.png" \
+    --title "swiftkv serve, Llama-3.1-8B shape (random bf16), 2000 in / 250 out" 2>&1 | tee "$OUT/serve_bench.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   ;;
 torch)

@@ -44,17 +44,24 @@ BatchEngine::BatchEngine(const BatchEngineOptions& options) : options_(options) 
               "max_num_seqs and max_batched_tokens must be positive");
     SKV_CHECK(eo.block_size > 0 && eo.block_size <= 1024, "KV block size {} is out of range (1..1024)", eo.block_size);
     if (eo.threads > 0) ThreadPool::set_global_threads(eo.threads);
-    auto source = ModelSource::open(eo.model_path);
     backend_ = make_backend(eo.device, eo.threads);
     LoadOptions lo;
     lo.weight_dtype =
         eo.weight_dtype.value_or(backend_->supports_weight_dtype(DType::F32) ? DType::F32 : DType::BF16);
     lo.swiftkv = eo.swiftkv;
     lo.graphs = eo.graphs;
-    model_ = std::make_unique<LlamaModel>(*source, *backend_, lo);
-    tokenizer_ = std::make_unique<BpeTokenizer>(load_tokenizer(*source));
-    chat_ = load_chat_format(*source, *tokenizer_);
-    generation_defaults_ = source->generation_config();
+    if (!eo.synthetic.empty()) {
+        const ModelConfig c = ModelConfig::synthetic(eo.synthetic, eo.synthetic_swiftkv);
+        model_ = std::make_unique<LlamaModel>(c, *backend_, lo, /*seed=*/1234);
+        tokenizer_ = std::make_unique<BpeTokenizer>(synthetic_tokenizer_spec(c.vocab));
+    } else {
+        SKV_CHECK(eo.synthetic_swiftkv.empty(), "a SwiftKV cut for a random-weight model needs --synthetic");
+        auto source = ModelSource::open(eo.model_path);
+        model_ = std::make_unique<LlamaModel>(*source, *backend_, lo);
+        tokenizer_ = std::make_unique<BpeTokenizer>(load_tokenizer(*source));
+        chat_ = load_chat_format(*source, *tokenizer_);
+        generation_defaults_ = source->generation_config();
+    }
     if (!generation_defaults_.is_object()) generation_defaults_ = nlohmann::json::object();
     const ModelConfig& c = model_->config();
     context_length_ = eo.context_length > 0 ? eo.context_length : std::min<int64_t>(c.max_position, 8192);

@@ -73,6 +73,7 @@ std::optional<std::string> load_chat_template(const ModelSource& source) {
 }
 
 Engine::Engine(const EngineOptions& options) : options_(options) {
+    SKV_CHECK(options_.synthetic.empty(), "random-weight (--synthetic) models run with continuous batching only");
     if (options_.threads > 0) ThreadPool::set_global_threads(options_.threads);
     auto source = ModelSource::open(options_.model_path);
     backend_ = make_backend(options_.device, options_.threads);

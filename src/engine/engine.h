@@ -45,6 +45,12 @@ struct EngineOptions {
     // kept). Same results as the default survivor path for SwiftKV models, at full prefill cost; for
     // evaluation and checking.
     bool full_student = false;
+    // Benchmarks: random weights of a named shape (ModelConfig::synthetic, e.g. "llama-3.1-8b")
+    // generated on the device instead of model_path, with a stand-in tokenizer (ids print as " w<id>")
+    // and no chat template. synthetic_swiftkv: the SwiftKV cut ("50%", "50%:2"); empty: the base model.
+    // Continuous batching (BatchEngine) only.
+    std::string synthetic;
+    std::string synthetic_swiftkv;
 };
 
 struct GenerationRequest {

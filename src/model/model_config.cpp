@@ -223,4 +223,50 @@ nlohmann::json ModelConfig::to_hf_json() const {
     return j;
 }
 
+ModelConfig ModelConfig::synthetic(const std::string& spec, const std::string& swiftkv_cut) {
+    const size_t colon = spec.find(':');
+    const std::string name = spec.substr(0, colon);
+    ModelConfig c;
+    if (name == "llama-3.1-8b") {
+        c.n_layers = 32, c.hidden = 4096, c.n_heads = 32, c.n_kv_heads = 8, c.head_dim = 128, c.ffn = 14336;
+        c.vocab = 128256, c.max_position = 131072, c.rms_eps = 1e-5, c.rope_theta = 500000.0;
+        c.rope_scaling.type = RopeScaling::Type::Llama3;
+        c.rope_scaling.factor = 8.0, c.rope_scaling.low_freq_factor = 1.0, c.rope_scaling.high_freq_factor = 4.0;
+        c.rope_scaling.original_max_position = 8192;
+    } else if (name == "smollm2-135m") {
+        c.n_layers = 30, c.hidden = 576, c.n_heads = 9, c.n_kv_heads = 3, c.head_dim = 64, c.ffn = 1536;
+        c.vocab = 49152, c.max_position = 8192, c.rms_eps = 1e-5, c.rope_theta = 100000.0, c.tie_embeddings = true;
+    } else {
+        SKV_THROW("unknown synthetic shape '{}' (llama-3.1-8b[:layers] or smollm2-135m[:layers])", name);
+    }
+    auto parse_int = [&](const std::string& s, const char* what) {
+        size_t used = 0;
+        long long v = -1;
+        try {
+            v = std::stoll(s, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        SKV_CHECK(used == s.size() && v > 0, "synthetic model: bad {} '{}'", what, s);
+        return int64_t(v);
+    };
+    if (colon != std::string::npos) c.n_layers = parse_int(spec.substr(colon + 1), "layer count");
+    c.swiftkv_layers = c.n_layers;
+    if (!swiftkv_cut.empty()) {
+        const size_t gc = swiftkv_cut.find(':');
+        const std::string cut = swiftkv_cut.substr(0, gc);
+        SKV_CHECK(!cut.empty(), "synthetic model: empty SwiftKV cut");
+        c.swiftkv_layers = cut.back() == '%'
+                               ? int64_t(std::llround(double(c.n_layers) * double(parse_int(cut.substr(0, cut.size() - 1),
+                                                                                              "SwiftKV share")) / 100.0))
+                               : parse_int(cut, "SwiftKV cut");
+        if (gc != std::string::npos) c.kv_group_size = parse_int(swiftkv_cut.substr(gc + 1), "AcrossKV group size");
+        SKV_CHECK(c.swiftkv_layers >= 1 && c.swiftkv_layers <= c.n_layers, "synthetic model: SwiftKV cut {} is outside 1..{}",
+                  c.swiftkv_layers, c.n_layers);
+        if (c.is_swiftkv()) c.architecture = "llama_swiftkv";
+    }
+    c.validate("synthetic " + spec + (swiftkv_cut.empty() ? "" : " @" + swiftkv_cut));
+    return c;
+}
+
 }  // namespace swiftkv

@@ -64,6 +64,10 @@ struct ModelConfig {
     void validate(const std::string& source) const;
 
     static ModelConfig from_hf_json(const nlohmann::json& config, const std::string& source);
+    // A named shape for random-weight benchmarks: "llama-3.1-8b" or "smollm2-135m", optionally
+    // ":LAYERS" (fewer layers). swiftkv_cut: empty (the base model) or "L" / "P%" with optional ":G"
+    // (AcrossKV group size), e.g. "50%", "50%:2", "16".
+    static ModelConfig synthetic(const std::string& shape, const std::string& swiftkv_cut = {});
     static ModelConfig from_gguf(const GgufFile& gguf);
     nlohmann::json to_hf_json() const;
 };

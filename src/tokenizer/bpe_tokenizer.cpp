@@ -831,4 +831,19 @@ std::string StreamDecoder::finish() {
     return out;
 }
 
+TokenizerSpec synthetic_tokenizer_spec(int64_t vocab) {
+    SKV_CHECK(vocab >= 258, "a synthetic vocabulary needs at least 258 ids, got {}", vocab);
+    TokenizerSpec spec;
+    spec.tokens.resize(size_t(vocab));
+    spec.kinds.assign(size_t(vocab), TokenKind::Normal);
+    for (int b = 0; b < 256; ++b) spec.tokens[size_t(b)] = bytes_to_byte_level(std::string(1, char(b)));
+    for (int64_t i = 256; i < vocab - 1; ++i) spec.tokens[size_t(i)] = bytes_to_byte_level(" w" + std::to_string(i));
+    spec.tokens[size_t(vocab - 1)] = "<|endoftext|>";
+    spec.kinds[size_t(vocab - 1)] = TokenKind::Control;
+    spec.eos_id = int32_t(vocab - 1);
+    spec.eos_ids = {spec.eos_id};
+    spec.pre = PreTokenizer::Gpt2;
+    return spec;
+}
+
 }  // namespace swiftkv

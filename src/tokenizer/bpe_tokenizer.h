@@ -58,6 +58,11 @@ struct TokenizerSpec {
 // vocabulary as special (Control) tokens. Sorted, unique.
 std::vector<int32_t> end_of_generation_ids(const TokenizerSpec& spec);
 
+// A stand-in vocabulary of `vocab` ids for models with random weights (benchmarks): ids 0..255 are
+// the 256 bytes (so any text encodes, byte by byte, with no merges), id vocab-1 is an end-of-text
+// control token, and every other id i is the word " w<i>". Needs vocab >= 258.
+TokenizerSpec synthetic_tokenizer_spec(int64_t vocab);
+
 // UTF-8 helpers with the rule above.
 bool is_valid_utf8(std::string_view bytes);
 std::string utf8_lossy(std::string_view bytes);  // maximal subparts -> U+FFFD
