@@ -372,6 +372,7 @@ def main():
     runs = []
     for i, (tgt, label) in enumerate(zip(targets, labels)):
         if args.server_cmd:
+            os.makedirs(args.server_log_dir, exist_ok=True)
             srv = Server(tgt, os.path.join(args.server_log_dir, f"serve_bench_{i}_{label}.log"))
             try:
                 r = bench_target(srv.url, label, prompts, args)

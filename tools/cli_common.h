@@ -86,6 +86,7 @@ struct ServeArgs {
     int64_t max_num_seqs = 256;
     int64_t max_batched_tokens = 2048;
     bool no_prefix_caching = false;
+    bool no_overlap = false;        // synchronous engine steps
     std::string synthetic;          // random weights of this shape (benchmarks)
     std::string synthetic_swiftkv;  // its SwiftKV cut
 };

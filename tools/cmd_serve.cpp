@@ -73,6 +73,7 @@ int cmd_serve(const cli::ModelArgs& model_args, const ServeArgs& args) {
         bo.max_num_seqs = args.max_num_seqs;
         bo.max_batched_tokens = args.max_batched_tokens;
         bo.prefix_caching = !args.no_prefix_caching;
+        bo.overlap = !args.no_overlap;
         auto engine = std::make_unique<BatchEngine>(bo);
         ctx = engine->context_length();
         backend_ptr = std::make_unique<server::BatchEngineBackend>(std::move(engine));

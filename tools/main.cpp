@@ -107,6 +107,9 @@ int main(int argc, char** argv) {
                       "tokens in one step; long prompts are prefilled in chunks of what decodes leave (default 2048)")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
     serve->add_flag("--no-prefix-caching", serve_args.no_prefix_caching, "do not reuse cached prompt prefixes");
+    serve->add_flag("--no-overlap", serve_args.no_overlap,
+                    "run engine steps synchronously (default: step k+1 is launched before step k's tokens are "
+                    "delivered, so detokenizing and streaming overlap the GPU's work)");
     serve->add_option("--synthetic", serve_args.synthetic,
                       "benchmarks: serve random weights of this shape (llama-3.1-8b[:layers], smollm2-135m) "
                       "instead of -m, with a stand-in tokenizer");

@@ -1,6 +1,7 @@
 #include "engine/batch_engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -150,6 +151,12 @@ bool BatchEngine::abort(uint64_t request_id) {
         end_choice(r, i, "abort", &ev);
     }
     requests_.erase(it);
+    if (inflight_ && !scheduler_->has_work()) {
+        // Every sequence of the launched step is gone: wait for it and drop its tokens.
+        std::vector<int32_t> unused;
+        model_->forward_sample_wait(unused);
+        inflight_.reset();
+    }
     return true;
 }
 
@@ -299,7 +306,7 @@ void BatchEngine::sample_entries(const ScheduleOutput& out, std::vector<int32_t>
             if (!targets[i].r) continue;
             const Choice& ch = targets[i].r->choices[size_t(targets[i].index)];
             const SamplingParams& sp = targets[i].r->req.sampling;
-            params[i] = SampleParams{sp.temperature, sp.top_k, sp.top_p, sp.min_p, ch.seed, uint64_t(ch.generated)};
+            params[i] = SampleParams{sp.temperature, sp.top_k, sp.top_p, sp.min_p, ch.seed, uint64_t(ch.sampled)};
         }
         model_->forward_sample(batch, kv_cache_->view(), params, sampled);
         return;
@@ -321,7 +328,7 @@ void BatchEngine::sample_entries(const ScheduleOutput& out, std::vector<int32_t>
             if (!t.r || t.r->choices[size_t(t.index)].done) continue;
             Choice& ch = t.r->choices[size_t(t.index)];
             std::copy(logits, logits + V, scratch.begin());
-            const int32_t tok = ch.sampler->sample(scratch.data(), V);
+            const int32_t tok = ch.sampler->sample(scratch.data(), V, uint64_t(ch.sampled));
             ch.sampler->accept(tok);
             sampled[i] = tok;
             if (t.r->req.logprobs >= 0) logprobs[i].push_back(token_logprobs(logits, V, tok, t.r->req.logprobs));
@@ -330,62 +337,169 @@ void BatchEngine::sample_entries(const ScheduleOutput& out, std::vector<int32_t>
     }
 }
 
-bool BatchEngine::step() {
-    if (!scheduler_->has_work()) return false;
-    ScheduleOutput out = scheduler_->schedule();
-    counters_.steps++;
-    counters_.preemptions += int64_t(out.preempted.size());
-    if (!out.empty()) {
-        apply_cow(out.cow_copies);
-        std::vector<int32_t> sampled;
-        std::vector<std::vector<TokenLogprobs>> logprobs;
-        sample_entries(out, sampled, logprobs);
-        // Targets again (update() may fork siblings): capture (request id, choice) per sample first.
-        std::vector<std::pair<uint64_t, int>> targets;
-        for (const auto& e : out.seqs) {
-            if (!e.needs_logits) continue;
-            auto sc = seq_choice_.find(e.id);
-            for (int k = 0; k < e.num_samples; ++k) {
-                if (sc == seq_choice_.end()) {
-                    targets.emplace_back(0, 0);
-                } else {
-                    targets.emplace_back(sc->second.first, e.num_samples > 1 ? k : sc->second.second);
-                }
+// Which (request id, choice) each sample of `out` goes to, captured before update() (which may fork
+// siblings); request id 0 when the sequence is gone.
+std::vector<std::pair<uint64_t, int>> BatchEngine::sample_targets(const ScheduleOutput& out) const {
+    std::vector<std::pair<uint64_t, int>> targets;
+    for (const auto& e : out.seqs) {
+        if (!e.needs_logits) continue;
+        auto sc = seq_choice_.find(e.id);
+        for (int k = 0; k < e.num_samples; ++k) {
+            if (sc == seq_choice_.end()) {
+                targets.emplace_back(0, 0);
+            } else {
+                targets.emplace_back(sc->second.first, e.num_samples > 1 ? k : sc->second.second);
             }
         }
-        scheduler_->update(out, sampled);
-        // Forks: map the new siblings' sequence ids to their choices.
-        for (const auto& e : out.seqs) {
-            if (e.num_samples <= 1) continue;
-            auto rit = requests_.find(e.id);
-            if (rit == requests_.end()) continue;
-            for (uint64_t sid : scheduler_->running_ids()) {
-                const Sequence* s = scheduler_->find(sid);
-                if (s && s->group_id == e.id && s->index > 0 && s->index < int(rit->second.choices.size())) {
-                    rit->second.choices[size_t(s->index)].seq_id = sid;
-                    seq_choice_[sid] = {e.id, s->index};
-                }
+    }
+    return targets;
+}
+
+// Whether every sample of the step can be drawn by the backend (only token ids come back), which also
+// lets the step overlap the host's work: one plain sample per row, no history-dependent sampling, no
+// logprobs. (On the CPU the launch runs the step at once, so nothing overlaps, but the path is the
+// same: its draws equal the host sampler's, both Gumbel-max on the shared noise.)
+bool BatchEngine::device_sampling(const ScheduleOutput& out) const {
+    for (const auto& e : out.seqs) {
+        if (e.all_logits || e.num_samples > 1) return false;
+        if (!e.needs_logits) continue;
+        auto sc = seq_choice_.find(e.id);
+        if (sc == seq_choice_.end()) continue;
+        auto rit = requests_.find(sc->second.first);
+        if (rit == requests_.end()) continue;
+        const BatchRequest& q = rit->second.req;
+        if (q.sampling.needs_history() || q.logprobs >= 0) return false;
+    }
+    return true;
+}
+
+std::vector<SampleParams> BatchEngine::sample_params(const std::vector<std::pair<uint64_t, int>>& targets) const {
+    std::vector<SampleParams> params(targets.size());
+    for (size_t i = 0; i < targets.size(); ++i) {
+        auto rit = requests_.find(targets[i].first);
+        if (targets[i].first == 0 || rit == requests_.end()) continue;
+        const Choice& ch = rit->second.choices[size_t(targets[i].second)];
+        const SamplingParams& sp = rit->second.req.sampling;
+        params[i] = SampleParams{sp.temperature, sp.top_k, sp.top_p, sp.min_p, ch.seed, uint64_t(ch.sampled)};
+    }
+    return params;
+}
+
+// After a step's samples are known: the scheduler appends them (forking n > 1 groups) and the
+// samples are queued in `ready` for delivery. early_finish: a sample that certainly ends its choice
+// (a stop token, the token budget) finishes the sequence in the scheduler now, so the next step,
+// scheduled before the sample is delivered, leaves it out; delivery then ends the choice.
+void BatchEngine::finish_step(const ScheduleOutput& out, std::vector<std::pair<uint64_t, int>> targets,
+                              std::vector<int32_t> sampled, std::vector<std::vector<TokenLogprobs>> logprobs,
+                              bool early_finish, Ready& ready) {
+    scheduler_->update(out, sampled);
+    // Forks: map the new siblings' sequence ids to their choices.
+    for (const auto& e : out.seqs) {
+        if (e.num_samples <= 1) continue;
+        auto rit = requests_.find(e.id);
+        if (rit == requests_.end()) continue;
+        for (uint64_t sid : scheduler_->running_ids()) {
+            const Sequence* s = scheduler_->find(sid);
+            if (s && s->group_id == e.id && s->index > 0 && s->index < int(rit->second.choices.size())) {
+                rit->second.choices[size_t(s->index)].seq_id = sid;
+                seq_choice_[sid] = {e.id, s->index};
             }
         }
+    }
+    for (size_t i = 0; i < targets.size(); ++i) {  // the draw offsets of the choices' next samples
+        auto rit = requests_.find(targets[i].first);
+        if (targets[i].first != 0 && rit != requests_.end()) rit->second.choices[size_t(targets[i].second)].sampled++;
+    }
+    if (early_finish) {
         for (size_t i = 0; i < targets.size(); ++i) {
             auto rit = requests_.find(targets[i].first);
             if (targets[i].first == 0 || rit == requests_.end()) continue;
-            deliver(rit->second, targets[i].second, sampled[i], logprobs[i].empty() ? nullptr : &logprobs[i][0]);
+            Request& r = rit->second;
+            const Choice& c = r.choices[size_t(targets[i].second)];
+            if (c.done || c.seq_id == 0 || scheduler_->find(c.seq_id) == nullptr) continue;
+            const int32_t tok = sampled[i];
+            const bool ends = r.max_new == 0 || c.sampled >= r.max_new ||
+                              (!r.req.ignore_eos && tokenizer_->is_eos(tok)) ||
+                              std::find(r.req.stop_token_ids.begin(), r.req.stop_token_ids.end(), tok) !=
+                                  r.req.stop_token_ids.end();
+            if (ends) scheduler_->finish(c.seq_id, kPendingOutput);
         }
     }
-    // Sequences the scheduler ended itself ("length" at the context limit, "kv_cache").
+    ready.targets.insert(ready.targets.end(), targets.begin(), targets.end());
+    ready.tokens.insert(ready.tokens.end(), sampled.begin(), sampled.end());
+    logprobs.resize(targets.size());
+    for (auto& l : logprobs) ready.logprobs.push_back(std::move(l));
+}
+
+void BatchEngine::deliver_ready(Ready& ready) {
+    for (size_t i = 0; i < ready.targets.size(); ++i) {
+        auto rit = requests_.find(ready.targets[i].first);
+        if (ready.targets[i].first == 0 || rit == requests_.end()) continue;
+        const auto& lp = ready.logprobs[i];
+        deliver(rit->second, ready.targets[i].second, ready.tokens[i], lp.empty() ? nullptr : &lp[0]);
+    }
+    ready = Ready{};
+}
+
+// One engine step. With overlap (device sampling on a backend with graphs), step k+1 is launched
+// before step k's tokens are delivered: detokenizing, stop strings and the requests' callbacks run
+// on the host while the device computes the next step. The next step's schedule needs step k's
+// tokens, so that part cannot overlap; a choice that a stop string ends during delivery has one
+// extra token computed, which is dropped.
+bool BatchEngine::step() {
+    using Clock = std::chrono::steady_clock;
+    auto secs = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+    Ready ready;
+    if (inflight_) {
+        const auto t0 = Clock::now();
+        std::vector<int32_t> sampled;
+        model_->forward_sample_wait(sampled);
+        const auto t1 = Clock::now();
+        counters_.device_wait_s += secs(t0, t1);
+        InFlight f = std::move(*inflight_);
+        inflight_.reset();
+        finish_step(f.out, std::move(f.targets), std::move(sampled), {}, /*early_finish=*/true, ready);
+    }
+    if (scheduler_->has_work()) {
+        const auto t0 = Clock::now();
+        ScheduleOutput out = scheduler_->schedule();
+        counters_.steps++;
+        counters_.preemptions += int64_t(out.preempted.size());
+        if (!out.empty()) {
+            apply_cow(out.cow_copies);
+            auto targets = sample_targets(out);
+            if (options_.overlap && device_sampling(out)) {
+                const ForwardBatch batch = scheduler_->to_forward_batch(out);
+                model_->forward_sample_launch(batch, kv_cache_->view(), sample_params(targets));
+                inflight_ = InFlight{std::move(out), std::move(targets)};
+                counters_.overlapped_steps++;
+                counters_.host_schedule_s += secs(t0, Clock::now());
+            } else {
+                deliver_ready(ready);  // step k's tokens before step k+1's
+                std::vector<int32_t> sampled;
+                std::vector<std::vector<TokenLogprobs>> logprobs;
+                sample_entries(out, sampled, logprobs);
+                finish_step(out, std::move(targets), std::move(sampled), std::move(logprobs), false, ready);
+            }
+        }
+    }
+    const auto t2 = Clock::now();
+    deliver_ready(ready);
+    // Sequences the scheduler ended itself ("length" at the context limit, "kv_cache"); those finished
+    // early for a sample in `ready` were ended by its delivery (the check is a safety net).
     for (const Sequence& s : scheduler_->take_finished()) {
         auto sc = seq_choice_.find(s.id);
         if (sc == seq_choice_.end()) continue;
         auto rit = requests_.find(sc->second.first);
         if (rit == requests_.end()) continue;
         ChoiceEvent ev;
-        end_choice(rit->second, sc->second.second, s.finish_reason, &ev);
+        end_choice(rit->second, sc->second.second, s.finish_reason == kPendingOutput ? "length" : s.finish_reason, &ev);
     }
     for (auto it = requests_.begin(); it != requests_.end();) {
         it = it->second.live == 0 ? requests_.erase(it) : std::next(it);
     }
-    return scheduler_->has_work();
+    counters_.host_output_s += secs(t2, std::chrono::steady_clock::now());
+    return has_work();
 }
 
 void BatchEngine::run_until_idle() {

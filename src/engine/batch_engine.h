@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -31,6 +32,9 @@ struct BatchEngineOptions {
     int64_t max_num_seqs = 256;        // sequences in one step
     int64_t max_batched_tokens = 2048; // tokens in one step (prefill chunks fill what decodes leave)
     bool prefix_caching = true;
+    // Launch step k+1 before delivering step k's tokens, so detokenizing and callbacks overlap the
+    // device's work (steps whose samples the backend draws). Off: every step is synchronous.
+    bool overlap = true;
 };
 
 struct BatchRequest {
@@ -71,6 +75,10 @@ struct BatchEngineStats {
     double prefix_cache_hit_rate = 0.0;
     int64_t prompt_tokens_total = 0, generation_tokens_total = 0;
     int64_t steps = 0, preemptions = 0;
+    int64_t overlapped_steps = 0;      // steps launched before the previous step's tokens were delivered
+    double host_schedule_s = 0.0;      // overlapped steps: scheduling and launching
+    double host_output_s = 0.0;        // delivering tokens (detokenize, stop strings, callbacks)
+    double device_wait_s = 0.0;        // waiting for overlapped steps' tokens
 };
 
 class BatchEngine {
@@ -86,7 +94,7 @@ public:
     // One engine step; returns whether work remains.
     bool step();
     void run_until_idle();
-    bool has_work() const { return scheduler_->has_work(); }
+    bool has_work() const { return scheduler_->has_work() || inflight_.has_value(); }
 
     BatchEngineStats stats() const;
     const ModelConfig& config() const { return model_->config(); }
@@ -108,7 +116,8 @@ private:
         std::unique_ptr<StopStringFilter> filter;
         uint64_t seq_id = 0;
         uint64_t seed = 0;
-        int64_t generated = 0;
+        int64_t generated = 0;   // tokens delivered
+        int64_t sampled = 0;     // tokens drawn (ahead of `generated` while a step's output awaits delivery)
         bool done = false;
         bool prompt_sent = false;
     };
@@ -122,6 +131,23 @@ private:
         int64_t prompt_lp_filled = 1;          // entries [0, prompt_lp_filled) are final
     };
 
+    struct Ready {  // sampled tokens awaiting delivery
+        std::vector<std::pair<uint64_t, int>> targets;
+        std::vector<int32_t> tokens;
+        std::vector<std::vector<TokenLogprobs>> logprobs;
+    };
+    struct InFlight {  // a launched step
+        ScheduleOutput out;
+        std::vector<std::pair<uint64_t, int>> targets;
+    };
+    static constexpr const char* kPendingOutput = "pending_output";
+    std::vector<std::pair<uint64_t, int>> sample_targets(const ScheduleOutput& out) const;
+    bool device_sampling(const ScheduleOutput& out) const;
+    std::vector<SampleParams> sample_params(const std::vector<std::pair<uint64_t, int>>& targets) const;
+    void finish_step(const ScheduleOutput& out, std::vector<std::pair<uint64_t, int>> targets,
+                     std::vector<int32_t> sampled, std::vector<std::vector<TokenLogprobs>> logprobs,
+                     bool early_finish, Ready& ready);
+    void deliver_ready(Ready& ready);
     void sample_entries(const ScheduleOutput& out, std::vector<int32_t>& sampled,
                         std::vector<std::vector<TokenLogprobs>>& logprobs);
     void deliver(Request& r, int index, int32_t token, const TokenLogprobs* lp);
@@ -143,6 +169,7 @@ private:
     std::unordered_map<uint64_t, std::pair<uint64_t, int>> seq_choice_;  // seq id -> (request, choice)
     std::vector<float> logits_;
     BatchEngineStats counters_;
+    std::optional<InFlight> inflight_;
 };
 
 }  // namespace swiftkv

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <random>
 
+#include "backend/sample_row.h"
 #include "core/error.h"
 
 namespace swiftkv {
@@ -28,7 +30,8 @@ int32_t argmax(const float* logits, int64_t n) {
 
 Sampler::Sampler(const SamplingParams& params, const std::vector<int32_t>& prompt) : params_(params) {
     params_.validate();
-    rng_.seed(params_.seed.has_value() ? *params_.seed : std::random_device{}());
+    seed_ = params_.seed.has_value() ? *params_.seed
+                                     : (uint64_t(std::random_device{}()) << 32) ^ uint64_t(std::random_device{}());
     if (params_.repetition_penalty != 1.0f) {
         for (int32_t t : prompt) {
             if (t >= int32_t(seen_.size())) seen_.resize(size_t(t) + 1, 0);
@@ -59,55 +62,13 @@ void Sampler::apply_penalties(float* logits, int64_t vocab) const {
     }
 }
 
-int32_t Sampler::sample(float* logits, int64_t vocab) {
+int32_t Sampler::sample(float* logits, int64_t vocab) { return sample(logits, vocab, draws_++); }
+
+int32_t Sampler::sample(float* logits, int64_t vocab, uint64_t offset) {
     apply_penalties(logits, vocab);
     if (params_.temperature == 0.0f) return argmax(logits, vocab);
-
-    // Candidates sorted by logit, descending; top-k first narrows what needs sorting.
-    std::vector<int32_t> ids(vocab);
-    std::iota(ids.begin(), ids.end(), 0);
-    int64_t keep = vocab;
-    if (params_.top_k > 0 && params_.top_k < vocab) keep = params_.top_k;
-    auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-    std::partial_sort(ids.begin(), ids.begin() + keep, ids.end(), by_logit);
-    ids.resize(keep);
-
-    const float inv_t = 1.0f / params_.temperature;
-    const float max_logit = logits[ids[0]] * inv_t;
-    std::vector<double> probs(keep);
-    double total = 0;
-    for (int64_t i = 0; i < keep; ++i) {
-        probs[i] = std::exp(double(logits[ids[i]] * inv_t - max_logit));
-        total += probs[i];
-    }
-    for (auto& p : probs) p /= total;
-    // top-p: smallest prefix whose mass reaches top_p (at least one token).
-    if (params_.top_p < 1.0f) {
-        double mass = 0;
-        int64_t n = 0;
-        while (n < keep) {
-            mass += probs[n++];
-            if (mass >= params_.top_p) break;
-        }
-        keep = n;
-    }
-    // min-p: drop tokens below min_p times the top probability.
-    if (params_.min_p > 0.0f) {
-        const double floor = params_.min_p * probs[0];
-        int64_t n = 1;
-        while (n < keep && probs[n] >= floor) ++n;
-        keep = n;
-    }
-    double kept_mass = 0;
-    for (int64_t i = 0; i < keep; ++i) kept_mass += probs[i];
-    std::uniform_real_distribution<double> uni(0.0, kept_mass);
-    const double r = uni(rng_);
-    double acc = 0;
-    for (int64_t i = 0; i < keep; ++i) {
-        acc += probs[i];
-        if (r < acc) return ids[i];
-    }
-    return ids[keep - 1];
+    const SampleParams sp{params_.temperature, params_.top_k, params_.top_p, params_.min_p, seed_, offset};
+    return sample_row_host(logits, vocab, sp);
 }
 
 float Sampler::log_prob(const float* logits, int64_t vocab, int32_t token) {

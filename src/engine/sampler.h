@@ -35,8 +35,12 @@ class Sampler {
 public:
     Sampler(const SamplingParams& params, const std::vector<int32_t>& prompt);
 
-    // Samples from logits[vocab]; `logits` is used as scratch and modified.
+    // Samples from logits[vocab]; `logits` is used as scratch and modified. After the penalties the
+    // draw is Backend::sample's (sample_row_host: same top-k/top-p/min-p, Gumbel-max on the shared
+    // noise at (seed, offset)), so host and device sampling pick the same token. offset: the number
+    // of tokens generated before this one (the first overload counts its own calls).
     int32_t sample(float* logits, int64_t vocab);
+    int32_t sample(float* logits, int64_t vocab, uint64_t offset);
     // Records a generated token (feeds the penalties).
     void accept(int32_t token);
 
@@ -47,7 +51,8 @@ private:
     void apply_penalties(float* logits, int64_t vocab) const;
 
     SamplingParams params_;
-    std::mt19937_64 rng_;
+    uint64_t seed_ = 0;
+    uint64_t draws_ = 0;  // calls of sample(logits, vocab): its offsets
     std::unordered_map<int32_t, int32_t> output_counts_;
     std::vector<uint8_t> seen_;  // tokens in prompt or output (repetition penalty), indexed by id
 };

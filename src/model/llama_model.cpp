@@ -567,15 +567,33 @@ void LlamaModel::forward_sample(const ForwardBatch& batch, const KvCacheView& kv
                                 const std::vector<SampleParams>& params, std::vector<int32_t>& tokens) {
     SKV_CHECK(params.size() == batch.logits_indices.size(), "forward_sample: {} sampling rows for {} logits rows",
               params.size(), batch.logits_indices.size());
+    forward_sample_launch(batch, kv, params);
+    forward_sample_wait(tokens);
+}
+
+void LlamaModel::forward_sample_launch(const ForwardBatch& batch, const KvCacheView& kv,
+                                       const std::vector<SampleParams>& params) {
+    SKV_CHECK(pending_samples_ < 0, "forward_sample_launch: the previous step was not waited for");
+    SKV_CHECK(params.size() == batch.logits_indices.size(), "forward_sample: {} sampling rows for {} logits rows",
+              params.size(), batch.logits_indices.size());
     StepShape sh;
     prepare(batch, kv, sh);
-    tokens.assign(size_t(sh.real_K), 0);
-    if (batch.num_tokens() == 0 || sh.real_K == 0) return;
-    run_step(sh, kv);
-    backend_.upload(sample_params_dev_.get(), params.data(), params.size() * sizeof(SampleParams));
-    backend_.sample(logits_dev_.as<float>(), sh.real_K, config_.vocab, sample_params_dev_.as<SampleParams>(),
-                    sampled_dev_.as<int32_t>());
-    backend_.download(tokens.data(), sampled_dev_.get(), size_t(sh.real_K) * 4);
+    const int64_t k = (batch.num_tokens() == 0) ? 0 : sh.real_K;
+    if (k > 0) {
+        run_step(sh, kv);
+        backend_.upload(sample_params_dev_.get(), params.data(), params.size() * sizeof(SampleParams));
+        backend_.sample(logits_dev_.as<float>(), sh.real_K, config_.vocab, sample_params_dev_.as<SampleParams>(),
+                        sampled_dev_.as<int32_t>());
+    }
+    pending_samples_ = k;  // set last: a launch that threw leaves nothing pending
+}
+
+void LlamaModel::forward_sample_wait(std::vector<int32_t>& tokens) {
+    SKV_CHECK(pending_samples_ >= 0, "forward_sample_wait: no step was launched");
+    tokens.assign(size_t(pending_samples_), 0);
+    const int64_t k = pending_samples_;
+    pending_samples_ = -1;
+    if (k > 0) backend_.download(tokens.data(), sampled_dev_.get(), size_t(k) * 4);
 }
 
 }  // namespace swiftkv

@@ -51,6 +51,11 @@ public:
     // logits row, host memory); only the token ids cross to the host.
     void forward_sample(const ForwardBatch& batch, const KvCacheView& kv, const std::vector<SampleParams>& params,
                         std::vector<int32_t>& tokens);
+    // forward_sample in two halves, so the host can work while the device runs the step: launch queues
+    // the step and its sampling (on CUDA nothing waits for the device); wait blocks until the step is
+    // done and returns its tokens. One step at a time: launch, then wait, before the next launch.
+    void forward_sample_launch(const ForwardBatch& batch, const KvCacheView& kv, const std::vector<SampleParams>& params);
+    void forward_sample_wait(std::vector<int32_t>& tokens);
 
     // Graph statistics (for tests and benchmarks): recorded graphs and replays so far.
     int64_t graphs_recorded() const { return graphs_recorded_; }
@@ -127,6 +132,7 @@ private:
     std::map<std::tuple<int, int64_t, int64_t, const void*>, std::unique_ptr<BackendGraph>> graphs_;
     int64_t graphs_recorded_ = 0;
     int64_t graph_replays_ = 0;
+    int64_t pending_samples_ = -1;  // forward_sample_launch: tokens to fetch; -1: nothing launched
 };
 
 }  // namespace swiftkv

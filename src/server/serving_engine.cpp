@@ -1,5 +1,7 @@
 #include "server/serving_engine.h"
 
+#include <cstdio>
+
 #include <algorithm>
 #include <exception>
 #include <utility>
@@ -323,7 +325,16 @@ void BatchEngineBackend::loop() {
             snapshot_.prefix_cache_hit_rate = st.prefix_cache_hit_rate;
             snapshot_.prompt_tokens_total = st.prompt_tokens_total;
             snapshot_.generation_tokens_total = st.generation_tokens_total;
-            if (stopping_ && live_.empty() && incoming_.empty()) return;
+            if (stopping_ && live_.empty() && incoming_.empty()) {
+                const double steps = double(std::max<int64_t>(st.steps, 1));
+                std::fprintf(stderr,
+                             "engine: %lld steps (%lld overlapped), %lld preemptions; per step: host scheduling "
+                             "%.3f ms, host output %.3f ms, device wait %.3f ms\n",
+                             (long long)st.steps, (long long)st.overlapped_steps, (long long)st.preemptions,
+                             1e3 * st.host_schedule_s / steps, 1e3 * st.host_output_s / steps,
+                             1e3 * st.device_wait_s / steps);
+                return;
+            }
         }
     }
 }

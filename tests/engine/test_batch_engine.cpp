@@ -54,7 +54,8 @@ protected:
     void SetUp() override {
         if (!reference_) GTEST_SKIP() << "default model not fetched";
     }
-    static std::unique_ptr<BatchEngine> make(int64_t budget, int64_t kv_tokens, bool prefix = true, int64_t ctx = 512) {
+    static std::unique_ptr<BatchEngine> make(int64_t budget, int64_t kv_tokens, bool prefix = true, int64_t ctx = 512,
+                                             bool overlap = true) {
         BatchEngineOptions o;
         o.engine.model_path = kModel;
         o.engine.threads = 2;
@@ -63,6 +64,7 @@ protected:
         o.max_batched_tokens = budget;
         o.max_num_seqs = 8;
         o.prefix_caching = prefix;
+        o.overlap = overlap;
         return std::make_unique<BatchEngine>(o);
     }
     static std::vector<int32_t> greedy_reference(const std::vector<int32_t>& prompt, int64_t n) {
@@ -284,4 +286,38 @@ TEST_F(BatchEngineTest, PromptLogprobsMatchLlamaCpp) {
     bad.prompt = {1, 2, 3};
     bad.max_tokens = 0;  // 0 needs prompt_logprobs
     EXPECT_THROW(eng->add_request(bad, {}), Error);
+}
+
+// Overlapped steps (step k+1 launched before step k's tokens are delivered) change nothing a request
+// sees: same tokens, text and finish reasons as synchronous steps, with sampling, stop strings that
+// end a choice while the next step is in flight, stop tokens and length limits.
+TEST_F(BatchEngineTest, OverlapChangesNothing) {
+    std::map<int, Collected> got;
+    std::map<int, std::vector<uint64_t>> ids;
+    std::map<int, BatchEngineStats> stats;
+    for (int overlap = 0; overlap < 2; ++overlap) {
+        auto eng = make(96, 0, true, 512, overlap == 1);
+        for (int i = 0; i < 6; ++i) {
+            BatchRequest r;
+            r.prompt = prompt(kTexts[i % 4]);
+            r.max_tokens = 8 + 5 * i;
+            r.sampling.temperature = i % 2 ? 0.8f : 0.0f;
+            r.sampling.seed = 7 + i;
+            if (i == 2) r.stop = {"a"};
+            if (i == 3) r.stop_token_ids = {13};
+            ids[overlap].push_back(eng->add_request(r, got[overlap].callback()));
+        }
+        eng->run_until_idle();
+        stats[overlap] = eng->stats();
+        EXPECT_EQ(stats[overlap].kv_blocks_used, 0);
+    }
+    EXPECT_EQ(stats[0].overlapped_steps, 0);
+    EXPECT_GT(stats[1].overlapped_steps, 0);
+    for (size_t i = 0; i < ids[0].size(); ++i) {
+        SCOPED_TRACE("request " + std::to_string(i));
+        EXPECT_EQ(got[0].toks(ids[0][i], 0), got[1].toks(ids[1][i], 0));
+        EXPECT_EQ(got[0].txt(ids[0][i], 0), got[1].txt(ids[1][i], 0));
+        EXPECT_EQ(got[0].why(ids[0][i], 0), got[1].why(ids[1][i], 0));
+        EXPECT_FALSE(got[1].why(ids[1][i], 0).empty());
+    }
 }

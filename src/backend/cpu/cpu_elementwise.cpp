@@ -12,6 +12,7 @@
 
 #include "backend/cpu/cpu_kernels.h"
 #include "backend/cpu/cpu_simd.h"
+#include "backend/sample_row.h"
 #include "backend/sampling_noise.h"
 
 namespace swiftkv::cpu {
@@ -362,3 +363,12 @@ void sample(const float* logits, int64_t rows, int64_t vocab, const SampleParams
 }
 
 }  // namespace swiftkv::cpu
+
+namespace swiftkv {
+
+int32_t sample_row_host(const float* logits, int64_t vocab, const SampleParams& params) {
+    thread_local cpu::SampleScratch scratch;
+    return cpu::sample_row(logits, vocab, params, scratch);
+}
+
+}  // namespace swiftkv
