@@ -5,6 +5,8 @@
 
 #include "cli_common.h"
 #include "cmd_convert.h"
+#include "cmd_eval.h"
+#include "cmd_gen_data.h"
 #include "core/error.h"
 
 using namespace swiftkv;
@@ -83,6 +85,18 @@ int main(int argc, char** argv) {
     score->add_option("--prompts-file", score_args.prompts_file,
                       "JSON {\"prompts\": [[ids...], ...]}: print the greedy continuation of each prompt");
 
+    cli::ModelArgs eval_model;
+    EvalArgs eval_args;
+    auto* eval = app.add_subcommand("eval", "perplexity, KL divergence against a reference model, multiple-choice accuracy");
+    cli::add_model_args(*eval, eval_model);
+    add_eval_args(*eval, eval_args);
+
+    cli::ModelArgs gen_data_model;
+    GenDataArgs gen_data_args;
+    auto* gen_data = app.add_subcommand("gen-data", "a teacher model answers prompt sets: chat-format JSON lines for distillation (resumable)");
+    cli::add_model_args(*gen_data, gen_data_model);
+    add_gen_data_args(*gen_data, gen_data_args);
+
     cli::ModelArgs serve_model;
     ServeArgs serve_args;
     auto* serve = app.add_subcommand("serve", "serve the model over an OpenAI-compatible HTTP API");
@@ -137,6 +151,8 @@ int main(int argc, char** argv) {
         if (*score) return cmd_score(score_model, score_args);
         if (*convert) return cmd_convert(convert_args);
         if (*serve) return cmd_serve(serve_model, serve_args);
+        if (*eval) return cmd_eval(eval_model, eval_args);
+        if (*gen_data) return cmd_gen_data(gen_data_model, gen_data_args);
     } catch (const Error& e) {
         std::fflush(stdout);
         std::cerr << "\nerror: " << e.what() << "\n";
