@@ -285,6 +285,21 @@ private:
         cublas_check(cublasLtMatmulPreferenceCreate(&pref), "preference");
         const size_t ws = kCublasWorkspaceBytes;
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+        // Serving sees a different token count M almost every step. The algorithm is chosen (and for
+        // large products timed) once per bucket of M (8 per octave) and reused for every M in it when
+        // cuBLASLt confirms it supports that exact shape; only the cheap layouts are per exact M.
+        const auto bucket_key = std::make_tuple(m_bucket(M), N, K, int(out_dtype));
+        auto bit = bucket_algos_.find(bucket_key);
+        if (bit != bucket_algos_.end()) {
+            cublasLtMatmulHeuristicResult_t check{};
+            if (cublasLtMatmulAlgoCheck(lt_, p.op, p.a, p.b, p.c, p.c, &bit->second, &check) == CUBLAS_STATUS_SUCCESS &&
+                check.workspaceSize <= kCublasWorkspaceBytes) {
+                cublasLtMatmulPreferenceDestroy(pref);
+                p.algo = bit->second;
+                p.has_algo = true;
+                return plans_.emplace(key, p).first->second;
+            }
+        }
         constexpr int kCandidates = 8;
         cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
         int found = 0;
@@ -300,8 +315,18 @@ private:
             if (tune_gemms_ && !capturing_ && found > 1 && double(M) * double(N) * double(K) >= kTuneMinFlops) {
                 p.algo = results[fastest_algo(p, results, found, x, w, out)].algo;
             }
+            if (bit == bucket_algos_.end()) bucket_algos_.emplace(bucket_key, p.algo);
         }
         return plans_.emplace(key, p).first->second;
+    }
+
+    // M rounded up to one of 8 steps per octave (exact up to 64).
+    static int64_t m_bucket(int64_t M) {
+        if (M <= 64) return M;
+        int64_t p = 64;
+        while (p * 2 <= M) p *= 2;  // p <= M < 2p
+        const int64_t step = p / 8;
+        return (M + step - 1) / step * step;
     }
 
     int fastest_algo(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int found, const void* x,
@@ -390,6 +415,7 @@ private:
         return !(env && std::string(env) == "off");
     }();
     std::map<std::tuple<int64_t, int64_t, int64_t, int>, Plan> plans_;
+    std::map<std::tuple<int64_t, int64_t, int64_t, int>, cublasLtMatmulAlgo_t> bucket_algos_;  // by M bucket
 };
 
 }  // namespace
