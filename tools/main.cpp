@@ -5,6 +5,7 @@
 
 #include "cli_common.h"
 #include "cmd_convert.h"
+#include "cmd_distill.h"
 #include "cmd_eval.h"
 #include "cmd_gen_data.h"
 #include "core/error.h"
@@ -97,6 +98,11 @@ int main(int argc, char** argv) {
     cli::add_model_args(*gen_data, gen_data_model);
     add_gen_data_args(*gen_data, gen_data_args);
 
+    DistillArgs distill_args;
+    auto* distill = app.add_subcommand("distill", "distill a SwiftKV student (from convert) against its teacher: KL on "
+                                                  "the logits, trains only the SwiftKV tensors");
+    add_distill_args(*distill, distill_args);
+
     cli::ModelArgs serve_model;
     ServeArgs serve_args;
     auto* serve = app.add_subcommand("serve", "serve the model over an OpenAI-compatible HTTP API");
@@ -152,6 +158,7 @@ int main(int argc, char** argv) {
         if (*convert) return cmd_convert(convert_args);
         if (*serve) return cmd_serve(serve_model, serve_args);
         if (*eval) return cmd_eval(eval_model, eval_args);
+        if (*distill) return cmd_distill(*distill, distill_args);
         if (*gen_data) return cmd_gen_data(gen_data_model, gen_data_args);
     } catch (const Error& e) {
         std::fflush(stdout);

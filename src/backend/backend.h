@@ -245,6 +245,18 @@ public:
 
     // x[i] *= s for i < n.
     virtual void scale(float* x, int64_t n, float s);
+
+    // --- distillation support ops (issue 6: train/ needs these two beyond the training ops above) ----
+    // Generic defaults in backend/distill_support_ops.cpp stage through host memory (download, compute,
+    // upload), so they are correct on every backend; a device backend should override them with a kernel
+    // (on CUDA the trainer calls them several times per layer and step).
+
+    // dst[i] = src[i] converted to `dtype` (F32 or BF16, round to nearest even), i < n: the trainer's
+    // f32 gradients and master weights into the activation / compute dtype.
+    virtual void convert_from_f32(const float* src, void* dst, int64_t n, DType dtype);
+
+    // y[i] += alpha * x[i] for i < n (f32; a second loss term's gradient joining the residual stream's).
+    virtual void add_f32(float* y, const float* x, int64_t n, float alpha);
 };
 
 // The CPU backend: OpenBLAS for matrix products, our own vectorised fused kernels and attention,

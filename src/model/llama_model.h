@@ -60,7 +60,10 @@ public:
     // Graph statistics (for tests and benchmarks): recorded graphs and replays so far.
     int64_t graphs_recorded() const { return graphs_recorded_; }
     int64_t graph_replays() const { return graph_replays_; }
-private:
+
+    // --- read-only views of the loaded device weights, for training ------------------------------
+    // train/ (SwiftKV distillation) runs its own forward and backward over packed sequences on these,
+    // so the weights are loaded once, by load(), and never duplicated. Nothing here changes inference.
     struct LayerWeights {
         WeightMatrix qkv;      // [q_dim + 2*kv_dim, hidden] for layers < L; [q_dim, hidden] (q only) after
         WeightMatrix o;        // [hidden, q_dim]
@@ -69,6 +72,15 @@ private:
         const float* attn_norm = nullptr;
         const float* ffn_norm = nullptr;
     };
+    // Layer l's weights. With LoadOptions::swiftkv = false (the teacher) every layer's qkv is its
+    // original fused [q | k | v]; for a SwiftKV student, layers >= L hold q_proj_swiftkv only.
+    const LayerWeights& layer_weights(int64_t layer) const { return layers_.at(size_t(layer)); }
+    const WeightMatrix& embedding_weights() const { return embedding_; }
+    const WeightMatrix& lm_head_weights() const { return lm_head_; }  // the embedding when tied
+    const float* final_norm_weights() const { return final_norm_; }
+    // RoPE inverse frequencies [head_dim/2] on the device, rope scaling and GGUF rope_freqs applied.
+    const float* rope_inv_freq() const { return inv_freq_.as<float>(); }
+private:
 
     enum class GraphMode { kNone, kWholeStep, kSurvivors };
     struct StepShape {

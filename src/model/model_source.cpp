@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "io/gguf_reader.h"
 #include "io/safetensors_reader.h"
+#include "model/swiftkv_overlay.h"
 
 namespace swiftkv {
 
@@ -112,6 +113,8 @@ std::unique_ptr<ModelSource> ModelSource::open(const std::string& path) {
     src->path_ = path;
     if (fs::is_directory(path, ec)) {
         src->open_hf_dir(path);
+    } else if (fs::path(path).extension() == ".json") {
+        src->open_overlay(path);
     } else {
         src->open_gguf(path);
     }
@@ -156,6 +159,87 @@ void ModelSource::open_hf_dir(const std::string& dir) {
         st.shape = t.shape;
         st.data = t.data;
         tensors_.emplace(name, std::move(st));
+    }
+}
+
+// A SwiftKV overlay (model/swiftkv_overlay.h): open the base, check that it is the overlay's base, then
+// add the overlay's tensors and SwiftKV keys. Every check names the descriptor and says what differs.
+void ModelSource::open_overlay(const std::string& descriptor) {
+    const nlohmann::json desc = read_json_file(descriptor);
+    SKV_CHECK(desc.is_object() && desc.value("format", "") == kSwiftKVOverlayFormat,
+              "'{}' is not a model: a .json model path must be a SwiftKV overlay descriptor with \"format\": \"{}\"",
+              descriptor, kSwiftKVOverlayFormat);
+    SKV_CHECK(desc.value("version", 0) == 1, "{}: overlay version {} is not supported (this swiftkv reads version 1)",
+              descriptor, desc.value("version", 0));
+    for (const char* key : {"base", "tensors"})
+        SKV_CHECK(desc.contains(key) && desc[key].is_string() && !desc[key].get<std::string>().empty(),
+                  "{}: \"{}\" must be a non-empty path", descriptor, key);
+    for (const char* key : {"num_key_value_layers", "key_value_group_size"})
+        SKV_CHECK(desc.contains(key) && desc[key].is_number_integer(), "{}: \"{}\" must be an integer", descriptor,
+                  key);
+    const fs::path here = fs::path(descriptor).parent_path();
+    auto resolve = [&](const std::string& p) {
+        const fs::path q(p);
+        return (q.is_absolute() ? q : here / q).lexically_normal().string();
+    };
+    const std::string base = resolve(desc["base"].get<std::string>());
+    std::error_code ec;
+    SKV_CHECK(fs::exists(base, ec), "{}: its base model '{}' does not exist (edit \"base\" to point at the GGUF file "
+              "or Hugging Face directory the overlay was distilled from)", descriptor, base);
+    SKV_CHECK(fs::path(base).extension() != ".json", "{}: the base '{}' must be a GGUF file or a Hugging Face "
+              "directory, not another overlay", descriptor, base);
+    if (fs::is_directory(base, ec)) {
+        open_hf_dir(base);
+    } else {
+        open_gguf(base);
+    }
+    overlay_base_ = base;
+
+    // The base must be the one the overlay was made for.
+    if (desc.contains("base_config")) {
+        const nlohmann::json want = desc["base_config"];
+        const nlohmann::json have = overlay_base_config(config_);
+        for (const auto& [key, value] : have.items()) {
+            SKV_CHECK(!want.contains(key) || want[key] == value,
+                      "{}: the overlay was made for a base with {} = {}, but '{}' has {} = {}; point \"base\" at the "
+                      "model it was distilled from", descriptor, key, want[key].dump(), base, key, value.dump());
+        }
+    }
+    if (desc.contains("base_fingerprint") && desc["base_fingerprint"].is_string()) {
+        const std::string fp = model_fingerprint(*this);
+        SKV_CHECK(fp == desc["base_fingerprint"].get<std::string>(),
+                  "{}: '{}' has the right shape but different weights than the base the overlay was distilled from "
+                  "(fingerprint {} instead of {}); point \"base\" at that model", descriptor, base, fp,
+                  desc["base_fingerprint"].get<std::string>());
+    }
+
+    config_.swiftkv_layers = desc["num_key_value_layers"].get<int64_t>();
+    config_.kv_group_size = desc["key_value_group_size"].get<int64_t>();
+    config_.architecture = config_.is_swiftkv() ? "llama_swiftkv" : "llama";
+    config_.validate(descriptor);
+    if (!hf_config_.empty()) {
+        hf_config_["model_type"] = config_.architecture;
+        hf_config_["architectures"] = {config_.is_swiftkv() ? "LlamaSwiftKVForCausalLM" : "LlamaForCausalLM"};
+        hf_config_["num_key_value_layers"] = config_.swiftkv_layers;
+        hf_config_["key_value_group_size"] = config_.kv_group_size;
+    }
+
+    const std::string tensors_path = resolve(desc["tensors"].get<std::string>());
+    SKV_CHECK(fs::exists(tensors_path, ec), "{}: its tensor file '{}' does not exist", descriptor, tensors_path);
+    overlay_file_ = std::make_unique<SafetensorsFile>(tensors_path);
+    for (const auto& t : overlay_file_->tensors()) {
+        SourceTensor st;
+        st.name = t.name;
+        st.file_name = t.name;
+        st.dtype = t.dtype;
+        st.shape = t.shape;
+        st.data = t.data;
+        tensors_[t.name] = std::move(st);
+    }
+    for (const auto& spec : swiftkv_tensor_specs(config_)) {
+        SKV_CHECK(overlay_file_->find(spec.name) != nullptr, "{}: tensor '{}' is missing from '{}'", descriptor,
+                  spec.name, tensors_path);
+        require(spec.name, spec.shape);
     }
 }
 

@@ -2,6 +2,8 @@
 // interface: its validated config, its metadata documents, and its tensors under canonical
 // Hugging Face names (GGUF names are mapped; llama.cpp's Q/K row permutation is flagged so the
 // loader can undo it). Nothing is copied: tensors point into memory-mapped files.
+// A third form is a SwiftKV overlay descriptor (.json, model/swiftkv_overlay.h): a base model plus a
+// small safetensors file of SwiftKV tensors, seen as one SwiftKV model.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +21,7 @@
 namespace swiftkv {
 
 class GgufFile;
+class SafetensorsFile;
 class SafetensorsModel;
 
 struct SourceTensor {
@@ -33,11 +36,14 @@ struct SourceTensor {
 
 class ModelSource {
 public:
-    // path: a .gguf file, or a directory with config.json and safetensors. Throws swiftkv::Error.
+    // path: a .gguf file, a directory with config.json and safetensors, or a SwiftKV overlay descriptor
+    // (.json with "format": "swiftkv-overlay"; path() is then the descriptor). Throws swiftkv::Error.
     static std::unique_ptr<ModelSource> open(const std::string& path);
     ~ModelSource();
 
     const std::string& path() const { return path_; }
+    // For an overlay: the base model's path (else empty).
+    const std::string& overlay_base_path() const { return overlay_base_; }
     bool is_gguf() const { return gguf_ != nullptr; }
     const GgufFile* gguf() const { return gguf_.get(); }
     const ModelConfig& config() const { return config_; }
@@ -58,10 +64,13 @@ private:
     ModelSource() = default;
     void open_gguf(const std::string& path);
     void open_hf_dir(const std::string& path);
+    void open_overlay(const std::string& descriptor);
 
     std::string path_;
     std::unique_ptr<GgufFile> gguf_;
     std::unique_ptr<SafetensorsModel> safetensors_;
+    std::unique_ptr<SafetensorsFile> overlay_file_;
+    std::string overlay_base_;
     ModelConfig config_;
     nlohmann::json tokenizer_json_ = nlohmann::json::object();
     nlohmann::json tokenizer_config_ = nlohmann::json::object();

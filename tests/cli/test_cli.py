@@ -207,3 +207,26 @@ def test_synthetic_bench_on_cpu(tmp_path):
     tests = {(r["test"], r["batch"]) for r in base["results"]}
     assert tests == {("pp32", 1), ("pp32", 2), ("decode@20", 1), ("decode@20", 3)}
     assert all(r.get("tokens_per_s", 0) > 0 for r in base["results"] + skv["results"])
+
+
+@needs_model
+def test_distill_refuses_a_base_model_and_leaves_nothing(tmp_path):
+    data = tmp_path / "d.txt"
+    data.write_text("some text " * 200)
+    out = tmp_path / "out"
+    assert_clean_error(run("distill", "--model", MODEL, "--data", data, "--tokens", "1000", "--out", out),
+                       "not a SwiftKV student")
+    assert not out.exists()
+
+
+def test_distill_resume_without_checkpoint(tmp_path):
+    assert_clean_error(run("distill", "--out", tmp_path / "nothing", "--resume"), "no checkpoint")
+
+
+@needs_model
+def test_overlay_with_missing_base_is_a_clean_error(tmp_path):
+    desc = tmp_path / "swiftkv_tensors.json"
+    desc.write_text(json.dumps({"format": "swiftkv-overlay", "version": 1, "base": "missing.gguf",
+                                "tensors": "swiftkv_tensors.safetensors", "num_key_value_layers": 15,
+                                "key_value_group_size": 1}))
+    assert_clean_error(run("run", "-m", desc, "-p", "hi"), "base model", "does not exist")
