@@ -6,19 +6,12 @@ must give a one-line `error:` message on stderr and exit status 1: never a crash
 a traceback-like dump, never a partial output file.
 """
 import json
-import os
 import struct
 import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILD = Path(os.environ.get("SWIFTKV_BUILD_DIR", ROOT / "build" / "release"))
-if not BUILD.is_absolute():
-    BUILD = ROOT / BUILD
-SWIFTKV = BUILD / "tools" / "swiftkv"
-MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+from testpaths import MODEL, SWIFTKV
 
 pytestmark = pytest.mark.skipif(not SWIFTKV.exists(), reason=f"{SWIFTKV} not built")
 needs_model = pytest.mark.skipif(not MODEL.exists(), reason="default model not fetched")

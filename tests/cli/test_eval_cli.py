@@ -3,19 +3,11 @@ must give KL 0 and 100% top-1 agreement), multiple choice with per-item JSON (eq
 llama.cpp references of tests/eval/data), malformed records skipped and counted, and one-line
 `error:` messages with exit status 1 for bad arguments and inputs."""
 import json
-import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILD = Path(os.environ.get("SWIFTKV_BUILD_DIR", ROOT / "build" / "release"))
-if not BUILD.is_absolute():
-    BUILD = ROOT / BUILD
-SWIFTKV = BUILD / "tools" / "swiftkv"
-MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-DATA = ROOT.parent / "shared" / "data"
+from testpaths import DATA, MODEL, ROOT, SWIFTKV
 REFS = ROOT / "tests" / "eval" / "data" / "mc_llama_cpp_refs.json"
 
 pytestmark = pytest.mark.skipif(not SWIFTKV.exists(), reason=f"{SWIFTKV} not built")

@@ -4,21 +4,13 @@ chat-format JSON lines; a run stopped early (--max-prompts, a cut-off last line,
 by running again, with every prompt answered exactly once; raw text comes through as text chunks;
 bad arguments give one-line `error:` messages before any model is loaded."""
 import json
-import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILD = Path(os.environ.get("SWIFTKV_BUILD_DIR", ROOT / "build" / "release"))
-if not BUILD.is_absolute():
-    BUILD = ROOT / BUILD
-SWIFTKV = BUILD / "tools" / "swiftkv"
-MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-DATA = ROOT.parent / "shared" / "data"
+from testpaths import DATA, MODEL, SWIFTKV
 
 pytestmark = pytest.mark.skipif(not SWIFTKV.exists(), reason=f"{SWIFTKV} not built")
 needs_model = pytest.mark.skipif(not MODEL.exists(), reason="default model not fetched")

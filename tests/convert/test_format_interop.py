@@ -2,19 +2,12 @@
 `safetensors` and `tokenizers` packages by scripts/check_swiftkv_format.py (config keys, tensor
 names, shapes and dtypes of the published format; the tokenizer loads in Hugging Face tokenizers and
 tokenizes like swiftkv's reference tokenizer.json; the distillation init values)."""
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILD = Path(os.environ.get("SWIFTKV_BUILD_DIR", ROOT / "build" / "release"))
-if not BUILD.is_absolute():
-    BUILD = ROOT / BUILD
-SWIFTKV = BUILD / "tools" / "swiftkv"
-MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+from testpaths import MODEL, ROOT, SWIFTKV
 CHECK = ROOT / "scripts" / "check_swiftkv_format.py"
 
 pytest.importorskip("safetensors")

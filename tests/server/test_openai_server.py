@@ -7,25 +7,18 @@ Decisions checked here: a request naming a model other than the served one gets 
 """
 import json
 import math
-import os
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 openai = pytest.importorskip("openai")
 prom_parser = pytest.importorskip("prometheus_client.parser")
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILD = Path(os.environ.get("SWIFTKV_BUILD_DIR", ROOT / "build" / "release"))
-if not BUILD.is_absolute():
-    BUILD = ROOT / BUILD
-SWIFTKV = BUILD / "tools" / "swiftkv"
-MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+from testpaths import MODEL, ROOT, SWIFTKV
 CTX = 2048
 API_KEY = "sk-test-key-123"
 

@@ -4,20 +4,13 @@ malformed requests among them. It must pass the same checks as the long recorded
 (bench/results/cpu_soak.json: 1000 requests at concurrency 64): no 5xx, every accepted request
 completes or is cancelled, the KV cache is empty when idle, memory flat."""
 import json
-import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILD = Path(os.environ.get("SWIFTKV_BUILD_DIR", ROOT / "build" / "release"))
-if not BUILD.is_absolute():
-    BUILD = ROOT / BUILD
-SWIFTKV = BUILD / "tools" / "swiftkv"
-MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+from testpaths import MODEL, ROOT, SWIFTKV
 
 
 def free_port():
