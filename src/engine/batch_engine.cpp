@@ -210,11 +210,11 @@ void BatchEngine::deliver(Request& r, int index, int32_t token, const TokenLogpr
     const bool stop_token =
         (!r.req.ignore_eos && tokenizer_->is_eos(token)) ||
         std::find(r.req.stop_token_ids.begin(), r.req.stop_token_ids.end(), token) != r.req.stop_token_ids.end();
-    if (stop_token) {  // (stop tokens get no logprob entry, as in Engine::generate)
+    if (lp) ev.logprobs.push_back(*lp);  // a stop token too: one entry per generated token
+    if (stop_token) {
         end_choice(r, index, "stop", &ev);
         return;
     }
-    if (lp) ev.logprobs.push_back(*lp);
     auto [safe, hit] = c.filter->push(c.decoder->push(token));
     ev.text = std::move(safe);
     if (hit) {

@@ -274,6 +274,9 @@ GenerationResult Engine::generate(const GenerationRequest& req, const std::funct
         sampler.accept(next);
         tokens.push_back(next);
         result.tokens.push_back(next);
+        // Every generated token has a logprob entry, a stop token included (as in OpenAI's API and vLLM:
+        // clients such as lm-eval count on one entry per generated token).
+        if (want_logprobs) on_token(lp);
         const bool is_stop_token =
             (!req.ignore_eos && tokenizer_->is_eos(next)) ||
             std::find(req.stop_token_ids.begin(), req.stop_token_ids.end(), next) != req.stop_token_ids.end();
@@ -281,7 +284,6 @@ GenerationResult Engine::generate(const GenerationRequest& req, const std::funct
             result.finish_reason = "stop";
             break;
         }
-        if (want_logprobs) on_token(lp);
         emit_filtered(decoder.push(next));
     }
     emit_filtered(decoder.finish());

@@ -110,8 +110,8 @@ public:
 
     // Generates; on_text receives text as it becomes final (never a broken UTF-8 sequence, never part
     // of a stop string). Return false from on_text to stop early.
-    // on_token (with request.logprobs >= 0) is called for each generated token that is not a stop
-    // token, before the text it completes is passed to on_text.
+    // on_token (with request.logprobs >= 0) is called for each generated token, a stop token included,
+    // before the text it completes is passed to on_text.
     GenerationResult generate(const GenerationRequest& request,
                               const std::function<bool(std::string_view)>& on_text = {},
                               const std::function<void(const TokenLogprobs&)>& on_token = {});

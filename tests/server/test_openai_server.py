@@ -362,6 +362,19 @@ def test_echo_prompt_logprobs_match_llama_cpp(server, client):
             assert out.usage.prompt_tokens == len(ids) and out.usage.completion_tokens == max_tokens
 
 
+def test_stop_token_has_a_logprob(client):
+    """A generated stop token gets its logprob entry like any other token (lm-eval drops the last entry
+    of an echo response as the generated one)."""
+    p = oracle_prompts()[0]
+    ids, first = p["prompt_ids"], p["greedy_ids"][0]
+    out = client.completions.create(model="", prompt=ids, max_tokens=1, temperature=0, echo=True, logprobs=1,
+                                    extra_body={"stop_token_ids": [first]})
+    c = out.choices[0]
+    assert c.finish_reason == "stop"
+    assert len(c.logprobs.token_logprobs) == len(ids) + 1
+    assert c.logprobs.token_logprobs[-1] == max(c.logprobs.top_logprobs[-1].values())  # it was the greedy pick
+
+
 def test_echo_logprobs_stream_and_text_prompt(client):
     text = "The capital of France is"
     full = client.completions.create(model="", prompt=text, max_tokens=3, temperature=0, echo=True, logprobs=2)
