@@ -9,12 +9,12 @@ cd "$(dirname "$0")/../.."
 B=build/gpu
 cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSWIFTKV_CUDA=ON -DSWIFTKV_NATIVE=OFF \
   -DSWIFTKV_CPU_ARCH=x86-64-v3 -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache >/dev/null
-targets=(swiftkv test_cuda_ops test_cuda_forward test_backend attention_selftest gemv_selftest)
+targets=(swiftkv test_cuda_ops test_cuda_train_ops test_cuda_forward test_backend attention_selftest gemv_selftest)
 ninja -C "$B" -j"${JOBS:-2}" "${targets[@]}"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$stage/lib"
-cp "$B/tools/swiftkv" "$B/tests/cuda/test_cuda_ops" "$B/tests/cuda/test_cuda_forward" "$B/tests/backend/test_backend" "$B/tests/cuda/attention_selftest" "$B/tests/cuda/gemv_selftest" "$stage/bin/"
+cp "$B/tools/swiftkv" "$B/tests/cuda/test_cuda_ops" "$B/tests/cuda/test_cuda_train_ops" "$B/tests/cuda/test_cuda_forward" "$B/tests/backend/test_backend" "$B/tests/cuda/attention_selftest" "$B/tests/cuda/gemv_selftest" "$stage/bin/"
 # Shared libraries from Debian that the GPU machine's image lacks (libc, libstdc++ and CUDA stay).
 for bin in "$stage"/bin/*; do
   ldd "$bin" | awk '/=> \//{print $3}'

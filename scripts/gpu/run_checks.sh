@@ -2,8 +2,8 @@
 # Runs on the GPU machine (H100/H200): builds nothing (carry .devbundle/bundle.tar.xz made by
 # make_bundle.sh), then checks and measures swiftkv's CUDA backend in one go. Phases (any subset, in
 # order): ops hf bench serve torch greedy. Results and logs go to $OUT (or ./gpu-out).
-#   ops    attention self-test (tensor-core kernels against an f64 reference) and test_cuda_ops (every
-#          CUDA op against the CPU op over a grid of shapes)
+#   ops    attention self-test (tensor-core kernels against an f64 reference), test_cuda_ops (every
+#          CUDA op against the CPU op over a grid of shapes) and test_cuda_train_ops (the training ops)
 #   hf     transformers builds random bf16 Llama checkpoints (small; Llama-3.1-8B layer shape with 4
 #          layers); swiftkv's logits on the GPU must match transformers' (compare_logits.py); SwiftKV
 #          survivor logits must match swiftkv's own full-student path on the GPU
@@ -41,6 +41,9 @@ ops)
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   note "CUDA op tests against the CPU backend"
   $R/bin/test_cuda_ops --gtest_brief=1 2>&1 | tee "$OUT/test_cuda_ops.log" | tail -30
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  note "CUDA training ops (distillation backward, losses, AdamW) against the CPU backend"
+  $R/bin/test_cuda_train_ops --gtest_brief=1 2>&1 | tee "$OUT/test_cuda_train_ops.log" | tail -30
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   note "CUDA forward (graphs replayed, SwiftKV survivors) against the CPU forward"
   $R/bin/test_cuda_forward --gtest_brief=1 2>&1 | tee "$OUT/test_cuda_forward.log" | tail -30

@@ -6,14 +6,18 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
+#include <cmath>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <vector>
 
 #include "backend/backend.h"
 #include "backend/cuda/cuda_gemv.h"
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/cuda_train_ops.h"
 #include "core/error.h"
 
 namespace swiftkv {
@@ -256,6 +260,329 @@ public:
         ensure_workspace(sample_workspace_, sample_workspace_bytes_, need, "sample");
         cuda::sample(logits, rows, vocab, params, tokens, sample_workspace_, stream_);
     }
+
+    // ==== training ops (issue 6: SwiftKV self-distillation) =====================================================
+    // The Backend "training ops" and the two distillation support ops on the GPU. Kernels live in
+    // cuda_train_ops.cu; the linear layers' backward passes are cuBLASLt GEMMs (bf16 operands, f32
+    // accumulation) planned by lt_gemm below. Everything here is stream-ordered; only grad_sq_norm
+    // synchronises (it returns a host value). Workspaces grow on demand (outside graph capture).
+    void rmsnorm_backward(const float* x, const float* weight, const void* dy, float* dx, float* dweight, int64_t rows,
+                          int64_t dim, float eps, bool accumulate_dx) override {
+        SKV_CHECK(rows >= 0 && dim > 0, "rmsnorm_backward: invalid shape [{}, {}]", rows, dim);
+        if (rows == 0) return;
+        const size_t need = cuda::rmsnorm_backward_workspace_bytes(rows, dim, dweight != nullptr);
+        if (need > 0) ensure_workspace(train_.workspace, train_.workspace_bytes, need, "rmsnorm_backward");
+        cuda::rmsnorm_backward(x, weight, static_cast<const cuda::bf16*>(dy), dx, dweight, rows, dim, eps, accumulate_dx,
+                               train_.workspace, stream_);
+    }
+
+    void rope_backward(void* dx, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim,
+                       const int32_t* positions, const float* inv_freq) override {
+        if (rows <= 0 || n_heads <= 0) return;
+        SKV_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope_backward: head_dim {} must be even", head_dim);
+        SKV_CHECK(row_stride >= n_heads * head_dim, "rope_backward: row stride {} is shorter than {} heads of {}",
+                  row_stride, n_heads, head_dim);
+        cuda::rope_backward(static_cast<cuda::bf16*>(dx), rows, row_stride, n_heads, head_dim, positions, inv_freq,
+                            stream_);
+    }
+
+    void attention_forward_train(const void* q, int64_t q_row_stride, const void* k, const void* v,
+                                 int64_t kv_row_stride, const PackedSequences& seqs, int64_t n_heads,
+                                 int64_t n_kv_heads, int64_t head_dim, float scale, void* out, float* lse) override {
+        check_train_attention(q_row_stride, kv_row_stride, seqs, n_heads, n_kv_heads, head_dim, "attention_forward_train");
+        if (seqs.num_rows == 0 || seqs.num_seqs == 0) return;
+        cuda::TrainAttention t = train_attention(q, q_row_stride, k, v, kv_row_stride, seqs, n_heads, n_kv_heads,
+                                                 head_dim, scale);
+        t.out = static_cast<cuda::bf16*>(out);
+        t.lse = lse;
+        cuda::attention_forward_train(t, stream_);
+    }
+
+    void attention_backward(const void* q, int64_t q_row_stride, const void* k, const void* v, int64_t kv_row_stride,
+                            const void* out, const float* lse, const void* dout, const PackedSequences& seqs,
+                            int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, void* dq, void* dk,
+                            void* dv, bool accumulate) override {
+        check_train_attention(q_row_stride, kv_row_stride, seqs, n_heads, n_kv_heads, head_dim, "attention_backward");
+        if (seqs.num_rows == 0 || seqs.num_seqs == 0) return;
+        cuda::TrainAttention t = train_attention(q, q_row_stride, k, v, kv_row_stride, seqs, n_heads, n_kv_heads,
+                                                 head_dim, scale);
+        t.out = static_cast<cuda::bf16*>(const_cast<void*>(out));
+        t.lse = const_cast<float*>(lse);
+        t.dout = static_cast<const cuda::bf16*>(dout);
+        t.dq = static_cast<cuda::bf16*>(dq);
+        t.dk = static_cast<cuda::bf16*>(dk);
+        t.dv = static_cast<cuda::bf16*>(dv);
+        t.accumulate = accumulate;
+        const size_t need = cuda::attention_backward_train_workspace_bytes(t);
+        if (need > 0) ensure_workspace(train_.workspace, train_.workspace_bytes, need, "attention_backward");
+        cuda::attention_backward_train(t, train_.workspace, stream_);
+    }
+
+    void silu_mul_backward(const void* gate_up, const void* dy, void* d_gate_up, int64_t rows, int64_t ffn) override {
+        SKV_CHECK(rows >= 0 && ffn >= 0, "silu_mul_backward: invalid shape [{}, {}]", rows, ffn);
+        cuda::silu_mul_backward(static_cast<const cuda::bf16*>(gate_up), static_cast<const cuda::bf16*>(dy),
+                                static_cast<cuda::bf16*>(d_gate_up), rows, ffn, stream_);
+    }
+
+    // dx[rows, in] = dy[rows, out] W[out, in] (+ dx): in cuBLASLt's column-major terms dx^T (in x rows) =
+    // W^T (in x out, i.e. W row-major seen column-major, ld in) * dy^T (out x rows, ld out). With
+    // accumulate the bf16 dx is read as C (beta = 1): the sum is formed in f32 and rounded to bf16 once.
+    void linear_backward_input(const void* dy, int64_t rows, const WeightMatrix& w, void* dx, bool accumulate) override {
+        check_weight(w, "linear_backward_input");
+        SKV_CHECK(rows >= 0, "linear_backward_input: negative row count {}", rows);
+        if (rows == 0 || w.cols == 0) return;
+        if (w.rows == 0) {
+            if (!accumulate) fill_zero(dx, size_t(rows * w.cols) * 2);
+            return;
+        }
+        lt_gemm(false, false, w.cols, rows, w.rows, w.data, CUDA_R_16BF, w.cols, dy, CUDA_R_16BF, w.rows, dx, CUDA_R_16BF,
+                w.cols, accumulate ? 1.0f : 0.0f, "linear_backward_input");
+    }
+
+    // dw[out, in] += dy[rows, out]^T x[rows, in]: dw^T (in x out, ld in) = x^T (in x rows, ld in) * dy (rows x
+    // out: dy^T stored column-major as out x rows, transposed), f32 output with beta = 1.
+    void linear_backward_weight(const void* dy, const void* x, int64_t rows, int64_t out_features, int64_t in_features,
+                                float* dw) override {
+        SKV_CHECK(rows >= 0 && out_features >= 0 && in_features >= 0,
+                  "linear_backward_weight: invalid shapes: {} rows, weight [{}, {}]", rows, out_features, in_features);
+        if (rows == 0 || out_features == 0 || in_features == 0) return;
+        lt_gemm(false, true, in_features, out_features, rows, x, CUDA_R_16BF, in_features, dy, CUDA_R_16BF, out_features,
+                dw, CUDA_R_32F, in_features, 1.0f, "linear_backward_weight");
+    }
+
+    void kl_div_loss(const float* teacher_logits, const float* student_logits, const float* row_weights, int64_t rows,
+                     int64_t vocab, float temperature, float* row_loss, float* d_student_logits) override {
+        SKV_CHECK(rows >= 0 && vocab > 0, "kl_div_loss: invalid shape [{}, {}]", rows, vocab);
+        SKV_CHECK(temperature > 0.0f && std::isfinite(temperature), "kl_div_loss: temperature {} must be positive",
+                  temperature);
+        if (rows == 0 || (!row_loss && !d_student_logits)) return;
+        cuda::kl_div_loss(teacher_logits, student_logits, row_weights, rows, vocab, temperature, row_loss,
+                          d_student_logits, stream_);
+    }
+
+    void mse_loss(const float* a, const float* b, const float* row_weights, int64_t rows, int64_t dim, float* row_loss,
+                  float* grad_a) override {
+        SKV_CHECK(rows >= 0 && dim > 0, "mse_loss: invalid shape [{}, {}]", rows, dim);
+        cuda::mse_loss(a, b, row_weights, rows, dim, row_loss, grad_a, stream_);
+    }
+
+    void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWParams& params,
+                    int64_t step) override {
+        SKV_CHECK(n >= 0, "adamw_step: negative parameter count {}", n);
+        SKV_CHECK(step >= 1, "adamw_step: step {} must count from 1", step);
+        const double b1 = params.beta1, b2 = params.beta2, lr = params.lr;
+        const double step_size = lr / (1.0 - std::pow(b1, double(step)));
+        const double inv_sqrt_bc2 = 1.0 / std::sqrt(1.0 - std::pow(b2, double(step)));
+        const double decay = 1.0 - lr * double(params.weight_decay);
+        cuda::adamw_step(param, grad, m, v, n, b1, b2, double(params.eps), step_size, inv_sqrt_bc2, decay, stream_);
+    }
+
+    double grad_sq_norm(const float* x, int64_t n) override {
+        SKV_CHECK(n >= 0, "grad_sq_norm: negative element count {}", n);
+        // [result (256 bytes reserved)][per-block partials]
+        const size_t need = 256 + cuda::sq_norm_workspace_bytes(n);
+        ensure_workspace(train_.workspace, train_.workspace_bytes, need, "grad_sq_norm");
+        double* result = static_cast<double*>(train_.workspace);
+        cuda::sq_norm(x, n, result, static_cast<char*>(train_.workspace) + 256, stream_);
+        double host = 0.0;
+        download(&host, result, sizeof(double));
+        return host;
+    }
+
+    void scale(float* x, int64_t n, float s) override {
+        SKV_CHECK(n >= 0, "scale: negative element count {}", n);
+        cuda::scale_f32(x, n, s, stream_);
+    }
+
+    void convert_from_f32(const float* src, void* dst, int64_t n, DType dtype) override {
+        SKV_CHECK(n >= 0, "convert_from_f32: negative element count {}", n);
+        SKV_CHECK(dtype == DType::F32 || dtype == DType::BF16,
+                  "convert_from_f32: cannot convert to {} (F32 or BF16 only)", dtype_name(dtype));
+        if (n == 0) return;
+        if (dtype == DType::F32) {
+            if (static_cast<const void*>(src) != dst) copy(dst, src, size_t(n) * 4);
+            return;
+        }
+        cuda::f32_to_bf16(src, static_cast<cuda::bf16*>(dst), n, stream_);
+    }
+
+    void add_f32(float* y, const float* x, int64_t n, float alpha) override {
+        SKV_CHECK(n >= 0, "add_f32: negative element count {}", n);
+        cuda::add_f32(y, x, n, alpha, stream_);
+    }
+
+private:
+    // Training-op state, freed by its own destructor (after ~CudaBackend's body has synchronised).
+    struct LtPlan {
+        cublasLtMatmulDesc_t op = nullptr;
+        cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+        cublasLtMatmulAlgo_t algo{};
+    };
+    struct TrainState {
+        void* workspace = nullptr;
+        size_t workspace_bytes = 0;
+        std::map<std::vector<int64_t>, LtPlan> plans;
+        TrainState() = default;
+        TrainState(const TrainState&) = delete;
+        TrainState& operator=(const TrainState&) = delete;
+        ~TrainState() {
+            if (workspace) cudaFree(workspace);
+            for (auto& [key, p] : plans) {
+                cublasLtMatrixLayoutDestroy(p.a);
+                cublasLtMatrixLayoutDestroy(p.b);
+                cublasLtMatrixLayoutDestroy(p.c);
+                cublasLtMatmulDescDestroy(p.op);
+            }
+        }
+    };
+    TrainState train_;
+
+    // Largest power of two (<= 256) dividing the address: what cuBLASLt may assume about a pointer.
+    static uint32_t pointer_alignment(const void* p) {
+        const uintptr_t v = reinterpret_cast<uintptr_t>(p);
+        uint32_t a = 256;
+        while (a > 1 && v % a != 0) a >>= 1;
+        return a;
+    }
+
+    // Column-major C[m, n] = op(A) op(B) + beta C with f32 compute and scale: A stored (ta ? k x m : m x k)
+    // with leading dimension lda, B stored (tb ? n x k : k x n) with ldb, C m x n with ldc. Plans (layouts and
+    // the heuristic's first algorithm, for the pointers' actual alignments) are cached per shape.
+    void lt_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* A, cudaDataType_t at, int64_t lda,
+                 const void* B, cudaDataType_t bt, int64_t ldb, void* C, cudaDataType_t ct, int64_t ldc, float beta,
+                 const char* what) {
+        const uint32_t al_a = pointer_alignment(A), al_b = pointer_alignment(B), al_c = pointer_alignment(C);
+        const std::vector<int64_t> key = {int64_t(ta), int64_t(tb), m, n, k, lda, ldb, ldc, int64_t(at), int64_t(bt),
+                                          int64_t(ct), int64_t(al_a), int64_t(al_b), int64_t(al_c), int64_t(beta != 0.0f)};
+        auto it = train_.plans.find(key);
+        if (it == train_.plans.end()) {
+            LtPlan p;
+            cublas_check(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+            const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+            cublas_check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)), "TRANSA");
+            cublas_check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)), "TRANSB");
+            cublas_check(cublasLtMatrixLayoutCreate(&p.a, at, uint64_t(ta ? k : m), uint64_t(ta ? m : k), lda), "layout A");
+            cublas_check(cublasLtMatrixLayoutCreate(&p.b, bt, uint64_t(tb ? n : k), uint64_t(tb ? k : n), ldb), "layout B");
+            cublas_check(cublasLtMatrixLayoutCreate(&p.c, ct, uint64_t(m), uint64_t(n), ldc), "layout C");
+            cublasLtMatmulPreference_t pref = nullptr;
+            cublas_check(cublasLtMatmulPreferenceCreate(&pref), "preference");
+            const size_t ws = kCublasWorkspaceBytes;
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a));
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b));
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c));
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c));
+            constexpr int kCandidates = 8;
+            cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
+            int found = 0;
+            const cublasStatus_t st =
+                cublasLtMatmulAlgoGetHeuristic(lt_, p.op, p.a, p.b, p.c, p.c, pref, kCandidates, results, &found);
+            cublasLtMatmulPreferenceDestroy(pref);
+            if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+                cublasLtMatrixLayoutDestroy(p.a);
+                cublasLtMatrixLayoutDestroy(p.b);
+                cublasLtMatrixLayoutDestroy(p.c);
+                cublasLtMatmulDescDestroy(p.op);
+                SKV_THROW("{}: cuBLASLt has no algorithm for {}x{}x{} (status {}, alignments {}/{}/{} bytes)", what, m, n,
+                          k, int(st), al_a, al_b, al_c);
+            }
+            p.algo = results[0].algo;
+            // Large products: time the candidates once (like matmul's plans) and keep the fastest. The timing
+            // runs write a scratch C (dW accumulates into C, so the real one must not be touched); without
+            // the memory for it, or while a graph is recorded, the heuristic's first choice stays.
+            if (tune_gemms_ && !capturing_ && found > 1 && double(m) * double(n) * double(k) >= kTuneMinFlops) {
+                const size_t c_bytes = size_t(m) * size_t(n) * (ct == CUDA_R_32F ? 4 : 2);
+                void* scratch = nullptr;
+                if (cudaMalloc(&scratch, c_bytes) == cudaSuccess) {
+                    p.algo = results[fastest_lt_algo(p, results, found, A, B, scratch, beta)].algo;
+                    cuda_check(cudaStreamSynchronize(stream_), "GEMM tuning");
+                    cudaFree(scratch);
+                } else {
+                    cudaGetLastError();
+                }
+            }
+            it = train_.plans.emplace(key, p).first;
+        }
+        const LtPlan& p = it->second;
+        const float alpha = 1.0f;
+        cublas_check(cublasLtMatmul(lt_, p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo, cublas_workspace_,
+                                    kCublasWorkspaceBytes, stream_),
+                     what);
+    }
+
+    int fastest_lt_algo(const LtPlan& p, const cublasLtMatmulHeuristicResult_t* results, int found, const void* A,
+                        const void* B, void* C, float beta) {
+        cudaEvent_t start = nullptr, stop = nullptr;
+        cuda_check(cudaEventCreate(&start), "cudaEventCreate");
+        cuda_check(cudaEventCreate(&stop), "cudaEventCreate");
+        const float alpha = 1.0f;
+        int best = 0;
+        float best_ms = 0.0f;
+        bool have = false;
+        for (int i = 0; i < found; ++i) {
+            if (results[i].workspaceSize > kCublasWorkspaceBytes) continue;
+            float total = 0.0f;
+            bool ok = true;
+            for (int rep = 0; rep < 4 && ok; ++rep) {
+                cudaEventRecord(start, stream_);
+                ok = cublasLtMatmul(lt_, p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &results[i].algo,
+                                    cublas_workspace_, kCublasWorkspaceBytes, stream_) == CUBLAS_STATUS_SUCCESS;
+                cudaEventRecord(stop, stream_);
+                cudaEventSynchronize(stop);
+                float ms = 0.0f;
+                cudaEventElapsedTime(&ms, start, stop);
+                if (rep > 0) total += ms;  // the first run warms up
+            }
+            if (ok && (!have || total < best_ms)) {
+                best = i;
+                best_ms = total;
+                have = true;
+            }
+        }
+        cudaEventDestroy(start);
+        cudaEventDestroy(stop);
+        cudaGetLastError();
+        return best;
+    }
+
+    void check_train_attention(int64_t q_row_stride, int64_t kv_row_stride, const PackedSequences& seqs,
+                               int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, const char* op) const {
+        SKV_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0,
+                  "{}: {} query heads cannot share {} KV heads (need a positive multiple)", op, n_heads, n_kv_heads);
+        SKV_CHECK(head_dim > 0, "{}: head_dim {} must be positive", op, head_dim);
+        SKV_CHECK(q_row_stride >= n_heads * head_dim, "{}: q row stride {} is shorter than {} heads of {}", op,
+                  q_row_stride, n_heads, head_dim);
+        SKV_CHECK(kv_row_stride >= n_kv_heads * head_dim, "{}: K/V row stride {} is shorter than {} heads of {}", op,
+                  kv_row_stride, n_kv_heads, head_dim);
+        SKV_CHECK(seqs.num_seqs >= 0 && seqs.num_rows >= 0, "{}: invalid packed batch ({} sequences, {} rows)", op,
+                  seqs.num_seqs, seqs.num_rows);
+        SKV_CHECK(seqs.num_rows == 0 || seqs.cu_seqlens != nullptr, "{}: cu_seqlens is null", op);
+        SKV_CHECK(seqs.num_rows <= INT32_MAX && n_heads <= 65535, "{}: batch too large ({} rows, {} heads)", op,
+                  seqs.num_rows, n_heads);
+    }
+
+    static cuda::TrainAttention train_attention(const void* q, int64_t q_row_stride, const void* k, const void* v,
+                                                int64_t kv_row_stride, const PackedSequences& seqs, int64_t n_heads,
+                                                int64_t n_kv_heads, int64_t head_dim, float scale) {
+        cuda::TrainAttention t;
+        t.q = static_cast<const cuda::bf16*>(q);
+        t.q_stride = q_row_stride;
+        t.k = static_cast<const cuda::bf16*>(k);
+        t.v = static_cast<const cuda::bf16*>(v);
+        t.kv_stride = kv_row_stride;
+        t.cu_seqlens = seqs.cu_seqlens;
+        t.num_seqs = seqs.num_seqs;
+        t.rows = seqs.num_rows;
+        t.max_seq_len = seqs.max_seq_len;
+        t.n_heads = n_heads;
+        t.n_kv_heads = n_kv_heads;
+        t.head_dim = head_dim;
+        t.scale = scale;
+        return t;
+    }
+
+public:
+    // ==== end of training ops ===================================================================================
 
 private:
     struct Plan {

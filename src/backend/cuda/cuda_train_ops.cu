@@ -1,0 +1,1759 @@
+// The CUDA backend's training-op kernels (issue 6, SwiftKV self-distillation; launchers declared in
+// cuda_train_ops.h, contracts in backend/backend.h "training ops"). The linear layers' backward passes
+// are cuBLASLt GEMMs in cuda_backend.cu; everything else is here:
+//
+//  * rmsnorm_backward: one block per row (two passes over the row, the second from L1/L2); the weight
+//    gradient is summed per block in shared memory over the block's rows (grid-stride), the per-block
+//    partials go to a workspace and a second kernel adds them to dweight in a fixed order
+//    (deterministic, no atomics).
+//  * rope_backward, silu_mul_backward, scale, add_f32, adamw_step: elementwise, 16-byte vectors where
+//    shapes and pointers allow (checked per call), scalar otherwise.
+//  * kl_div_loss / mse_loss: one block per row; KL keeps online (max, sum, cross-term) statistics of both
+//    softmaxes in one pass over the row and writes the gradient in a second pass.
+//  * grad_sq_norm: double-precision two-pass reduction (fixed number of blocks for a given n, so the
+//    result is deterministic).
+//  * attention_forward_train / attention_backward: FlashAttention-2 style tensor-core kernels for head_dim
+//    64 and 128 (mma.sync m16n8k16 bf16 -> f32, ldmatrix from XOR-swizzled shared memory, cp.async double
+//    buffering); a SIMT path for every other case (any head_dim <= 256, unaligned rows).
+//      forward: CTA = (64-query tile, query head, sequence), 4 warps x 16 query rows, Q fragments in
+//        registers, 64-key K/V tiles double-buffered, online softmax in registers; writes out (bf16)
+//        and lse (f32, natural log). Causal: key tiles past the tile's last query are never loaded.
+//      backward: a small kernel computes D = rowsum(dO * O) (f32); the main kernel's CTA owns a 64-key
+//        block of one KV head of one sequence (4 warps x 16 keys) and walks every query head of the
+//        group and every 64-query tile at or after the key block (Q, dO, lse, D double-buffered). Per tile:
+//        S^T = K Q^T, P^T = exp(S^T - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D),
+//        dK += dS^T Q, all in registers; dS^T goes to shared memory (bf16) and dQ_tile = dS K is
+//        added to an f32 dQ accumulator in global memory with atomics (vector atomics on sm_90). dK/dV
+//        stay in registers for the whole CTA (no atomics) and are written (or added) once at the end;
+//        a last kernel scales dQ and writes (or adds) it in bf16.
+//
+// Launchers never synchronise or allocate; workspaces come from the caller.
+//
+// fmt under nvcc: FMT_CONSTEVAL= and FMT_USE_CONSTEXPR=1 come from the top-level CMakeLists.txt.
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "backend/cuda/cuda_train_ops.h"
+#include "core/error.h"
+
+namespace swiftkv::cuda {
+
+namespace {
+
+std::atomic<bool> g_force_simple_attention{false};
+
+constexpr int64_t kMaxGridX = int64_t(1) << 20;  // grids loop beyond this many blocks
+constexpr int64_t kMaxGridYZ = 65535;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+inline bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int round_up_warp(int64_t n) { return int(std::max<int64_t>(32, ceil_div(n, 32) * 32)); }
+inline unsigned grid_x(int64_t blocks) { return unsigned(std::clamp<int64_t>(blocks, 1, kMaxGridX)); }
+inline unsigned grid_yz(int64_t blocks) { return unsigned(std::clamp<int64_t>(blocks, 1, kMaxGridYZ)); }
+// Blocks of 256 threads for an elementwise kernel over `items` thread-steps (grid-stride beyond).
+inline unsigned elementwise_grid(int64_t items) { return unsigned(std::clamp<int64_t>(ceil_div(items, 256), 1, 8192)); }
+
+// --- device helpers -------------------------------------------------------------------------------------
+
+union Bf16x8 {
+    uint4 u;
+    __nv_bfloat162 h[4];
+};
+union Bf16x4 {
+    uint2 u;
+    __nv_bfloat162 h[2];
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sums of two values over the block (blockDim.x a multiple of 32). `scratch`: 66 floats. Ends with a
+// barrier so scratch can be reused at once.
+__device__ __forceinline__ float2 block_sum2(float a, float b, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    a = warp_sum(a);
+    b = warp_sum(b);
+    if (lane == 0) {
+        scratch[warp] = a;
+        scratch[32 + warp] = b;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        float x = lane < warps ? scratch[lane] : 0.0f;
+        float y = lane < warps ? scratch[32 + lane] : 0.0f;
+        x = warp_sum(x);
+        y = warp_sum(y);
+        if (lane == 0) {
+            scratch[64] = x;
+            scratch[65] = y;
+        }
+    }
+    __syncthreads();
+    const float2 r = make_float2(scratch[64], scratch[65]);
+    __syncthreads();
+    return r;
+}
+
+__device__ __forceinline__ double block_sum_d(double v, double* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum_d(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        double t = lane < warps ? scratch[lane] : 0.0;
+        t = warp_sum_d(t);
+        if (lane == 0) scratch[32] = t;
+    }
+    __syncthreads();
+    const double total = scratch[32];
+    __syncthreads();
+    return total;
+}
+
+__device__ __forceinline__ float4 load_bf16x4(const bf16* p) {
+    Bf16x4 v;
+    v.u = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __bfloat1622float2(v.h[0]), b = __bfloat1622float2(v.h[1]);
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+
+// ==========================================================================================================
+// rmsnorm backward
+// ==========================================================================================================
+//
+// y_j = x_j r w_j, r = (mean(x^2) + eps)^-1/2; with g_j = w_j dy_j:
+//   dx_j = r g_j - x_j r^3 (sum_k g_k x_k) / dim,   dweight_j += dy_j x_j r.
+
+constexpr int kNormThreads = 256;
+constexpr int64_t kNormMaxPartialBlocks = 256;     // blocks (dweight partial rows) when dweight is set
+constexpr int64_t kNormSmemMaxDim = 12000;         // dweight partials in shared memory up to this dim (< 48 KiB)
+
+// kDW: 0 = no dweight, 1 = partials in shared memory, 2 = partials in the workspace (global) directly.
+// kVec: dim % 4 == 0 and x/dx/weight 16-byte, dy 8-byte aligned.
+template <int kDW, bool kVec>
+__global__ void __launch_bounds__(kNormThreads) rmsnorm_bwd_kernel(const float* __restrict__ x,
+                                                                   const float* __restrict__ weight,
+                                                                   const bf16* __restrict__ dy, float* __restrict__ dx,
+                                                                   float* __restrict__ partial, int64_t rows,
+                                                                   int64_t dim, float eps, bool accumulate) {
+    extern __shared__ float sdw[];  // [dim] (kDW == 1)
+    __shared__ float scratch[66];
+    float* dw = kDW == 1 ? sdw : (kDW == 2 ? partial + int64_t(blockIdx.x) * dim : nullptr);
+    if constexpr (kDW != 0) {
+        // (The first row's block reduction below is a barrier between these stores and the accumulation,
+        // which the vector path does with a different column-to-thread mapping; every block has a row.)
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) dw[j] = 0.0f;
+    }
+    const float inv_dim = 1.0f / float(dim);
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* xr = x + r * dim;
+        const bf16* gr = dy + r * dim;
+        float* o = dx + r * dim;
+        float ss = 0.0f, gx = 0.0f;
+        if constexpr (kVec) {
+            for (int64_t j = threadIdx.x; j < dim / 4; j += blockDim.x) {
+                const float4 xv = reinterpret_cast<const float4*>(xr)[j];
+                const float4 wv = __ldg(reinterpret_cast<const float4*>(weight) + j);
+                const float4 gv = load_bf16x4(gr + 4 * j);
+                ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+                gx += wv.x * gv.x * xv.x + wv.y * gv.y * xv.y + wv.z * gv.z * xv.z + wv.w * gv.w * xv.w;
+            }
+        } else {
+            for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+                const float xv = xr[j], gv = __bfloat162float(gr[j]);
+                ss += xv * xv;
+                gx += weight[j] * gv * xv;
+            }
+        }
+        const float2 sums = block_sum2(ss, gx, scratch);
+        const float inv = 1.0f / sqrtf(sums.x * inv_dim + eps);
+        const float c = inv * inv * inv * sums.y * inv_dim;
+        if constexpr (kVec) {
+            for (int64_t j = threadIdx.x; j < dim / 4; j += blockDim.x) {
+                const float4 xv = reinterpret_cast<const float4*>(xr)[j];
+                const float4 wv = __ldg(reinterpret_cast<const float4*>(weight) + j);
+                const float4 gv = load_bf16x4(gr + 4 * j);
+                float4 v = make_float4(inv * wv.x * gv.x - c * xv.x, inv * wv.y * gv.y - c * xv.y,
+                                       inv * wv.z * gv.z - c * xv.z, inv * wv.w * gv.w - c * xv.w);
+                float4* op = reinterpret_cast<float4*>(o) + j;
+                if (accumulate) {
+                    const float4 prev = *op;
+                    v.x += prev.x;
+                    v.y += prev.y;
+                    v.z += prev.z;
+                    v.w += prev.w;
+                }
+                *op = v;
+                if constexpr (kDW != 0) {
+                    dw[4 * j] += gv.x * xv.x * inv;
+                    dw[4 * j + 1] += gv.y * xv.y * inv;
+                    dw[4 * j + 2] += gv.z * xv.z * inv;
+                    dw[4 * j + 3] += gv.w * xv.w * inv;
+                }
+            }
+        } else {
+            for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+                const float xv = xr[j], gv = __bfloat162float(gr[j]);
+                const float v = inv * weight[j] * gv - c * xv;
+                o[j] = accumulate ? o[j] + v : v;
+                if constexpr (kDW != 0) dw[j] += gv * xv * inv;
+            }
+        }
+    }
+    if constexpr (kDW == 1) {
+        // The vector path owns columns in groups of 4 per thread, the copy below one per thread.
+        __syncthreads();
+        float* out = partial + int64_t(blockIdx.x) * dim;
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) out[j] = sdw[j];
+    }
+}
+
+// dweight[j] += sum over blocks b (in order) of partial[b][j].
+__global__ void __launch_bounds__(256) rmsnorm_dw_reduce_kernel(const float* __restrict__ partial, int64_t blocks,
+                                                                int64_t dim, float* __restrict__ dweight) {
+    const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (j >= dim) return;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < blocks; ++b) sum += partial[b * dim + j];
+    dweight[j] += sum;
+}
+
+int64_t rmsnorm_bwd_blocks(int64_t rows, bool has_dweight) {
+    return has_dweight ? std::min<int64_t>(rows, kNormMaxPartialBlocks) : std::min<int64_t>(rows, kMaxGridX);
+}
+
+template <int kDW>
+void launch_rmsnorm_bwd(bool vec, unsigned grid, size_t smem, const float* x, const float* weight, const bf16* dy,
+                        float* dx, float* partial, int64_t rows, int64_t dim, float eps, bool accumulate,
+                        cudaStream_t stream) {
+    if (vec)
+        rmsnorm_bwd_kernel<kDW, true><<<grid, kNormThreads, smem, stream>>>(x, weight, dy, dx, partial, rows, dim, eps,
+                                                                           accumulate);
+    else
+        rmsnorm_bwd_kernel<kDW, false><<<grid, kNormThreads, smem, stream>>>(x, weight, dy, dx, partial, rows, dim, eps,
+                                                                            accumulate);
+}
+
+// ==========================================================================================================
+// rope backward
+// ==========================================================================================================
+
+// (a, b) <- (a c + b s, b c - a s): the rotation by minus the angle.
+__device__ __forceinline__ void unrotate(float a, float b, float c, float s, float& ra, float& rb) {
+    ra = fmaf(a, c, b * s);
+    rb = fmaf(b, c, -a * s);
+}
+
+// One block per row (grid-stride): the row's cos/sin go to shared memory (sincosf, like the forward),
+// then every head is rotated back. kVec: half % 8 == 0, row_stride % 8 == 0, 16-byte aligned x.
+// kTable false (huge head_dim): cos/sin per element instead of a table.
+template <bool kVec, bool kTable>
+__global__ void __launch_bounds__(256) rope_bwd_kernel(bf16* __restrict__ x, int64_t rows, int64_t row_stride,
+                                                       int64_t n_heads, int64_t head_dim,
+                                                       const int32_t* __restrict__ positions,
+                                                       const float* __restrict__ inv_freq) {
+    extern __shared__ float cs[];  // [half] cos, [half] sin
+    const int64_t half = head_dim / 2;
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float pos = float(positions[r]);
+        if constexpr (kTable) {
+            for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+                float s, c;
+                sincosf(pos * inv_freq[i], &s, &c);
+                cs[i] = c;
+                cs[half + i] = s;
+            }
+            __syncthreads();
+        }
+        bf16* row = x + r * row_stride;
+        if constexpr (kVec) {
+            const int64_t per_head = half / 8, units = n_heads * per_head;
+            for (int64_t u = threadIdx.x; u < units; u += blockDim.x) {
+                const int64_t h = u / per_head, i = (u - h * per_head) * 8;
+                uint4* pa = reinterpret_cast<uint4*>(row + h * head_dim + i);
+                uint4* pb = reinterpret_cast<uint4*>(row + h * head_dim + half + i);
+                Bf16x8 va, vb, oa, ob;
+                va.u = *pa;
+                vb.u = *pb;
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    const float2 a = __bfloat1622float2(va.h[k]), b = __bfloat1622float2(vb.h[k]);
+                    float ra0, rb0, ra1, rb1;
+                    unrotate(a.x, b.x, cs[i + 2 * k], cs[half + i + 2 * k], ra0, rb0);
+                    unrotate(a.y, b.y, cs[i + 2 * k + 1], cs[half + i + 2 * k + 1], ra1, rb1);
+                    oa.h[k] = __floats2bfloat162_rn(ra0, ra1);
+                    ob.h[k] = __floats2bfloat162_rn(rb0, rb1);
+                }
+                *pa = oa.u;
+                *pb = ob.u;
+            }
+        } else {
+            const int64_t units = n_heads * half;
+            for (int64_t u = threadIdx.x; u < units; u += blockDim.x) {
+                const int64_t h = u / half, i = u - h * half;
+                bf16* pa = row + h * head_dim + i;
+                bf16* pb = pa + half;
+                float c, s;
+                if constexpr (kTable) {
+                    c = cs[i];
+                    s = cs[half + i];
+                } else {
+                    sincosf(pos * inv_freq[i], &s, &c);
+                }
+                float ra, rb;
+                unrotate(__bfloat162float(*pa), __bfloat162float(*pb), c, s, ra, rb);
+                *pa = __float2bfloat16_rn(ra);
+                *pb = __float2bfloat16_rn(rb);
+            }
+        }
+        if constexpr (kTable) __syncthreads();  // the table is rewritten for the next row
+    }
+}
+
+// ==========================================================================================================
+// silu_mul backward
+// ==========================================================================================================
+//
+// out = silu(g) u, sigma = 1 / (1 + e^-g): du = dy g sigma, dg = dy u sigma (1 + g (1 - sigma)).
+
+__device__ __forceinline__ void silu_mul_grad(float g, float u, float d, float& dg, float& du) {
+    const float sig = 1.0f / (1.0f + expf(-g));
+    du = d * g * sig;
+    dg = d * u * sig * (1.0f + g * (1.0f - sig));
+}
+
+template <bool kVec>
+__global__ void __launch_bounds__(256) silu_mul_bwd_kernel(const bf16* __restrict__ gate_up,
+                                                           const bf16* __restrict__ dy, bf16* __restrict__ d_gate_up,
+                                                           int64_t rows, int64_t ffn) {
+    const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const bf16* g = gate_up + r * 2 * ffn;
+        const bf16* u = g + ffn;
+        const bf16* d = dy + r * ffn;
+        bf16* dg = d_gate_up + r * 2 * ffn;
+        bf16* du = dg + ffn;
+        if constexpr (kVec) {
+            if (j < ffn / 8) {
+                Bf16x8 vg, vu, vd, og, ou;
+                vg.u = __ldg(reinterpret_cast<const uint4*>(g) + j);
+                vu.u = __ldg(reinterpret_cast<const uint4*>(u) + j);
+                vd.u = __ldg(reinterpret_cast<const uint4*>(d) + j);
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    const float2 a = __bfloat1622float2(vg.h[k]), b = __bfloat1622float2(vu.h[k]),
+                                 c = __bfloat1622float2(vd.h[k]);
+                    float dg0, du0, dg1, du1;
+                    silu_mul_grad(a.x, b.x, c.x, dg0, du0);
+                    silu_mul_grad(a.y, b.y, c.y, dg1, du1);
+                    og.h[k] = __floats2bfloat162_rn(dg0, dg1);
+                    ou.h[k] = __floats2bfloat162_rn(du0, du1);
+                }
+                reinterpret_cast<uint4*>(dg)[j] = og.u;
+                reinterpret_cast<uint4*>(du)[j] = ou.u;
+            }
+        } else {
+            if (j < ffn) {
+                float a, b;
+                silu_mul_grad(__bfloat162float(g[j]), __bfloat162float(u[j]), __bfloat162float(d[j]), a, b);
+                dg[j] = __float2bfloat16_rn(a);
+                du[j] = __float2bfloat16_rn(b);
+            }
+        }
+    }
+}
+
+// ==========================================================================================================
+// losses
+// ==========================================================================================================
+
+constexpr int kLossThreads = 256;
+
+// Online softmax statistics of z = logits / T: max m, sum s = sum_j e^{z_j - m}, and (teacher only) the
+// cross term c = sum_j e^{zt_j - m} (zt_j - zs_j).
+struct SoftStats {
+    float m = -INFINITY, s = 0.0f, c = 0.0f;
+};
+
+__device__ __forceinline__ void stats_add(SoftStats& st, float z, float diff) {
+    if (z == -INFINITY) return;  // probability 0: contributes nothing (and no inf * 0)
+    if (z > st.m) {
+        const float f = expf(st.m - z);  // st.m == -inf: 0
+        st.s = st.s * f + 1.0f;
+        st.c = st.c * f + diff;
+        st.m = z;
+    } else {
+        const float e = expf(z - st.m);
+        st.s += e;
+        st.c += e * diff;
+    }
+}
+
+__device__ __forceinline__ SoftStats stats_merge(SoftStats a, SoftStats b) {
+    const float m = fmaxf(a.m, b.m);
+    if (m == -INFINITY) return a;
+    const float fa = expf(a.m - m), fb = expf(b.m - m);
+    SoftStats r;
+    r.m = m;
+    r.s = a.s * fa + b.s * fb;
+    r.c = a.c * fa + b.c * fb;
+    return r;
+}
+
+__device__ __forceinline__ SoftStats warp_merge(SoftStats st) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        SoftStats other;
+        other.m = __shfl_xor_sync(0xffffffffu, st.m, o);
+        other.s = __shfl_xor_sync(0xffffffffu, st.s, o);
+        other.c = __shfl_xor_sync(0xffffffffu, st.c, o);
+        st = stats_merge(st, other);
+    }
+    return st;
+}
+
+// Merges over the block; every thread gets the result. scratch: 3 * 32 floats + 3.
+__device__ SoftStats block_merge(SoftStats st, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    st = warp_merge(st);
+    if (lane == 0) {
+        scratch[warp] = st.m;
+        scratch[32 + warp] = st.s;
+        scratch[64 + warp] = st.c;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        SoftStats t;
+        if (lane < warps) {
+            t.m = scratch[lane];
+            t.s = scratch[32 + lane];
+            t.c = scratch[64 + lane];
+        }
+        t = warp_merge(t);
+        if (lane == 0) {
+            scratch[96] = t.m;
+            scratch[97] = t.s;
+            scratch[98] = t.c;
+        }
+    }
+    __syncthreads();
+    SoftStats r;
+    r.m = scratch[96];
+    r.s = scratch[97];
+    r.c = scratch[98];
+    __syncthreads();
+    return r;
+}
+
+// One block per row (grid-stride). kVec: vocab % 4 == 0 and 16-byte aligned logits / gradient.
+template <bool kVec>
+__global__ void __launch_bounds__(kLossThreads) kl_div_kernel(const float* __restrict__ teacher,
+                                                              const float* __restrict__ student,
+                                                              const float* __restrict__ row_weights, int64_t rows,
+                                                              int64_t vocab, float temperature,
+                                                              float* __restrict__ row_loss, float* __restrict__ grad) {
+    __shared__ float scratch[100];
+    const float inv_t = 1.0f / temperature;
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* t = teacher + r * vocab;
+        const float* s = student + r * vocab;
+        const float w = row_weights ? row_weights[r] : 1.0f;
+        float* g = grad ? grad + r * vocab : nullptr;
+        if (!row_loss && w == 0.0f) {  // a masked row: nothing to compute
+            if (g)
+                for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) g[j] = 0.0f;
+            continue;
+        }
+        SoftStats st, ss;
+        if constexpr (kVec) {
+            for (int64_t j = threadIdx.x; j < vocab / 4; j += blockDim.x) {
+                const float4 tv = __ldg(reinterpret_cast<const float4*>(t) + j);
+                const float4 sv = __ldg(reinterpret_cast<const float4*>(s) + j);
+                const float zt[4] = {tv.x * inv_t, tv.y * inv_t, tv.z * inv_t, tv.w * inv_t};
+                const float zs[4] = {sv.x * inv_t, sv.y * inv_t, sv.z * inv_t, sv.w * inv_t};
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    stats_add(st, zt[e], zt[e] - zs[e]);
+                    stats_add(ss, zs[e], 0.0f);
+                }
+            }
+        } else {
+            for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+                const float zt = t[j] * inv_t, zs = s[j] * inv_t;
+                stats_add(st, zt, zt - zs);
+                stats_add(ss, zs, 0.0f);
+            }
+        }
+        st = block_merge(st, scratch);
+        ss = block_merge(ss, scratch);
+        const float lse_t = st.m + logf(st.s), lse_s = ss.m + logf(ss.s);
+        if (row_loss && threadIdx.x == 0) {
+            const double T = double(temperature);
+            row_loss[r] = float(T * T *
+                                (double(st.c) / double(st.s) - (double(st.m) + log(double(st.s))) +
+                                 (double(ss.m) + log(double(ss.s)))));
+        }
+        if (g) {
+            const float k = w * temperature;
+            if constexpr (kVec) {
+                for (int64_t j = threadIdx.x; j < vocab / 4; j += blockDim.x) {
+                    const float4 tv = __ldg(reinterpret_cast<const float4*>(t) + j);
+                    const float4 sv = __ldg(reinterpret_cast<const float4*>(s) + j);
+                    float4 o;
+                    o.x = k * (expf(sv.x * inv_t - lse_s) - expf(tv.x * inv_t - lse_t));
+                    o.y = k * (expf(sv.y * inv_t - lse_s) - expf(tv.y * inv_t - lse_t));
+                    o.z = k * (expf(sv.z * inv_t - lse_s) - expf(tv.z * inv_t - lse_t));
+                    o.w = k * (expf(sv.w * inv_t - lse_s) - expf(tv.w * inv_t - lse_t));
+                    reinterpret_cast<float4*>(g)[j] = o;
+                }
+            } else {
+                for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x)
+                    g[j] = k * (expf(s[j] * inv_t - lse_s) - expf(t[j] * inv_t - lse_t));
+            }
+        }
+    }
+}
+
+__global__ void __launch_bounds__(kLossThreads) mse_kernel(const float* __restrict__ a, const float* __restrict__ b,
+                                                           const float* __restrict__ row_weights, int64_t rows,
+                                                           int64_t dim, float* __restrict__ row_loss,
+                                                           float* __restrict__ grad) {
+    __shared__ float scratch[66];
+    const float inv_dim = 1.0f / float(dim);
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* ar = a + r * dim;
+        const float* br = b + r * dim;
+        const float k = (row_weights ? row_weights[r] : 1.0f) * 2.0f * inv_dim;
+        float sum = 0.0f;
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+            const float d = ar[j] - br[j];
+            sum += d * d;
+            if (grad) grad[r * dim + j] = k * d;
+        }
+        if (row_loss) {
+            const float2 tot = block_sum2(sum, 0.0f, scratch);
+            if (threadIdx.x == 0) row_loss[r] = tot.x * inv_dim;
+        }
+    }
+}
+
+// ==========================================================================================================
+// optimizer and vector ops
+// ==========================================================================================================
+
+struct AdamConsts {
+    double b1, b2, eps, step_size, inv_sqrt_bc2, decay;
+};
+
+__device__ __forceinline__ void adam_one(float& p, float g, float& m, float& v, const AdamConsts& k) {
+    const double gd = g;
+    const double mi = k.b1 * double(m) + (1.0 - k.b1) * gd;
+    const double vi = k.b2 * double(v) + (1.0 - k.b2) * gd * gd;
+    m = float(mi);
+    v = float(vi);
+    p = float(double(p) * k.decay - k.step_size * mi / (sqrt(vi) * k.inv_sqrt_bc2 + k.eps));
+}
+
+template <bool kVec>
+__global__ void __launch_bounds__(256) adamw_kernel(float* __restrict__ param, const float* __restrict__ grad,
+                                                    float* __restrict__ m, float* __restrict__ v, int64_t n,
+                                                    AdamConsts k) {
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    int64_t done = 0;
+    if constexpr (kVec) {
+        const int64_t nvec = n / 4;
+        for (int64_t i = tid; i < nvec; i += stride) {
+            float4 p = reinterpret_cast<float4*>(param)[i];
+            const float4 g = __ldg(reinterpret_cast<const float4*>(grad) + i);
+            float4 mm = reinterpret_cast<float4*>(m)[i];
+            float4 vv = reinterpret_cast<float4*>(v)[i];
+            adam_one(p.x, g.x, mm.x, vv.x, k);
+            adam_one(p.y, g.y, mm.y, vv.y, k);
+            adam_one(p.z, g.z, mm.z, vv.z, k);
+            adam_one(p.w, g.w, mm.w, vv.w, k);
+            reinterpret_cast<float4*>(param)[i] = p;
+            reinterpret_cast<float4*>(m)[i] = mm;
+            reinterpret_cast<float4*>(v)[i] = vv;
+        }
+        done = nvec * 4;
+    }
+    for (int64_t i = done + tid; i < n; i += stride) adam_one(param[i], grad[i], m[i], v[i], k);
+}
+
+constexpr int64_t kSqNormMaxBlocks = 1024;
+
+inline int64_t sq_norm_blocks(int64_t n) { return std::clamp<int64_t>(ceil_div(n, 256 * 8), 1, kSqNormMaxBlocks); }
+
+__global__ void __launch_bounds__(256) sq_norm_partial_kernel(const float* __restrict__ x, int64_t n,
+                                                              double* __restrict__ partial) {
+    __shared__ double scratch[33];
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    double sum = 0.0;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const double v = x[i];
+        sum += v * v;
+    }
+    sum = block_sum_d(sum, scratch);
+    if (threadIdx.x == 0) partial[blockIdx.x] = sum;
+}
+
+__global__ void __launch_bounds__(256) sq_norm_final_kernel(const double* __restrict__ partial, int64_t blocks,
+                                                            double* __restrict__ result) {
+    __shared__ double scratch[33];
+    double sum = 0.0;
+    for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) sum += partial[i];
+    sum = block_sum_d(sum, scratch);
+    if (threadIdx.x == 0) *result = sum;
+}
+
+template <bool kVec>
+__global__ void __launch_bounds__(256) scale_kernel(float* __restrict__ x, int64_t n, float s) {
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    int64_t done = 0;
+    if constexpr (kVec) {
+        const int64_t nvec = n / 4;
+        for (int64_t i = tid; i < nvec; i += stride) {
+            float4 v = reinterpret_cast<float4*>(x)[i];
+            v.x *= s;
+            v.y *= s;
+            v.z *= s;
+            v.w *= s;
+            reinterpret_cast<float4*>(x)[i] = v;
+        }
+        done = nvec * 4;
+    }
+    for (int64_t i = done + tid; i < n; i += stride) x[i] *= s;
+}
+
+template <bool kVec>
+__global__ void __launch_bounds__(256) add_f32_kernel(float* __restrict__ y, const float* __restrict__ x, int64_t n,
+                                                      float alpha) {
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    int64_t done = 0;
+    if constexpr (kVec) {
+        const int64_t nvec = n / 4;
+        for (int64_t i = tid; i < nvec; i += stride) {
+            float4 v = reinterpret_cast<float4*>(y)[i];
+            const float4 a = __ldg(reinterpret_cast<const float4*>(x) + i);
+            v.x = fmaf(alpha, a.x, v.x);
+            v.y = fmaf(alpha, a.y, v.y);
+            v.z = fmaf(alpha, a.z, v.z);
+            v.w = fmaf(alpha, a.w, v.w);
+            reinterpret_cast<float4*>(y)[i] = v;
+        }
+        done = nvec * 4;
+    }
+    for (int64_t i = done + tid; i < n; i += stride) y[i] = fmaf(alpha, x[i], y[i]);
+}
+
+// ==========================================================================================================
+// attention (training): shared pieces
+// ==========================================================================================================
+
+struct AttnArgs {
+    const bf16* __restrict__ q;
+    const bf16* __restrict__ k;
+    const bf16* __restrict__ v;
+    const bf16* __restrict__ o;     // forward output (backward input)
+    const bf16* __restrict__ dout;
+    bf16* __restrict__ out;         // forward output
+    float* __restrict__ lse;
+    bf16* __restrict__ dq;
+    bf16* __restrict__ dk;
+    bf16* __restrict__ dv;
+    float* __restrict__ dsum;       // [rows, n_heads]: D = rowsum(dO * O)
+    float* __restrict__ dq_acc;     // [rows, n_heads, head_dim] f32
+    float* __restrict__ dk_acc;     // SIMT path: [rows, n_kv_heads, head_dim] f32
+    float* __restrict__ dv_acc;
+    const int32_t* __restrict__ cu;
+    int64_t q_stride;
+    int64_t kv_stride;
+    int64_t rows;
+    int num_seqs;
+    int n_heads;
+    int n_kvh;
+    int group;
+    int head_dim;
+    float scale;
+    float scale_log2;
+    bool accumulate;
+};
+
+// Largest s in [0, num_seqs) with cu[s] <= row.
+__device__ __forceinline__ int seq_of_row(const int32_t* __restrict__ cu, int num_seqs, int64_t row) {
+    int lo = 0, hi = num_seqs - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (__ldg(cu + mid) <= row) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+// ---- PTX wrappers ------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+// 16-byte async copy global -> shared; !pred zero-fills the destination and reads nothing.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
+    const int n = pred ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+}
+
+// d += a b, m16n8k16, bf16 in, f32 accumulate.
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float exp2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
+#else
+    atomicAdd(p, x);
+    atomicAdd(p + 1, y);
+#endif
+}
+
+// Shared-memory tiles are [rows][W] bf16 (W a multiple of 64) with the 16-byte chunk c of row r stored
+// at chunk c ^ (r & 7): the 8 rows of any 8x8 ldmatrix matrix (8 consecutive rows, one chunk) land in 8
+// distinct bank groups, and so do the fragment stores of dS^T.
+template <int W>
+__device__ __forceinline__ int swz(int r, int c) {
+    static_assert(W % 64 == 0, "swizzled tiles need rows of at least 8 chunks");
+    return r * W + ((c ^ (r & 7)) << 3);
+}
+template <int W>
+__device__ __forceinline__ uint32_t swz_addr(uint32_t base, int r, int c) {
+    return base + uint32_t(swz<W>(r, c)) * 2u;
+}
+
+// The four ldmatrix patterns (tile base, first row/chunk of the 16x16 operand block):
+//  A from [m][k] storage (m rows):               ldsm_x4   row m0 + (lane & 15),                      chunk k0/8 + (lane >> 4)
+//  A from [k][m] storage (transposed):            ldsm_x4_t row k0 + (lane & 7) + ((lane >> 4) << 3), chunk m0/8 + ((lane >> 3) & 1)
+//  B (two n-tiles) from [n][k] storage:           ldsm_x4   row n0 + (lane & 7) + ((lane >> 4) << 3), chunk k0/8 + ((lane >> 3) & 1)
+//  B (two n-tiles) from [k][n] storage:           ldsm_x4_t row k0 + (lane & 7) + (((lane >> 3) & 1) << 3), chunk n0/8 + (lane >> 4)
+// For B, registers {0, 1} are n-tile n0 and {2, 3} n-tile n0 + 8.
+template <int W>
+__device__ __forceinline__ void lds_a_mk(uint32_t (&r)[4], uint32_t base, int m0, int kc, int lane) {
+    ldsm_x4(r, swz_addr<W>(base, m0 + (lane & 15), kc + (lane >> 4)));
+}
+template <int W>
+__device__ __forceinline__ void lds_a_km(uint32_t (&r)[4], uint32_t base, int k0, int mc, int lane) {
+    ldsm_x4_t(r, swz_addr<W>(base, k0 + (lane & 7) + ((lane >> 4) << 3), mc + ((lane >> 3) & 1)));
+}
+template <int W>
+__device__ __forceinline__ void lds_b_nk(uint32_t (&r)[4], uint32_t base, int n0, int kc, int lane) {
+    ldsm_x4(r, swz_addr<W>(base, n0 + (lane & 7) + ((lane >> 4) << 3), kc + ((lane >> 3) & 1)));
+}
+template <int W>
+__device__ __forceinline__ void lds_b_kn(uint32_t (&r)[4], uint32_t base, int k0, int nc, int lane) {
+    ldsm_x4_t(r, swz_addr<W>(base, k0 + (lane & 7) + (((lane >> 3) & 1) << 3), nc + (lane >> 4)));
+}
+
+// Copies `nrows` rows of HD bf16 (row r at src + r*stride, valid while r < valid_rows; zero-filled
+// otherwise) into a swizzled [nrows][HD] tile, 16 bytes per cp.async.
+template <int HD, int NROWS, int NT>
+__device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, int64_t stride, int valid_rows, int tid) {
+    constexpr int CPR = HD / 8;
+    const uint32_t base = smem_u32(tile);
+    static_assert(NROWS * CPR % NT == 0, "tile chunks must divide evenly among the threads");
+#pragma unroll
+    for (int it = 0; it < NROWS * CPR / NT; ++it) {
+        const int e = tid + it * NT;
+        const int r = e / CPR, c = e % CPR;
+        const bool valid = r < valid_rows;
+        cp_async16(swz_addr<HD>(base, r, c), valid ? src + int64_t(r) * stride + c * 8 : src, valid);
+    }
+}
+
+constexpr int kTileM = 64;   // queries per tile
+constexpr int kTileN = 64;   // keys per tile
+constexpr int kAttnThreads = 128;
+
+// ==========================================================================================================
+// attention forward (tensor cores)
+// ==========================================================================================================
+
+template <int HD>
+constexpr size_t fwd_smem_bytes() {
+    return size_t(kTileM * HD + 4 * kTileN * HD) * sizeof(bf16);
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kAttnThreads) attn_fwd_kernel(const AttnArgs a) {
+    constexpr int KS = HD / 16;   // k-steps of Q K^T
+    constexpr int DT = HD / 8;    // output n-tiles
+    constexpr int NS = kTileN / 8;  // score n-tiles
+    constexpr int CPR = HD / 8;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    bf16* sQ = reinterpret_cast<bf16*>(smem_raw);  // [kTileM][HD]; later the output staging
+    bf16* sK = sQ + kTileM * HD;                   // [2][kTileN][HD]
+    bf16* sV = sK + 2 * kTileN * HD;               // [2][kTileN][HD]
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int h = blockIdx.y, kvh = h / a.group;
+    const int mb = int(gridDim.x) - 1 - int(blockIdx.x);  // the longest tiles first
+    const float sl2 = a.scale_log2;
+
+    for (int s = blockIdx.z; s < a.num_seqs; s += gridDim.z) {
+        const int start = __ldg(a.cu + s), len = __ldg(a.cu + s + 1) - start;
+        const int q0 = mb * kTileM;
+        if (q0 >= len) continue;
+        const int kend = min(len, q0 + kTileM);  // keys visible to some row of the tile
+        const int n_tiles = (kend + kTileN - 1) / kTileN;
+        const bf16* kbase = a.k + int64_t(start) * a.kv_stride + int64_t(kvh) * HD;
+        const bf16* vbase = a.v + int64_t(start) * a.kv_stride + int64_t(kvh) * HD;
+
+        load_tile<HD, kTileM, kAttnThreads>(sQ, a.q + int64_t(start + q0) * a.q_stride + int64_t(h) * HD, a.q_stride,
+                                            len - q0, tid);
+        load_tile<HD, kTileN, kAttnThreads>(sK, kbase, a.kv_stride, kend, tid);
+        load_tile<HD, kTileN, kAttnThreads>(sV, vbase, a.kv_stride, kend, tid);
+        cp_async_commit();
+        cp_async_wait_all();
+        __syncthreads();
+
+        uint32_t qf[KS][4];
+        const uint32_t q_base = smem_u32(sQ);
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) lds_a_mk<HD>(qf[ks], q_base, warp * 16, 2 * ks, lane);
+
+        float o[DT][4];
+#pragma unroll
+        for (int d = 0; d < DT; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+        float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+        // This thread's rows (within the sequence): i0 and i0 + 8.
+        const int i0 = q0 + warp * 16 + (lane >> 2);
+
+        for (int t = 0; t < n_tiles; ++t) {
+            const int stage = t & 1;
+            if (t > 0) {
+                cp_async_wait_all();
+                __syncthreads();  // tile t landed for everyone; everyone is done with tile t - 1
+            }
+            if (t + 1 < n_tiles) {
+                const int j1 = (t + 1) * kTileN;
+                load_tile<HD, kTileN, kAttnThreads>(sK + (stage ^ 1) * kTileN * HD, kbase + int64_t(j1) * a.kv_stride,
+                                                    a.kv_stride, kend - j1, tid);
+                load_tile<HD, kTileN, kAttnThreads>(sV + (stage ^ 1) * kTileN * HD, vbase + int64_t(j1) * a.kv_stride,
+                                                    a.kv_stride, kend - j1, tid);
+                cp_async_commit();
+            }
+            const uint32_t k_base = smem_u32(sK + stage * kTileN * HD);
+            const uint32_t v_base = smem_u32(sV + stage * kTileN * HD);
+
+            // S = Q K^T: 16 x 64 per warp.
+            float sc[NS][4];
+#pragma unroll
+            for (int nt = 0; nt < NS; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+#pragma unroll
+            for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+                for (int np = 0; np < NS / 2; ++np) {
+                    uint32_t b[4];
+                    lds_b_nk<HD>(b, k_base, np * 16, 2 * ks, lane);
+                    mma16816(sc[2 * np], qf[ks], b[0], b[1]);
+                    mma16816(sc[2 * np + 1], qf[ks], b[2], b[3]);
+                }
+            }
+            // Causal mask (only tiles reaching past the tile's first query row).
+            const int j0 = t * kTileN;
+            if (j0 + kTileN - 1 > q0) {
+#pragma unroll
+                for (int nt = 0; nt < NS; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int key = j0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+                        if (key > i0 + 8 * (e >> 1)) sc[nt][e] = -INFINITY;
+                    }
+            }
+            // Online softmax in log2 units (scale > 0, so the max commutes with the scaling).
+            float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+            for (int nt = 0; nt < NS; ++nt) {
+                mx[0] = fmaxf(mx[0], fmaxf(sc[nt][0], sc[nt][1]));
+                mx[1] = fmaxf(mx[1], fmaxf(sc[nt][2], sc[nt][3]));
+            }
+            float m_use[2], alpha[2];
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+                mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+                const float m_new = fmaxf(row_max[hh], mx[hh] * sl2);
+                m_use[hh] = m_new == -INFINITY ? 0.0f : m_new;
+                alpha[hh] = exp2_approx(row_max[hh] - m_use[hh]);
+                row_max[hh] = m_new;
+            }
+            float ps[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int nt = 0; nt < NS; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float pe = exp2_approx(fmaf(sc[nt][e], sl2, -m_use[e >> 1]));
+                    sc[nt][e] = pe;
+                    ps[e >> 1] += pe;
+                }
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) row_sum[hh] = row_sum[hh] * alpha[hh] + ps[hh];
+            // Once the row maxima settle alpha is exactly 1 across the warp: skip the rescale.
+            if (!__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) {
+#pragma unroll
+                for (int d = 0; d < DT; ++d) {
+                    o[d][0] *= alpha[0];
+                    o[d][1] *= alpha[0];
+                    o[d][2] *= alpha[1];
+                    o[d][3] *= alpha[1];
+                }
+            }
+            // O += P V.
+#pragma unroll
+            for (int kk = 0; kk < kTileN / 16; ++kk) {
+                uint32_t pa[4];
+                pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+                pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+                pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+                pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+                for (int dp = 0; dp < DT / 2; ++dp) {
+                    uint32_t b[4];
+                    lds_b_kn<HD>(b, v_base, kk * 16, 2 * dp, lane);
+                    mma16816(o[2 * dp], pa, b[0], b[1]);
+                    mma16816(o[2 * dp + 1], pa, b[2], b[3]);
+                }
+            }
+        }
+
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            row_sum[hh] += __shfl_xor_sync(0xffffffffu, row_sum[hh], 1);
+            row_sum[hh] += __shfl_xor_sync(0xffffffffu, row_sum[hh], 2);
+        }
+        // lse (natural log) of the thread's two rows.
+        if ((lane & 3) == 0) {
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int i = i0 + 8 * hh;
+                if (i < len) a.lse[int64_t(start + i) * a.n_heads + h] = (row_max[hh] + log2f(row_sum[hh])) * kLn2;
+            }
+        }
+        // Normalise and stage the warp's 16 rows as bf16 in its own rows of sQ (only this warp read them),
+        // then write 16-byte vectors.
+        float inv[2];
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) inv[hh] = row_sum[hh] > 0.0f ? 1.0f / row_sum[hh] : 0.0f;
+        __syncwarp();
+#pragma unroll
+        for (int d = 0; d < DT; ++d)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int r = warp * 16 + (lane >> 2) + 8 * hh;
+                *reinterpret_cast<uint32_t*>(sQ + swz<HD>(r, d) + (lane & 3) * 2) =
+                    pack_bf16(o[d][2 * hh] * inv[hh], o[d][2 * hh + 1] * inv[hh]);
+            }
+        __syncwarp();
+        const int64_t out_stride = int64_t(a.n_heads) * HD;
+        for (int e = lane; e < 16 * CPR; e += 32) {
+            const int r = warp * 16 + e / CPR, c = e % CPR;
+            const int i = q0 + r;
+            if (i < len)
+                *reinterpret_cast<uint4*>(a.out + int64_t(start + i) * out_stride + int64_t(h) * HD + c * 8) =
+                    *reinterpret_cast<const uint4*>(sQ + swz<HD>(r, c));
+        }
+        __syncthreads();  // shared memory is reloaded for the next sequence
+    }
+}
+
+// ==========================================================================================================
+// attention backward (tensor cores)
+// ==========================================================================================================
+
+// D[row, h] = sum_d dout[row, h, d] * out[row, h, d]; one warp per (row, head). kVec: head_dim % 8 == 0
+// and 16-byte aligned out / dout.
+template <bool kVec>
+__global__ void __launch_bounds__(256) attn_bwd_dot_kernel(const AttnArgs a) {
+    const int64_t pairs = a.rows * a.n_heads;
+    const int lane = threadIdx.x & 31;
+    const int64_t warps = int64_t(gridDim.x) * (blockDim.x >> 5);
+    const int hd = a.head_dim;
+    for (int64_t p = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); p < pairs; p += warps) {
+        const bf16* o = a.o + p * hd;  // out is [rows, n_heads*hd] contiguous: (row, head) pair p at p*hd
+        const bf16* d = a.dout + p * hd;
+        float sum = 0.0f;
+        if constexpr (kVec) {
+            for (int c = lane; c < hd / 8; c += 32) {
+                Bf16x8 x, y;
+                x.u = __ldg(reinterpret_cast<const uint4*>(o) + c);
+                y.u = __ldg(reinterpret_cast<const uint4*>(d) + c);
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    const float2 fx = __bfloat1622float2(x.h[k]), fy = __bfloat1622float2(y.h[k]);
+                    sum = fmaf(fx.x, fy.x, sum);
+                    sum = fmaf(fx.y, fy.y, sum);
+                }
+            }
+        } else {
+            for (int c = lane; c < hd; c += 32) sum = fmaf(__bfloat162float(o[c]), __bfloat162float(d[c]), sum);
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) a.dsum[p] = sum;
+    }
+}
+
+template <int HD>
+constexpr size_t bwd_smem_bytes() {
+    // sK, sV [kTileN][HD]; sQ, sdO [2][kTileM][HD]; sdS [kTileN][kTileM] (bf16); lse, D [2][kTileM] (f32)
+    return size_t(2 * kTileN * HD + 4 * kTileM * HD + kTileN * kTileM) * sizeof(bf16) + 4 * kTileM * sizeof(float);
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kAttnThreads, 2) attn_bwd_kernel(const AttnArgs a) {
+    static_assert(kTileM == kTileN, "the causal tile walk assumes square tiles");
+    constexpr int KS = HD / 16;        // k-steps over head_dim
+    constexpr int DT = HD / 8;         // head_dim n-tiles
+    constexpr int QS = HD >= 128 ? 2 : 1;   // query sub-blocks per tile
+    constexpr int QW = kTileM / QS;          // queries per sub-block
+    constexpr int NQS = QW / 8;              // query n-tiles per sub-block
+    static_assert(QW % 32 == 0, "sub-blocks of whole 16-query k-steps and 16-query B loads");
+    constexpr int DQC = HD < 64 ? HD : 64;  // dQ columns per pass (register budget)
+    constexpr int DQT = DQC / 8;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // [kTileN][HD]
+    bf16* sV = sK + kTileN * HD;                   // [kTileN][HD]
+    bf16* sQ = sV + kTileN * HD;                   // [2][kTileM][HD]
+    bf16* sdO = sQ + 2 * kTileM * HD;              // [2][kTileM][HD]
+    bf16* sdS = sdO + 2 * kTileM * HD;             // [kTileN][kTileM]: dS^T (key-major)
+    float* sL = reinterpret_cast<float*>(sdS + kTileN * kTileM);  // [2][kTileM]: lse * log2(e)
+    float* sD = sL + 2 * kTileM;                                   // [2][kTileM]: D
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int kb = blockIdx.x, kvh = blockIdx.y;
+    const int G = a.group;
+    const float sl2 = a.scale_log2;
+    const int64_t out_stride = int64_t(a.n_heads) * HD;
+
+    for (int s = blockIdx.z; s < a.num_seqs; s += gridDim.z) {
+        const int start = __ldg(a.cu + s), len = __ldg(a.cu + s + 1) - start;
+        const int k0 = kb * kTileN;
+        if (k0 >= len) continue;
+        const int qb0 = k0 / kTileM;
+        const int nqb = (len + kTileM - 1) / kTileM - qb0;
+        const int iters = G * nqb;
+
+        // Stage `it` (query head kvh*G + it / nqb, query tile qb0 + it % nqb) into buffer `buf`.
+        auto load_q_stage = [&](int it, int buf) {
+            const int hq = kvh * G + it / nqb;
+            const int q0 = (qb0 + it % nqb) * kTileM;
+            load_tile<HD, kTileM, kAttnThreads>(sQ + buf * kTileM * HD,
+                                                a.q + int64_t(start + q0) * a.q_stride + int64_t(hq) * HD, a.q_stride,
+                                                len - q0, tid);
+            load_tile<HD, kTileM, kAttnThreads>(sdO + buf * kTileM * HD,
+                                                a.dout + int64_t(start + q0) * out_stride + int64_t(hq) * HD,
+                                                out_stride, len - q0, tid);
+            if (tid < kTileM) {
+                const int i = q0 + tid;
+                const bool valid = i < len;
+                const int64_t idx = int64_t(start + i) * a.n_heads + hq;
+                sL[buf * kTileM + tid] = valid ? a.lse[idx] * kLog2e : INFINITY;  // padding rows: P = 0
+                sD[buf * kTileM + tid] = valid ? a.dsum[idx] : 0.0f;
+            }
+        };
+
+        load_tile<HD, kTileN, kAttnThreads>(sK, a.k + int64_t(start + k0) * a.kv_stride + int64_t(kvh) * HD,
+                                            a.kv_stride, len - k0, tid);
+        load_tile<HD, kTileN, kAttnThreads>(sV, a.v + int64_t(start + k0) * a.kv_stride + int64_t(kvh) * HD,
+                                            a.kv_stride, len - k0, tid);
+        load_q_stage(0, 0);
+        cp_async_commit();
+
+        float dk[DT][4], dv[DT][4];
+#pragma unroll
+        for (int d = 0; d < DT; ++d)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dk[d][e] = dv[d][e] = 0.0f;
+
+        const uint32_t k_base = smem_u32(sK), v_base = smem_u32(sV), ds_base = smem_u32(sdS);
+        // This thread's keys (within the sequence): key_lo and key_lo + 8.
+        const int key_lo = k0 + warp * 16 + (lane >> 2);
+
+        for (int it = 0; it < iters; ++it) {
+            const int buf = it & 1;
+            cp_async_wait_all();
+            __syncthreads();  // stage `it` landed for everyone; everyone is done with iteration it - 1
+            if (it + 1 < iters) {
+                load_q_stage(it + 1, buf ^ 1);
+                cp_async_commit();
+            }
+            const int hq = kvh * G + it / nqb;
+            const int q0 = (qb0 + it % nqb) * kTileM;
+            const uint32_t q_base = smem_u32(sQ + buf * kTileM * HD);
+            const uint32_t do_base = smem_u32(sdO + buf * kTileM * HD);
+            const float* lrow = sL + buf * kTileM;
+            const float* drow = sD + buf * kTileM;
+            const bool diag = q0 == k0;
+
+            // The tile's queries in QS sub-blocks of QW (register budget: S^T and dP^T of one sub-block
+            // live at a time next to the dK/dV accumulators).
+#pragma unroll 1
+            for (int sub = 0; sub < QS; ++sub) {
+                const int qo = sub * QW;
+                // S^T = K Q^T: 16 keys x QW queries per warp.
+                float st[NQS][4];
+#pragma unroll
+                for (int nt = 0; nt < NQS; ++nt) st[nt][0] = st[nt][1] = st[nt][2] = st[nt][3] = 0.0f;
+#pragma unroll
+                for (int ks = 0; ks < KS; ++ks) {
+                    uint32_t ka[4];
+                    lds_a_mk<HD>(ka, k_base, warp * 16, 2 * ks, lane);
+#pragma unroll
+                    for (int np = 0; np < NQS / 2; ++np) {
+                        uint32_t b[4];
+                        lds_b_nk<HD>(b, q_base, qo + np * 16, 2 * ks, lane);
+                        mma16816(st[2 * np], ka, b[0], b[1]);
+                        mma16816(st[2 * np + 1], ka, b[2], b[3]);
+                    }
+                }
+                // P^T = exp(scale S^T - lse); zero above the diagonal (key > query) on the diagonal tile.
+#pragma unroll
+                for (int nt = 0; nt < NQS; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int qi = qo + nt * 8 + (lane & 3) * 2 + (e & 1);
+                        float p = exp2_approx(fmaf(st[nt][e], sl2, -lrow[qi]));
+                        if (diag && key_lo + 8 * (e >> 1) > q0 + qi) p = 0.0f;
+                        st[nt][e] = p;
+                    }
+                // dV += P^T dO.
+#pragma unroll
+                for (int kk = 0; kk < QW / 16; ++kk) {
+                    uint32_t pa[4];
+                    pa[0] = pack_bf16(st[2 * kk][0], st[2 * kk][1]);
+                    pa[1] = pack_bf16(st[2 * kk][2], st[2 * kk][3]);
+                    pa[2] = pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+                    pa[3] = pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+#pragma unroll
+                    for (int dp = 0; dp < DT / 2; ++dp) {
+                        uint32_t b[4];
+                        lds_b_kn<HD>(b, do_base, qo + kk * 16, 2 * dp, lane);
+                        mma16816(dv[2 * dp], pa, b[0], b[1]);
+                        mma16816(dv[2 * dp + 1], pa, b[2], b[3]);
+                    }
+                }
+                // dP^T = V dO^T.
+                float dpt[NQS][4];
+#pragma unroll
+                for (int nt = 0; nt < NQS; ++nt) dpt[nt][0] = dpt[nt][1] = dpt[nt][2] = dpt[nt][3] = 0.0f;
+#pragma unroll
+                for (int ks = 0; ks < KS; ++ks) {
+                    uint32_t va[4];
+                    lds_a_mk<HD>(va, v_base, warp * 16, 2 * ks, lane);
+#pragma unroll
+                    for (int np = 0; np < NQS / 2; ++np) {
+                        uint32_t b[4];
+                        lds_b_nk<HD>(b, do_base, qo + np * 16, 2 * ks, lane);
+                        mma16816(dpt[2 * np], va, b[0], b[1]);
+                        mma16816(dpt[2 * np + 1], va, b[2], b[3]);
+                    }
+                }
+                // dS^T = P^T (dP^T - D).
+#pragma unroll
+                for (int nt = 0; nt < NQS; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int qi = qo + nt * 8 + (lane & 3) * 2 + (e & 1);
+                        dpt[nt][e] = st[nt][e] * (dpt[nt][e] - drow[qi]);
+                    }
+                // dK += dS^T Q (scaled at the end), and dS^T to shared memory for dQ.
+#pragma unroll
+                for (int kk = 0; kk < QW / 16; ++kk) {
+                    uint32_t da[4];
+                    da[0] = pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]);
+                    da[1] = pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]);
+                    da[2] = pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+                    da[3] = pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+                    const int r = warp * 16 + (lane >> 2), c = (qo >> 3) + 2 * kk;
+                    *reinterpret_cast<uint32_t*>(sdS + swz<kTileM>(r, c) + (lane & 3) * 2) = da[0];
+                    *reinterpret_cast<uint32_t*>(sdS + swz<kTileM>(r + 8, c) + (lane & 3) * 2) = da[1];
+                    *reinterpret_cast<uint32_t*>(sdS + swz<kTileM>(r, c + 1) + (lane & 3) * 2) = da[2];
+                    *reinterpret_cast<uint32_t*>(sdS + swz<kTileM>(r + 8, c + 1) + (lane & 3) * 2) = da[3];
+#pragma unroll
+                    for (int dp = 0; dp < DT / 2; ++dp) {
+                        uint32_t b[4];
+                        lds_b_kn<HD>(b, q_base, qo + kk * 16, 2 * dp, lane);
+                        mma16816(dk[2 * dp], da, b[0], b[1]);
+                        mma16816(dk[2 * dp + 1], da, b[2], b[3]);
+                    }
+                }
+            }
+            __syncthreads();  // dS^T complete
+
+            // dQ (64 queries x HD; warp w: queries 16w..16w+15) += dS K, into the f32 accumulator.
+#pragma unroll
+            for (int c0 = 0; c0 < HD; c0 += DQC) {
+                float acc[DQT][4];
+#pragma unroll
+                for (int nt = 0; nt < DQT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll
+                for (int kk = 0; kk < kTileN / 16; ++kk) {
+                    uint32_t da[4];
+                    lds_a_km<kTileM>(da, ds_base, kk * 16, 2 * warp, lane);
+#pragma unroll
+                    for (int np = 0; np < DQT / 2; ++np) {
+                        uint32_t b[4];
+                        lds_b_kn<HD>(b, k_base, kk * 16, c0 / 8 + 2 * np, lane);
+                        mma16816(acc[2 * np], da, b[0], b[1]);
+                        mma16816(acc[2 * np + 1], da, b[2], b[3]);
+                    }
+                }
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh) {
+                    const int i = q0 + warp * 16 + (lane >> 2) + 8 * hh;
+                    if (i < len) {
+                        float* dst = a.dq_acc + (int64_t(start + i) * a.n_heads + hq) * HD + c0 + (lane & 3) * 2;
+#pragma unroll
+                        for (int nt = 0; nt < DQT; ++nt) atomic_add2(dst + nt * 8, acc[nt][2 * hh], acc[nt][2 * hh + 1]);
+                    }
+                }
+            }
+        }
+
+        // dK (scaled), dV: written or added, 4 bytes per store (once per CTA).
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            const int key = key_lo + 8 * hh;
+            if (key >= len) continue;
+            const int64_t off = int64_t(start + key) * a.kv_stride + int64_t(kvh) * HD + (lane & 3) * 2;
+#pragma unroll
+            for (int d = 0; d < DT; ++d) {
+                float2 kv2 = make_float2(dk[d][2 * hh] * a.scale, dk[d][2 * hh + 1] * a.scale);
+                float2 vv2 = make_float2(dv[d][2 * hh], dv[d][2 * hh + 1]);
+                __nv_bfloat162* pk = reinterpret_cast<__nv_bfloat162*>(a.dk + off + d * 8);
+                __nv_bfloat162* pv = reinterpret_cast<__nv_bfloat162*>(a.dv + off + d * 8);
+                if (a.accumulate) {
+                    const float2 ok = __bfloat1622float2(*pk), ov = __bfloat1622float2(*pv);
+                    kv2.x += ok.x;
+                    kv2.y += ok.y;
+                    vv2.x += ov.x;
+                    vv2.y += ov.y;
+                }
+                *pk = __floats2bfloat162_rn(kv2.x, kv2.y);
+                *pv = __floats2bfloat162_rn(vv2.x, vv2.y);
+            }
+        }
+        __syncthreads();  // shared memory is reloaded for the next sequence
+    }
+}
+
+// dq[row, h, :] (q layout) = (accumulate ? dq : 0) + scale * dq_acc[row, h, :].
+__global__ void __launch_bounds__(256) attn_dq_store_kernel(const AttnArgs a) {
+    const int hd = a.head_dim;
+    const int64_t total = a.rows * a.n_heads * hd;
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+        const int64_t pair = e / hd, d = e - pair * hd;
+        const int64_t row = pair / a.n_heads, h = pair - row * a.n_heads;
+        bf16* p = a.dq + row * a.q_stride + h * hd + d;
+        float v = a.scale * a.dq_acc[e];
+        if (a.accumulate) v += __bfloat162float(*p);
+        *p = __float2bfloat16_rn(v);
+    }
+}
+
+// ==========================================================================================================
+// attention (SIMT fallback): any head_dim <= 256
+// ==========================================================================================================
+
+constexpr int kSimpleMaxHd = 256;
+constexpr int kSimpleWarps = 4;
+constexpr int kSimplePerLane = kSimpleMaxHd / 32;
+
+// One block (4 warps) per (row, query head); the warps take every 4th key with their own online softmax
+// state and merge at the end.
+__global__ void __launch_bounds__(kSimpleWarps * 32) attn_fwd_simple_kernel(const AttnArgs a) {
+    __shared__ float s_m[kSimpleWarps], s_l[kSimpleWarps];
+    __shared__ float s_acc[kSimpleWarps][kSimpleMaxHd];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int hd = a.head_dim;
+    const int h = blockIdx.y, kvh = h / a.group;
+    for (int64_t row = blockIdx.x; row < a.rows; row += gridDim.x) {
+        const int s = seq_of_row(a.cu, a.num_seqs, row);
+        const int64_t start = __ldg(a.cu + s);
+        const bf16* q = a.q + row * a.q_stride + int64_t(h) * hd;
+        float qv[kSimplePerLane], acc[kSimplePerLane];
+#pragma unroll
+        for (int c = 0; c < kSimplePerLane; ++c) {
+            const int d = lane + 32 * c;
+            qv[c] = d < hd ? __bfloat162float(q[d]) : 0.0f;
+            acc[c] = 0.0f;
+        }
+        float m = -INFINITY, l = 0.0f;
+        for (int64_t j = start + warp; j <= row; j += kSimpleWarps) {
+            const bf16* kr = a.k + j * a.kv_stride + int64_t(kvh) * hd;
+            const bf16* vr = a.v + j * a.kv_stride + int64_t(kvh) * hd;
+            float dot = 0.0f;
+#pragma unroll
+            for (int c = 0; c < kSimplePerLane; ++c) {
+                const int d = lane + 32 * c;
+                if (d < hd) dot = fmaf(qv[c], __bfloat162float(kr[d]), dot);
+            }
+            const float sc = warp_sum(dot) * a.scale;
+            const float m_new = fmaxf(m, sc);
+            const float f = expf(m - m_new), p = expf(sc - m_new);
+            l = l * f + p;
+#pragma unroll
+            for (int c = 0; c < kSimplePerLane; ++c) {
+                const int d = lane + 32 * c;
+                acc[c] = acc[c] * f + (d < hd ? p * __bfloat162float(vr[d]) : 0.0f);
+            }
+            m = m_new;
+        }
+        if (lane == 0) {
+            s_m[warp] = m;
+            s_l[warp] = l;
+        }
+#pragma unroll
+        for (int c = 0; c < kSimplePerLane; ++c) s_acc[warp][lane + 32 * c] = acc[c];
+        __syncthreads();
+        float M = -INFINITY;
+        for (int w = 0; w < kSimpleWarps; ++w) M = fmaxf(M, s_m[w]);
+        float L = 0.0f, wf[kSimpleWarps];
+        for (int w = 0; w < kSimpleWarps; ++w) {
+            wf[w] = s_m[w] == -INFINITY ? 0.0f : expf(s_m[w] - M);
+            L += s_l[w] * wf[w];
+        }
+        bf16* o = a.out + row * int64_t(a.n_heads) * hd + int64_t(h) * hd;
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            float v = 0.0f;
+            for (int w = 0; w < kSimpleWarps; ++w) v += s_acc[w][d] * wf[w];
+            o[d] = __float2bfloat16_rn(v / L);
+        }
+        if (threadIdx.x == 0) a.lse[row * a.n_heads + h] = M + logf(L);
+        __syncthreads();
+    }
+}
+
+// One block per (row, query head): dq of the row directly; dk, dv into f32 accumulators with atomics.
+__global__ void __launch_bounds__(kSimpleWarps * 32) attn_bwd_simple_kernel(const AttnArgs a) {
+    __shared__ float s_dq[kSimpleWarps][kSimpleMaxHd];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int hd = a.head_dim;
+    const int h = blockIdx.y, kvh = h / a.group;
+    for (int64_t row = blockIdx.x; row < a.rows; row += gridDim.x) {
+        const int s = seq_of_row(a.cu, a.num_seqs, row);
+        const int64_t start = __ldg(a.cu + s);
+        const bf16* q = a.q + row * a.q_stride + int64_t(h) * hd;
+        const int64_t oi = row * int64_t(a.n_heads) * hd + int64_t(h) * hd;
+        float qv[kSimplePerLane], dov[kSimplePerLane], dq[kSimplePerLane];
+        float dsum = 0.0f;
+#pragma unroll
+        for (int c = 0; c < kSimplePerLane; ++c) {
+            const int d = lane + 32 * c;
+            qv[c] = d < hd ? __bfloat162float(q[d]) : 0.0f;
+            dov[c] = d < hd ? __bfloat162float(a.dout[oi + d]) : 0.0f;
+            dsum += d < hd ? dov[c] * __bfloat162float(a.o[oi + d]) : 0.0f;
+            dq[c] = 0.0f;
+        }
+        dsum = warp_sum(dsum);
+        const float lse = a.lse[row * a.n_heads + h];
+        for (int64_t j = start + warp; j <= row; j += kSimpleWarps) {
+            const bf16* kr = a.k + j * a.kv_stride + int64_t(kvh) * hd;
+            const bf16* vr = a.v + j * a.kv_stride + int64_t(kvh) * hd;
+            float qk = 0.0f, dv = 0.0f;
+#pragma unroll
+            for (int c = 0; c < kSimplePerLane; ++c) {
+                const int d = lane + 32 * c;
+                if (d < hd) {
+                    qk = fmaf(qv[c], __bfloat162float(kr[d]), qk);
+                    dv = fmaf(dov[c], __bfloat162float(vr[d]), dv);
+                }
+            }
+            qk = warp_sum(qk);
+            dv = warp_sum(dv);
+            const float p = expf(qk * a.scale - lse);
+            const float ds = p * (dv - dsum);
+            float* dka = a.dk_acc + (j * a.n_kvh + kvh) * hd;
+            float* dva = a.dv_acc + (j * a.n_kvh + kvh) * hd;
+#pragma unroll
+            for (int c = 0; c < kSimplePerLane; ++c) {
+                const int d = lane + 32 * c;
+                if (d < hd) {
+                    dq[c] = fmaf(ds, __bfloat162float(kr[d]), dq[c]);
+                    atomicAdd(dka + d, a.scale * ds * qv[c]);
+                    atomicAdd(dva + d, p * dov[c]);
+                }
+            }
+        }
+#pragma unroll
+        for (int c = 0; c < kSimplePerLane; ++c) s_dq[warp][lane + 32 * c] = dq[c];
+        __syncthreads();
+        bf16* dqr = a.dq + row * a.q_stride + int64_t(h) * hd;
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            float v = 0.0f;
+            for (int w = 0; w < kSimpleWarps; ++w) v += s_dq[w][d];
+            v *= a.scale;
+            if (a.accumulate) v += __bfloat162float(dqr[d]);
+            dqr[d] = __float2bfloat16_rn(v);
+        }
+        __syncthreads();
+    }
+}
+
+// dk/dv (k/v layout) = (accumulate ? dk/dv : 0) + the f32 accumulators.
+__global__ void __launch_bounds__(256) attn_dkv_store_kernel(const AttnArgs a) {
+    const int hd = a.head_dim;
+    const int64_t total = a.rows * a.n_kvh * hd;
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+    for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+        const int64_t pair = e / hd, d = e - pair * hd;
+        const int64_t row = pair / a.n_kvh, h = pair - row * a.n_kvh;
+        const int64_t off = row * a.kv_stride + h * hd + d;
+        float k = a.dk_acc[e], v = a.dv_acc[e];
+        if (a.accumulate) {
+            k += __bfloat162float(a.dk[off]);
+            v += __bfloat162float(a.dv[off]);
+        }
+        a.dk[off] = __float2bfloat16_rn(k);
+        a.dv[off] = __float2bfloat16_rn(v);
+    }
+}
+
+// ---- host-side planning --------------------------------------------------------------------------------------
+
+bool force_simple_attention() {
+    if (g_force_simple_attention.load(std::memory_order_relaxed)) return true;
+    const char* env = std::getenv("SWIFTKV_TRAIN_ATTENTION");
+    return env && std::strcmp(env, "simple") == 0;
+}
+
+bool tensor_core_path(const TrainAttention& t, bool backward) {
+    if (force_simple_attention()) return false;
+    if (t.head_dim != 64 && t.head_dim != 128) return false;
+    if (!(t.scale > 0.0f)) return false;
+    if (t.q_stride % 8 != 0 || t.kv_stride % 8 != 0) return false;
+    if (!aligned(t.q, 16) || !aligned(t.k, 16) || !aligned(t.v, 16) || !aligned(t.out, 16)) return false;
+    if (backward && (!aligned(t.dout, 16) || !aligned(t.dk, 4) || !aligned(t.dv, 4))) return false;
+    return true;
+}
+
+int64_t max_len_of(const TrainAttention& t) {
+    return t.max_seq_len > 0 ? std::min(t.max_seq_len, t.rows) : t.rows;
+}
+
+AttnArgs make_args(const TrainAttention& t) {
+    AttnArgs a{};
+    a.q = t.q;
+    a.k = t.k;
+    a.v = t.v;
+    a.o = t.out;
+    a.dout = t.dout;
+    a.out = t.out;
+    a.lse = t.lse;
+    a.dq = t.dq;
+    a.dk = t.dk;
+    a.dv = t.dv;
+    a.cu = t.cu_seqlens;
+    a.q_stride = t.q_stride;
+    a.kv_stride = t.kv_stride;
+    a.rows = t.rows;
+    a.num_seqs = int(t.num_seqs);
+    a.n_heads = int(t.n_heads);
+    a.n_kvh = int(t.n_kv_heads);
+    a.group = int(t.n_heads / t.n_kv_heads);
+    a.head_dim = int(t.head_dim);
+    a.scale = t.scale;
+    a.scale_log2 = t.scale * kLog2e;
+    a.accumulate = t.accumulate;
+    return a;
+}
+
+constexpr int kMaxDevices = 64;
+
+// Raises a kernel's dynamic shared-memory limit once per device; `done` holds the kernel's per-device flags.
+template <class Kernel>
+void set_smem_limit(Kernel kernel, size_t bytes, std::atomic<bool> (&done)[kMaxDevices]) {
+    int dev = 0;
+    cudaGetDevice(&dev);
+    dev = std::clamp(dev, 0, kMaxDevices - 1);
+    if (done[dev].load(std::memory_order_acquire)) return;
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+    if (err != cudaSuccess) {
+        cudaGetLastError();
+        SKV_THROW("training attention: cudaFuncSetAttribute ({} bytes of shared memory) failed: {}", bytes,
+                  cudaGetErrorString(err));
+    }
+    done[dev].store(true, std::memory_order_release);
+}
+
+template <int HD>
+void launch_fwd_tc(const AttnArgs& a, int64_t max_len, int64_t num_seqs, cudaStream_t stream) {
+    static std::atomic<bool> done[kMaxDevices];
+    constexpr size_t smem = fwd_smem_bytes<HD>();
+    set_smem_limit(attn_fwd_kernel<HD>, smem, done);
+    const dim3 grid(unsigned(ceil_div(max_len, kTileM)), unsigned(a.n_heads), grid_yz(num_seqs));
+    attn_fwd_kernel<HD><<<grid, kAttnThreads, smem, stream>>>(a);
+}
+
+template <int HD>
+void launch_bwd_tc(const AttnArgs& a, int64_t max_len, int64_t num_seqs, cudaStream_t stream) {
+    static std::atomic<bool> done[kMaxDevices];
+    constexpr size_t smem = bwd_smem_bytes<HD>();
+    set_smem_limit(attn_bwd_kernel<HD>, smem, done);
+    const dim3 grid(unsigned(ceil_div(max_len, kTileN)), unsigned(a.n_kvh), grid_yz(num_seqs));
+    attn_bwd_kernel<HD><<<grid, kAttnThreads, smem, stream>>>(a);
+}
+
+}  // namespace
+
+namespace detail {
+void set_train_attention_simple_for_testing(bool simple) { g_force_simple_attention.store(simple); }
+}  // namespace detail
+
+// ==========================================================================================================
+// launchers
+// ==========================================================================================================
+
+size_t rmsnorm_backward_workspace_bytes(int64_t rows, int64_t dim, bool has_dweight) {
+    if (!has_dweight || rows <= 0 || dim <= 0) return 0;
+    return size_t(rmsnorm_bwd_blocks(rows, true)) * size_t(dim) * sizeof(float);
+}
+
+void rmsnorm_backward(const float* x, const float* weight, const bf16* dy, float* dx, float* dweight, int64_t rows,
+                      int64_t dim, float eps, bool accumulate_dx, void* workspace, cudaStream_t stream) {
+    if (rows <= 0 || dim <= 0) return;
+    const bool vec = dim % 4 == 0 && aligned(x, 16) && aligned(dx, 16) && aligned(weight, 16) && aligned(dy, 8);
+    const int64_t blocks = rmsnorm_bwd_blocks(rows, dweight != nullptr);
+    const unsigned grid = grid_x(blocks);
+    float* partial = static_cast<float*>(workspace);
+    if (!dweight) {
+        launch_rmsnorm_bwd<0>(vec, grid, 0, x, weight, dy, dx, nullptr, rows, dim, eps, accumulate_dx, stream);
+    } else if (dim <= kNormSmemMaxDim) {
+        launch_rmsnorm_bwd<1>(vec, grid, size_t(dim) * sizeof(float), x, weight, dy, dx, partial, rows, dim, eps,
+                              accumulate_dx, stream);
+    } else {
+        launch_rmsnorm_bwd<2>(vec, grid, 0, x, weight, dy, dx, partial, rows, dim, eps, accumulate_dx, stream);
+    }
+    check_launch("rmsnorm_backward");
+    if (dweight) {
+        rmsnorm_dw_reduce_kernel<<<unsigned(ceil_div(dim, 256)), 256, 0, stream>>>(partial, int64_t(grid), dim, dweight);
+        check_launch("rmsnorm_backward (dweight)");
+    }
+}
+
+void rope_backward(bf16* dx, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim,
+                   const int32_t* positions, const float* inv_freq, cudaStream_t stream) {
+    if (rows <= 0 || n_heads <= 0 || head_dim < 2) return;
+    const int64_t half = head_dim / 2;
+    const bool table = half <= 4096;  // 32 KiB of cos/sin
+    const bool vec = table && half % 8 == 0 && row_stride % 8 == 0 && aligned(dx, 16);
+    const size_t smem = table ? size_t(2 * half) * sizeof(float) : 0;
+    const int64_t units = n_heads * (vec ? half / 8 : half);
+    const int threads = std::min(256, round_up_warp(std::max(units, table ? half : int64_t(0))));
+    if (vec)
+        rope_bwd_kernel<true, true><<<grid_x(rows), threads, smem, stream>>>(dx, rows, row_stride, n_heads, head_dim,
+                                                                             positions, inv_freq);
+    else if (table)
+        rope_bwd_kernel<false, true><<<grid_x(rows), threads, smem, stream>>>(dx, rows, row_stride, n_heads, head_dim,
+                                                                              positions, inv_freq);
+    else
+        rope_bwd_kernel<false, false><<<grid_x(rows), threads, 0, stream>>>(dx, rows, row_stride, n_heads, head_dim,
+                                                                            positions, inv_freq);
+    check_launch("rope_backward");
+}
+
+void silu_mul_backward(const bf16* gate_up, const bf16* dy, bf16* d_gate_up, int64_t rows, int64_t ffn,
+                       cudaStream_t stream) {
+    if (rows <= 0 || ffn <= 0) return;
+    const bool vec = ffn % 8 == 0 && aligned(gate_up, 16) && aligned(dy, 16) && aligned(d_gate_up, 16);
+    const int64_t per_row = vec ? ffn / 8 : ffn;
+    const int threads = std::min(256, round_up_warp(per_row));
+    const dim3 grid(unsigned(ceil_div(per_row, threads)), grid_yz(rows));
+    if (vec)
+        silu_mul_bwd_kernel<true><<<grid, threads, 0, stream>>>(gate_up, dy, d_gate_up, rows, ffn);
+    else
+        silu_mul_bwd_kernel<false><<<grid, threads, 0, stream>>>(gate_up, dy, d_gate_up, rows, ffn);
+    check_launch("silu_mul_backward");
+}
+
+void attention_forward_train(const TrainAttention& t, cudaStream_t stream) {
+    if (t.rows <= 0 || t.num_seqs <= 0) return;
+    const AttnArgs a = make_args(t);
+    const int64_t max_len = max_len_of(t);
+    if (tensor_core_path(t, false)) {
+        if (t.head_dim == 64)
+            launch_fwd_tc<64>(a, max_len, t.num_seqs, stream);
+        else
+            launch_fwd_tc<128>(a, max_len, t.num_seqs, stream);
+    } else {
+        SKV_CHECK(t.head_dim <= kSimpleMaxHd, "attention_forward_train: head_dim {} is not supported on CUDA (at most {})",
+                  t.head_dim, kSimpleMaxHd);
+        const dim3 grid(grid_x(t.rows), unsigned(t.n_heads));
+        attn_fwd_simple_kernel<<<grid, kSimpleWarps * 32, 0, stream>>>(a);
+    }
+    check_launch("attention_forward_train");
+}
+
+size_t attention_backward_train_workspace_bytes(const TrainAttention& t) {
+    if (t.rows <= 0 || t.num_seqs <= 0) return 0;
+    if (tensor_core_path(t, true)) {
+        // D [rows, n_heads] then the dQ accumulator [rows, n_heads, head_dim] (256-byte aligned).
+        const size_t d_bytes = (size_t(t.rows * t.n_heads) * sizeof(float) + 255) / 256 * 256;
+        return d_bytes + size_t(t.rows * t.n_heads * t.head_dim) * sizeof(float);
+    }
+    return 2 * size_t(t.rows * t.n_kv_heads * t.head_dim) * sizeof(float);
+}
+
+void attention_backward_train(const TrainAttention& t, void* workspace, cudaStream_t stream) {
+    if (t.rows <= 0 || t.num_seqs <= 0) return;
+    AttnArgs a = make_args(t);
+    const int64_t max_len = max_len_of(t);
+    if (tensor_core_path(t, true)) {
+        const size_t d_bytes = (size_t(t.rows * t.n_heads) * sizeof(float) + 255) / 256 * 256;
+        a.dsum = static_cast<float*>(workspace);
+        a.dq_acc = reinterpret_cast<float*>(static_cast<char*>(workspace) + d_bytes);
+        const size_t acc_bytes = size_t(t.rows * t.n_heads * t.head_dim) * sizeof(float);
+        const cudaError_t err = cudaMemsetAsync(a.dq_acc, 0, acc_bytes, stream);
+        SKV_CHECK(err == cudaSuccess, "attention_backward: cudaMemsetAsync failed: {}", cudaGetErrorString(err));
+        const bool vec = aligned(t.out, 16) && aligned(t.dout, 16);  // head_dim is 64 or 128
+        const unsigned dot_grid = grid_x(ceil_div(t.rows * t.n_heads, 8));
+        if (vec)
+            attn_bwd_dot_kernel<true><<<dot_grid, 256, 0, stream>>>(a);
+        else
+            attn_bwd_dot_kernel<false><<<dot_grid, 256, 0, stream>>>(a);
+        check_launch("attention_backward (D)");
+        if (t.head_dim == 64)
+            launch_bwd_tc<64>(a, max_len, t.num_seqs, stream);
+        else
+            launch_bwd_tc<128>(a, max_len, t.num_seqs, stream);
+        check_launch("attention_backward");
+        attn_dq_store_kernel<<<elementwise_grid(t.rows * t.n_heads * t.head_dim), 256, 0, stream>>>(a);
+        check_launch("attention_backward (dq)");
+        return;
+    }
+    SKV_CHECK(t.head_dim <= kSimpleMaxHd, "attention_backward: head_dim {} is not supported on CUDA (at most {})",
+              t.head_dim, kSimpleMaxHd);
+    const size_t acc_elems = size_t(t.rows * t.n_kv_heads * t.head_dim);
+    a.dk_acc = static_cast<float*>(workspace);
+    a.dv_acc = a.dk_acc + acc_elems;
+    const cudaError_t err = cudaMemsetAsync(workspace, 0, 2 * acc_elems * sizeof(float), stream);
+    SKV_CHECK(err == cudaSuccess, "attention_backward: cudaMemsetAsync failed: {}", cudaGetErrorString(err));
+    const dim3 grid(grid_x(t.rows), unsigned(t.n_heads));
+    attn_bwd_simple_kernel<<<grid, kSimpleWarps * 32, 0, stream>>>(a);
+    check_launch("attention_backward (simple)");
+    attn_dkv_store_kernel<<<elementwise_grid(int64_t(acc_elems)), 256, 0, stream>>>(a);
+    check_launch("attention_backward (dk/dv)");
+}
+
+void kl_div_loss(const float* teacher, const float* student, const float* row_weights, int64_t rows, int64_t vocab,
+                 float temperature, float* row_loss, float* d_student, cudaStream_t stream) {
+    if (rows <= 0 || vocab <= 0) return;
+    const bool vec = vocab % 4 == 0 && aligned(teacher, 16) && aligned(student, 16) && (!d_student || aligned(d_student, 16));
+    if (vec)
+        kl_div_kernel<true><<<grid_x(rows), kLossThreads, 0, stream>>>(teacher, student, row_weights, rows, vocab,
+                                                                       temperature, row_loss, d_student);
+    else
+        kl_div_kernel<false><<<grid_x(rows), kLossThreads, 0, stream>>>(teacher, student, row_weights, rows, vocab,
+                                                                        temperature, row_loss, d_student);
+    check_launch("kl_div_loss");
+}
+
+void mse_loss(const float* a, const float* b, const float* row_weights, int64_t rows, int64_t dim, float* row_loss,
+              float* grad_a, cudaStream_t stream) {
+    if (rows <= 0 || dim <= 0 || (!row_loss && !grad_a)) return;
+    mse_kernel<<<grid_x(rows), kLossThreads, 0, stream>>>(a, b, row_weights, rows, dim, row_loss, grad_a);
+    check_launch("mse_loss");
+}
+
+void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, double beta1, double beta2,
+                double eps, double step_size, double inv_sqrt_bc2, double decay, cudaStream_t stream) {
+    if (n <= 0) return;
+    const AdamConsts k{beta1, beta2, eps, step_size, inv_sqrt_bc2, decay};
+    if (aligned(param, 16) && aligned(grad, 16) && aligned(m, 16) && aligned(v, 16))
+        adamw_kernel<true><<<elementwise_grid(ceil_div(n, 4)), 256, 0, stream>>>(param, grad, m, v, n, k);
+    else
+        adamw_kernel<false><<<elementwise_grid(n), 256, 0, stream>>>(param, grad, m, v, n, k);
+    check_launch("adamw_step");
+}
+
+size_t sq_norm_workspace_bytes(int64_t n) { return size_t(sq_norm_blocks(n)) * sizeof(double); }
+
+void sq_norm(const float* x, int64_t n, double* result, void* workspace, cudaStream_t stream) {
+    double* partial = static_cast<double*>(workspace);
+    const int64_t blocks = sq_norm_blocks(n);
+    if (n <= 0) {
+        const cudaError_t err = cudaMemsetAsync(result, 0, sizeof(double), stream);
+        SKV_CHECK(err == cudaSuccess, "grad_sq_norm: cudaMemsetAsync failed: {}", cudaGetErrorString(err));
+        return;
+    }
+    sq_norm_partial_kernel<<<unsigned(blocks), 256, 0, stream>>>(x, n, partial);
+    check_launch("grad_sq_norm");
+    sq_norm_final_kernel<<<1, 256, 0, stream>>>(partial, blocks, result);
+    check_launch("grad_sq_norm (final)");
+}
+
+void scale_f32(float* x, int64_t n, float s, cudaStream_t stream) {
+    if (n <= 0) return;
+    if (aligned(x, 16))
+        scale_kernel<true><<<elementwise_grid(ceil_div(n, 4)), 256, 0, stream>>>(x, n, s);
+    else
+        scale_kernel<false><<<elementwise_grid(n), 256, 0, stream>>>(x, n, s);
+    check_launch("scale");
+}
+
+void add_f32(float* y, const float* x, int64_t n, float alpha, cudaStream_t stream) {
+    if (n <= 0) return;
+    if (aligned(x, 16) && aligned(y, 16))
+        add_f32_kernel<true><<<elementwise_grid(ceil_div(n, 4)), 256, 0, stream>>>(y, x, n, alpha);
+    else
+        add_f32_kernel<false><<<elementwise_grid(n), 256, 0, stream>>>(y, x, n, alpha);
+    check_launch("add_f32");
+}
+
+}  // namespace swiftkv::cuda
