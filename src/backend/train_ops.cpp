@@ -1,6 +1,7 @@
 // The base-class defaults of the training ops (backend/backend.h, "training ops"): every op throws until
-// a backend implements it. The CPU backend implements all of them (cpu/cpu_train_ops.cpp); the CUDA
-// backend none yet, so a training run on CUDA stops with a clear message instead of a missing symbol.
+// a backend implements it, so a backend without them stops a training run with a clear message instead
+// of a missing symbol. The CPU (cpu/cpu_train_ops.cpp) and CUDA (cuda/cuda_train_ops.cu) backends
+// implement all of them.
 #include "backend/backend.h"
 #include "core/error.h"
 
