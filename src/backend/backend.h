@@ -167,12 +167,12 @@ public:
     // in backend/train_ops.h. Dense row-major tensors (never the paged KV cache); packed sequences as
     // described at PackedSequences. Element types:
     //   - void* tensors are activations or gradients of activations, in act_dtype() like the forward ops
-    //     (f32 on the CPU; the CUDA backend will take bf16 or f32 there, accumulating in f32);
+    //     (f32 on the CPU, bf16 on CUDA, accumulating in f32);
     //   - float* tensors are always f32: the residual stream and its gradient, norm weights, logits,
     //     log-sum-exps, losses, and every parameter, parameter gradient and optimizer state (the f32
     //     master copies of the trainable weights).
-    // The base class implements none of them (each throws swiftkv::Error "... is not implemented on the
-    // <name> backend yet"); the CPU backend implements all (backend/cpu/cpu_train_ops.cpp). Unless said
+    // The CPU (backend/cpu/cpu_train_ops.cpp) and CUDA (backend/cuda/cuda_train_ops.cu) backends implement
+    // all of them; the base class throws swiftkv::Error for a backend that does not. Unless said
     // otherwise an op overwrites its outputs; "accumulate" outputs are added to (+=).
 
     // Backward of rmsnorm (y = x / rms(x) * weight, per row of dim): dx = (dy/dx)^T dy, written or,

@@ -10,7 +10,7 @@ namespace swiftkv {
 namespace {
 
 [[noreturn]] void not_implemented(const Backend& backend, const char* op) {
-    SKV_THROW("{} is not implemented on the {} backend yet (training runs on the cpu backend for now)", op,
+    SKV_THROW("{} is not implemented on the {} backend (training runs on the cpu and cuda backends)", op,
               backend.name());
 }
 
