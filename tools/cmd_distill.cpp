@@ -84,6 +84,10 @@ void add_distill_args(CLI::App& app, DistillArgs& a) {
     app.add_option("--overlay-dtype", o.overlay_dtype, "dtype of swiftkv_tensors.safetensors: auto (the student's), f32, bf16")
         ->check(CLI::IsMember({"auto", "f32", "bf16"}));
     app.add_flag("--no-plot", a.no_plot, "do not draw loss_curve.png");
+    app.add_option("--synthetic", o.synthetic, "speed benchmark: random weights of this shape (llama-3.1-8b[:layers], "
+                                               "smollm2-135m[:layers]) trained on random tokens; no --model or --data");
+    app.add_option("--synthetic-swiftkv", o.synthetic_swiftkv, "SwiftKV cut of the --synthetic student (default 50%; "
+                                                               "50%:2 for AcrossKV g = 2)");
 }
 
 int cmd_distill(const CLI::App& app, DistillArgs args) {
@@ -99,20 +103,35 @@ int cmd_distill(const CLI::App& app, DistillArgs args) {
         }
         distill_options_from_json(merged, o);
     }
-    SKV_CHECK(!o.model.empty(), "distill needs --model (the student directory from `swiftkv convert`)");
-    SKV_CHECK(!o.data.empty(), "distill needs --data FILE...");
     SKV_CHECK(o.tokens > 0, "distill needs --tokens N (training tokens)");
-
-    // Tokenizer and chat template of the student (train/ leaves loading them to the caller).
-    auto source = ModelSource::open(o.model);
-    auto tokenizer = std::make_shared<BpeTokenizer>(load_tokenizer(*source));
-    auto chat = std::make_shared<ChatFormat>(load_chat_format(*source, *tokenizer));
     DistillTextCodec codec;
-    codec.encode = [tokenizer](const std::string& text, bool add_bos) { return tokenizer->encode(text, add_bos, true); };
-    if (chat->tmpl) {
-        codec.render_chat = [chat](const nlohmann::json& messages, bool gen) { return chat->render(messages, gen); };
+    if (o.synthetic.empty()) {
+        SKV_CHECK(!o.model.empty(), "distill needs --model (the student directory from `swiftkv convert`)");
+        SKV_CHECK(!o.data.empty(), "distill needs --data FILE...");
+        // Tokenizer and chat template of the student (train/ leaves loading them to the caller). A student
+        // without a tokenizer can still train on pre-tokenized {"input_ids": [...]} records.
+        auto source = ModelSource::open(o.model);
+        codec.vocab = source->config().vocab;
+        std::shared_ptr<BpeTokenizer> tokenizer;
+        std::string why;
+        try {
+            tokenizer = std::make_shared<BpeTokenizer>(load_tokenizer(*source));
+        } catch (const Error& e) {
+            why = e.what();
+        }
+        if (tokenizer) {
+            auto chat = std::make_shared<ChatFormat>(load_chat_format(*source, *tokenizer));
+            codec.encode = [tokenizer](const std::string& text, bool add_bos) { return tokenizer->encode(text, add_bos, true); };
+            if (chat->tmpl) {
+                codec.render_chat = [chat](const nlohmann::json& messages, bool gen) { return chat->render(messages, gen); };
+            }
+        } else {
+            codec.encode = [why, model = o.model](const std::string&, bool) -> std::vector<int32_t> {
+                SKV_THROW("{} has no usable tokenizer ({}): text and chat data need one; give pre-tokenized "
+                          "{{\"input_ids\": [...]}} records instead", model, why);
+            };
+        }
     }
-    source.reset();
 
     g_stop.store(false);
     auto previous = std::signal(SIGINT, on_distill_signal);

@@ -103,6 +103,30 @@ DistillDocument record_to_document(const nlohmann::json& rec, const DistillTextC
         messages.push_back(message("user", rec.get<std::string>()));
     } else if (!rec.is_object()) {
         throw Malformed{fmt::format("a record must be a JSON object or string, not {}", rec.type_name())};
+    } else if (rec.contains("input_ids")) {
+        // Pre-tokenized: the ids as given (no BOS added), an optional 0/1 assistant mask of the same length.
+        const auto& ids = rec["input_ids"];
+        if (!ids.is_array() || ids.empty()) throw Malformed{"\"input_ids\" must be a non-empty array of token ids"};
+        doc.tokens.reserve(ids.size());
+        for (const auto& v : ids) {
+            if (!v.is_number_integer()) throw Malformed{"\"input_ids\" must hold integers"};
+            const int64_t id = v.get<int64_t>();
+            if (id < 0 || (codec.vocab > 0 && id >= codec.vocab))
+                throw Malformed{fmt::format("token id {} is outside the vocabulary [0, {})", id, codec.vocab)};
+            doc.tokens.push_back(int32_t(id));
+        }
+        doc.assistant.assign(doc.tokens.size(), 0);
+        if (rec.contains("assistant_mask")) {
+            const auto& m = rec["assistant_mask"];
+            if (!m.is_array() || m.size() != ids.size())
+                throw Malformed{"\"assistant_mask\" must be an array as long as \"input_ids\""};
+            for (size_t i = 0; i < m.size(); ++i) {
+                if (!m[i].is_number_integer() || (m[i].get<int64_t>() != 0 && m[i].get<int64_t>() != 1))
+                    throw Malformed{"\"assistant_mask\" must hold 0 or 1"};
+                doc.assistant[i] = uint8_t(m[i].get<int64_t>());
+            }
+        }
+        return doc;
     } else if (rec.contains("messages")) {
         const auto& msgs = rec["messages"];
         if (!msgs.is_array() || msgs.empty()) throw Malformed{"\"messages\" must be a non-empty array"};
@@ -137,7 +161,7 @@ DistillDocument record_to_document(const nlohmann::json& rec, const DistillTextC
         doc.assistant.assign(doc.tokens.size(), 0);
         return doc;
     } else {
-        throw Malformed{"no \"messages\", \"prompt\"/\"instruction\"/\"question\", \"turns\" or \"text\" field"};
+        throw Malformed{"no \"messages\", \"prompt\"/\"instruction\"/\"question\", \"turns\", \"text\" or \"input_ids\" field"};
     }
     if (!codec.render_chat) throw Error("chat records need the model's chat template, and this model has none");
     render_chat(messages, codec, doc, unmasked);

@@ -9,7 +9,9 @@
 //             "answer" | "completion"} (optional "system"), rendered as a user/assistant chat; without an
 //             answer, a user-only chat;
 //           - {"turns": ["...", ...]} (MT-bench style user turns) or a bare JSON string: user-only chats;
-//           - {"text": "..."}: plain text.
+//           - {"text": "..."}: plain text;
+//           - {"input_ids": [ids...] [, "assistant_mask": [0|1...]]}: pre-tokenized, taken as given (no BOS
+//             added; ids outside the vocabulary make the record malformed).
 //           Anything else (bad JSON, missing or mistyped fields, a template error, no tokens) is a malformed
 //           line: skipped and counted, never silently (the first few are kept with file:line and why).
 //   .txt, .raw, .text, .md   plain text, tokenized whole and cut into pieces of seq_len tokens.
@@ -46,6 +48,8 @@ struct DistillTextCodec {
     std::function<std::vector<int32_t>(const std::string& text, bool add_bos)> encode;
     // Renders {"role", "content"} messages with the model's chat template; empty when it has none.
     std::function<std::string(const nlohmann::json& messages, bool add_generation_prompt)> render_chat;
+    // Vocabulary size for checking pre-tokenized records (0: unchecked).
+    int64_t vocab = 0;
 };
 
 struct DistillDocument {

@@ -202,6 +202,20 @@ DistillModel::DistillModel(const ModelSource& source, Backend& backend, const Di
                       layer_name(j, which));
         }
     }
+    init(&source, 0);
+}
+
+DistillModel::DistillModel(const ModelConfig& config, Backend& backend, const DistillModelOptions& options, uint64_t seed)
+    : config_(config), backend_(backend), options_(options) {
+    SKV_CHECK(config.is_swiftkv(), "a random-weight distillation model needs a SwiftKV cut (num_key_value_layers < {})",
+              config.n_layers);
+    init(nullptr, seed);
+}
+
+void DistillModel::init(const ModelSource* source, uint64_t seed) {
+    const DistillModelOptions& options = options_;
+    Backend& backend = backend_;
+    const ModelConfig& c = config_;
     SKV_CHECK(options.weight_dtype == DType::F32 || options.weight_dtype == DType::BF16,
               "distillation weights must be f32 or bf16, not {}", dtype_name(options.weight_dtype));
     SKV_CHECK(options.max_tokens > 0, "micro-batch capacity must be positive, got {}", options.max_tokens);
@@ -216,8 +230,8 @@ DistillModel::DistillModel(const ModelSource& source, Backend& backend, const Di
     lo.weight_dtype = options.weight_dtype;
     lo.swiftkv = false;  // the teacher
     lo.graphs = false;
-    teacher_ = std::make_unique<LlamaModel>(source, backend, lo);
-
+    teacher_ = source ? std::make_unique<LlamaModel>(*source, backend, lo)
+                      : std::make_unique<LlamaModel>(c, backend, lo, seed);
     // Trainable tensors: norm_swiftkv, the fused K/V block, q_proj_swiftkv of every later layer.
     const int64_t H = c.hidden, kvd = c.kv_dim(), qd = c.q_dim(), L = c.swiftkv_layers;
     int64_t off = 0;
@@ -245,10 +259,24 @@ DistillModel::DistillModel(const ModelSource& source, Backend& backend, const Di
     }
     num_params_ = off;
 
-    // Initial values from the student.
+    // Initial values from the student, or random ones (uniform with std 0.02, norm 1) for benchmarks.
     std::vector<float> host(size_t(num_params_), 0.0f);
     for (const TrainableTensor& t : trainables_) {
-        const SourceTensor& st = source.require(t.name, t.shape);
+        if (source == nullptr) {
+            float* dst = host.data() + t.offset;
+            if (t.shape.size() == 1) {
+                std::fill(dst, dst + t.numel(), 1.0f);
+                continue;
+            }
+            uint64_t state = seed * 0x9E3779B97F4A7C15ull + uint64_t(t.offset) + 1;
+            const float a = 0.02f * 1.7320508f;  // uniform in [-a, a] has std 0.02
+            for (int64_t i = 0; i < t.numel(); ++i) {
+                state = state * 6364136223846793005ull + 1442695040888963407ull;
+                dst[i] = a * (float(double(state >> 40) / double(1ull << 24)) * 2.0f - 1.0f);
+            }
+            continue;
+        }
+        const SourceTensor& st = source->require(t.name, t.shape);
         const int64_t rows = t.shape.size() == 1 ? 1 : t.shape[0];
         read_source_rows_f32(st, 0, rows, c.head_dim, host.data() + t.offset);
     }

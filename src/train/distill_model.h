@@ -87,6 +87,9 @@ public:
     // source: a SwiftKV student that also holds its teacher's original later-layer q/k/v_proj (what
     // `swiftkv convert` writes, or a published llama_swiftkv checkpoint). Throws swiftkv::Error.
     DistillModel(const ModelSource& source, Backend& backend, const DistillModelOptions& options);
+    // A student of the given SwiftKV config with random weights generated on the backend (teacher and
+    // trainable tensors alike): for speed benchmarks (`swiftkv distill --synthetic`), where values do not matter.
+    DistillModel(const ModelConfig& config, Backend& backend, const DistillModelOptions& options, uint64_t seed);
     ~DistillModel();
 
     const ModelConfig& config() const { return config_; }  // the student's (L, g)
@@ -125,6 +128,7 @@ public:
 
 private:
     struct Workspace;
+    void init(const ModelSource* source, uint64_t seed);
     void reserve(int64_t tokens);
     void upload_batch(const PackedBatch& batch);
     const void* as_act(const float* x, int64_t n, void* scratch);

@@ -72,8 +72,40 @@ using Clock = std::chrono::steady_clock;
 // Keys that only steer the run and may change on resume (they do not change the weights).
 bool result_key(const std::string& key) { return key != "model" && key != "data" && key != "base"; }
 
+// A corpus of random tokens for --synthetic runs: enough rows for a few distinct steps.
+DistillCorpus synthetic_corpus(int64_t vocab, int64_t seq_len, int64_t rows, uint64_t seed) {
+    DistillCorpus corpus;
+    corpus.seq_len = seq_len;
+    uint64_t state = seed * 0x9E3779B97F4A7C15ull + 7;
+    for (int64_t r = 0; r < rows; ++r) {
+        DistillDocument d;
+        d.tokens.resize(size_t(seq_len));
+        for (auto& t : d.tokens) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            t = int32_t((state >> 33) % uint64_t(vocab));
+        }
+        d.assistant.assign(d.tokens.size(), 0);
+        corpus.documents.push_back(std::move(d));
+    }
+    corpus.tokens = rows * seq_len;
+    DataFileStats st;
+    st.path = "(random tokens)";
+    st.kind = "synthetic";
+    st.records = st.documents = rows;
+    st.tokens = corpus.tokens;
+    corpus.files.push_back(st);
+    corpus.fingerprint = fnv1a64(&seed, sizeof(seed));
+    return corpus;
+}
+
 void check_options(const DistillOptions& o) {
-    SKV_CHECK(!o.model.empty(), "no student model given (--model DIR: the output of `swiftkv convert`)");
+    if (!o.synthetic.empty()) {
+        SKV_CHECK(o.model.empty() && o.data.empty(), "--synthetic trains random weights on random tokens: drop --model "
+                  "and --data");
+        SKV_CHECK(!o.resume, "--synthetic runs are benchmarks and cannot be resumed");
+        SKV_CHECK(o.loss_mask == "all", "--synthetic data has no assistant turns: use --loss-mask all");
+    }
+    SKV_CHECK(!o.model.empty() || !o.synthetic.empty(), "no student model given (--model DIR: the output of `swiftkv convert`)");
     SKV_CHECK(!o.out.empty(), "no output directory given (--out DIR)");
     SKV_CHECK(o.tokens > 0, "--tokens must be positive (the number of training tokens), got {}", o.tokens);
     SKV_CHECK(o.seq_len >= 2, "--seq-len {} is too short", o.seq_len);
@@ -193,22 +225,24 @@ DistillResult run_distill(const DistillOptions& opts, const DistillTextCodec& co
         SKV_CHECK(opts.force, "'{}' already holds a distillation checkpoint; pass --resume to continue it, or --force to "
                   "start over (which deletes it)", opts.out);
     }
-    {
+    if (!opts.model.empty()) {
         const fs::path a = fs::weakly_canonical(fs::absolute(opts.out), ec), b = fs::weakly_canonical(fs::absolute(opts.model), ec);
         SKV_CHECK(a != b, "--out must differ from the student directory '{}' (distill writes a new model)", opts.model);
     }
 
     // The student (and, through it, the teacher) and the base it must match.
-    auto student = ModelSource::open(opts.model);
-    const ModelConfig& cfg = student->config();
+    const bool synthetic = !opts.synthetic.empty();
+    std::unique_ptr<ModelSource> student;
+    if (!synthetic) student = ModelSource::open(opts.model);
+    const ModelConfig cfg = synthetic ? ModelConfig::synthetic(opts.synthetic, opts.synthetic_swiftkv) : student->config();
     SKV_CHECK(cfg.is_swiftkv(), "{} is not a SwiftKV student (num_key_value_layers = num_hidden_layers); make one with "
               "`swiftkv convert --model BASE --swiftkv-layers 50% --out DIR` first", opts.model);
     SKV_CHECK(opts.seq_len <= cfg.max_position, "--seq-len {} exceeds the model's {} positions (max_position_embeddings)",
               opts.seq_len, cfg.max_position);
     std::unique_ptr<ModelSource> base_holder;
     const ModelSource* base = student.get();
-    std::string base_path = student->overlay_base_path().empty() ? opts.model : student->overlay_base_path();
-    if (!opts.base.empty()) {
+    std::string base_path = synthetic || student->overlay_base_path().empty() ? opts.model : student->overlay_base_path();
+    if (!opts.base.empty() && !synthetic) {
         base_holder = ModelSource::open(opts.base);
         base = base_holder.get();
         base_path = opts.base;
@@ -225,7 +259,9 @@ DistillResult run_distill(const DistillOptions& opts, const DistillTextCodec& co
 
     // Data.
     const LossMask mask = opts.loss_mask == "assistant" ? LossMask::Assistant : LossMask::AllTokens;
-    const DistillCorpus corpus = load_distill_corpus(opts.data, codec, opts.seq_len);
+    const DistillCorpus corpus =
+        synthetic ? synthetic_corpus(cfg.vocab, opts.seq_len, 4 * opts.batch_size * opts.grad_accum, opts.seed)
+                  : load_distill_corpus(opts.data, codec, opts.seq_len);
     result.data_tokens = corpus.tokens;
     result.malformed_records = corpus.malformed;
     for (const auto& f : corpus.files) {
@@ -288,7 +324,9 @@ DistillResult run_distill(const DistillOptions& opts, const DistillTextCodec& co
     mo.weight_dtype = wdtype;
     mo.max_tokens = micro_tokens;
     mo.hidden_mse = opts.hidden_mse > 0;
-    DistillModel model(*student, *backend, mo);
+    std::unique_ptr<DistillModel> model_holder =
+        synthetic ? std::make_unique<DistillModel>(cfg, *backend, mo, opts.seed) : std::make_unique<DistillModel>(*student, *backend, mo);
+    DistillModel& model = *model_holder;
     const int64_t P = model.num_params();
     say(fmt::format("student: {} layers, cut L = {}, group g = {}; {} trainable parameters in {} tensors; teacher = the "
                     "same weights with SwiftKV off", cfg.n_layers, cfg.swiftkv_layers, cfg.kv_group_size, P,
@@ -302,7 +340,8 @@ DistillResult run_distill(const DistillOptions& opts, const DistillTextCodec& co
 
     nlohmann::json options_json = distill_options_to_json(opts);
     options_json["dtype"] = wdtype == DType::BF16 ? "bf16" : "f32";
-    options_json["model_fingerprint"] = model_fingerprint(*student);
+    options_json["model_fingerprint"] = synthetic ? "synthetic:" + opts.synthetic + "@" + opts.synthetic_swiftkv
+                                                  : model_fingerprint(*student);
     const nlohmann::json layout = trainable_layout(model.trainables(), P);
     int64_t step = 0, rows = 0;
     double elapsed = 0;
@@ -344,6 +383,7 @@ DistillResult run_distill(const DistillOptions& opts, const DistillTextCodec& co
         std::ofstream(log_path, std::ios::trunc);
     }
     auto save = [&] {
+        if (synthetic) return;  // a benchmark: nothing worth keeping
         DistillCheckpoint ck;
         ck.step = step;
         ck.rows_consumed = rows;
@@ -448,8 +488,12 @@ DistillResult run_distill(const DistillOptions& opts, const DistillTextCodec& co
         if (step < total_steps && (stop_now || (opts.save_every > 0 && step % opts.save_every == 0))) {
             save();
             if (stop_now) {
-                say(fmt::format("stopped at step {} of {}; checkpoint saved in {}/checkpoint (continue with --resume)",
-                                step, total_steps, opts.out));
+                if (synthetic) {
+                    say(fmt::format("stopped at step {} of {} (--max-steps)", step, total_steps));
+                } else {
+                    say(fmt::format("stopped at step {} of {}; checkpoint saved in {}/checkpoint (continue with --resume)",
+                                    step, total_steps, opts.out));
+                }
                 result.interrupted = true;
                 break;
             }
@@ -461,6 +505,10 @@ DistillResult run_distill(const DistillOptions& opts, const DistillTextCodec& co
         result.mean_mfu = peak > 0 ? sum_mfu / double(steps_this_run) : -1;
     }
     if (result.interrupted) return result;
+    if (synthetic) {
+        result.finished = true;
+        return result;
+    }
 
     // Done: the final checkpoint, the overlay, the full directory.
     save();

@@ -53,6 +53,10 @@ struct DistillOptions {
     double peak_tflops = 0;          // for MFU; 0: known GPUs (H100/H200 bf16 dense) or n/a
     std::string overlay_dtype = "auto";  // auto (the student's), f32, bf16
     bool write_model = true;         // write the full Hugging Face directory at the end
+    // Speed benchmark: random weights of a named shape (ModelConfig::synthetic, e.g. "llama-3.1-8b") cut at
+    // synthetic_swiftkv ("50%", "50%:2"), trained on random tokens; no model, data, checkpoint or overlay.
+    std::string synthetic;
+    std::string synthetic_swiftkv = "50%";
 };
 
 // The options that decide the result (recorded in checkpoints and compared on resume), and back.

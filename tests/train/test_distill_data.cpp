@@ -160,3 +160,28 @@ TEST(DistillData, PackedStreamIsReproducibleAndCoversEachEpoch) {
     EXPECT_EQ(late.row_weights, again.row_weights);
     std::filesystem::remove_all(dir);
 }
+
+TEST(DistillData, PreTokenizedRecordsAreTakenAsGiven) {
+    const std::string dir = test_temp_dir("data_ids");
+    const std::string path = write_file(dir, "ids.jsonl",
+        R"({"input_ids": [5, 6, 7, 8]})" "\n"
+        R"({"input_ids": [1, 2, 3], "assistant_mask": [0, 1, 1]})" "\n"
+        R"({"input_ids": [1, 99999]})" "\n"                                  // 3: outside the vocabulary
+        R"({"input_ids": [1, 2], "assistant_mask": [1]})" "\n"              // 4: mask of the wrong length
+        R"({"input_ids": ["a"]})" "\n"                                      // 5: not integers
+        R"({"input_ids": []})" "\n");                                       // 6: empty
+    DistillTextCodec codec = byte_codec();
+    codec.vocab = kByteVocab;
+    const DistillCorpus c = load_distill_corpus({path}, codec, 16);
+    EXPECT_EQ(c.files[0].records, 6);
+    EXPECT_EQ(c.malformed, 4);
+    ASSERT_EQ(c.documents.size(), 2u);
+    EXPECT_EQ(c.documents[0].tokens, (std::vector<int32_t>{5, 6, 7, 8}));  // no BOS added
+    EXPECT_EQ(c.documents[0].assistant, (std::vector<uint8_t>{0, 0, 0, 0}));
+    EXPECT_EQ(c.documents[1].assistant, (std::vector<uint8_t>{0, 1, 1}));
+    EXPECT_EQ(c.assistant_tokens, 2);
+    EXPECT_NE(c.malformed_examples[0].find("ids.jsonl:3"), std::string::npos) << c.malformed_examples[0];
+    EXPECT_NE(c.malformed_examples[0].find("outside the vocabulary"), std::string::npos) << c.malformed_examples[0];
+    EXPECT_NE(c.malformed_examples[1].find("assistant_mask"), std::string::npos) << c.malformed_examples[1];
+    std::filesystem::remove_all(dir);
+}

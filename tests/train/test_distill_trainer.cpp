@@ -8,6 +8,7 @@
 //     file) with the same logits.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -355,4 +356,39 @@ TEST(DistillTrainer, OutputsLoadAsFullDirectoryAndAsOverlay) {
     const std::string e = error_of([&] { ModelSource::open(f.root + "/wrong.json"); });
     EXPECT_NE(e.find("different weights"), std::string::npos) << e;
     fs::remove_all(f.root);
+}
+
+// --synthetic: random weights of a named shape on random tokens, for speed benchmarks. It trains (finite,
+// logged steps), honours --max-steps and writes nothing but the log; bad combinations are refused.
+TEST(DistillTrainer, SyntheticBenchmarkRunsAndWritesOnlyTheLog) {
+    const std::string root = test_temp_dir("synthetic");
+    DistillOptions o;
+    o.synthetic = "smollm2-135m:2";
+    o.synthetic_swiftkv = "50%";
+    o.out = root + "/out";
+    o.seq_len = 32;
+    o.batch_size = 2;
+    o.tokens = 3 * 2 * 32;
+    o.threads = 2;
+    o.max_steps = 2;
+    const DistillTextCodec codec = byte_codec();
+    const DistillResult r = run_distill(o, codec);
+    EXPECT_EQ(r.steps_done, 2);
+    EXPECT_EQ(r.total_steps, 3);
+    EXPECT_TRUE(std::isfinite(r.first_loss) && r.first_loss > 0) << r.first_loss;
+    EXPECT_GT(r.mean_tokens_per_second, 0);
+    EXPECT_EQ(logged(r.log_path, "loss").size(), 2u);
+    EXPECT_FALSE(fs::exists(o.out + "/checkpoint"));
+    EXPECT_FALSE(fs::exists(o.out + "/swiftkv_tensors.json"));
+
+    DistillOptions bad = o;
+    bad.model = "somewhere";
+    EXPECT_NE(error_of([&] { run_distill(bad, codec); }).find("drop --model"), std::string::npos);
+    bad = o;
+    bad.synthetic_swiftkv = "";
+    EXPECT_NE(error_of([&] { run_distill(bad, codec); }).find("SwiftKV"), std::string::npos);
+    bad = o;
+    bad.synthetic = "gpt-17";
+    EXPECT_NE(error_of([&] { run_distill(bad, codec); }).find("unknown synthetic shape"), std::string::npos);
+    fs::remove_all(root);
 }
