@@ -37,6 +37,7 @@ shift || true
 case $phase in
 prep)
   for p in models/parts/q41.part*; do [ -f "$p" ] && cp "$p" $K/; done
+  [ -f models/parts/data.tar.xz ] && mkdir -p $D && tar -C $K -xJf models/parts/data.tar.xz
   [ -d models/parts/data ] && mkdir -p $D && cp models/parts/data/* $D/
   if ls $K/q41.part* >/dev/null 2>&1 && [ "$(ls $K/q41.part* | wc -l)" -ge 2 ]; then
     cat $K/q41.part* > $G
