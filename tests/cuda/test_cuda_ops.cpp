@@ -18,9 +18,9 @@
 #include <string>
 #include <vector>
 
-#include "../backend/backend_test_util.h"
 #include "backend/sampling_noise.h"
 #include "core/error.h"
+#include "cuda_test_util.h"
 
 namespace swiftkv::test {
 namespace {
@@ -30,84 +30,7 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // --- helpers -------------------------------------------------------------------------------------------
 
-// Fast deterministic uniform floats in [lo, hi) (large arrays; std::uniform_real_distribution is slow).
-std::vector<float> fast_floats(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
-    std::vector<float> v(n);
-    const uint64_t key = noise_mix64(seed);
-    for (size_t i = 0; i < n; ++i) {
-        const float u = float(uint32_t(noise_mix64(key + i) >> 40)) * 0x1p-24f;
-        v[i] = lo + (hi - lo) * u;
-    }
-    return v;
-}
-
-std::vector<float> round_bf16(std::vector<float> v) {
-    for (float& x : v) x = bf16_to_f32(f32_to_bf16(x));
-    return v;
-}
-
-std::vector<float> widen(const std::vector<uint16_t>& v) {
-    std::vector<float> out(v.size());
-    for (size_t i = 0; i < v.size(); ++i) out[i] = bf16_to_f32(v[i]);
-    return out;
-}
-
-// ||got - ref|| / ||ref|| (NaN anywhere: infinity).
-double rel_error(const std::vector<float>& got, const std::vector<float>& ref) {
-    if (got.size() != ref.size()) return INFINITY;
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < got.size(); ++i) {
-        const double d = double(got[i]) - double(ref[i]);
-        num += d * d;
-        den += double(ref[i]) * double(ref[i]);
-    }
-    if (std::isnan(num) || std::isnan(den)) return INFINITY;
-    return den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-constexpr double kBf16Tol = 1e-2;
-
-// The CUDA and CPU backends, created once for the whole binary (and deliberately never destroyed: the
-// CUDA runtime may already be gone at static destruction).
-struct Backends {
-    Backend* gpu = nullptr;
-    Backend* cpu = nullptr;
-};
-
-class CudaOps : public ::testing::Test {
-protected:
-    void SetUp() override {
-        std::string why;
-        if (!cuda_backend_available(&why)) GTEST_SKIP() << "CUDA backend unavailable: " << why;
-        static Backends backends = [] {
-            Backends b;
-            b.gpu = make_cuda_backend(0).release();
-            b.cpu = make_cpu_backend().release();
-            return b;
-        }();
-        gpu_ = backends.gpu;
-        cpu_ = backends.cpu;
-        ASSERT_EQ(gpu_->act_dtype(), DType::BF16);
-        ASSERT_EQ(cpu_->act_dtype(), DType::F32);
-    }
-    Backend& gpu() { return *gpu_; }
-    Backend& cpu() { return *cpu_; }
-
-    Backend* gpu_ = nullptr;
-    Backend* cpu_ = nullptr;
-};
-
-// An activation tensor on both backends holding the same (bf16-representable) values.
-struct Act {
-    Act(Backend& gpu, Backend& cpu, const std::vector<float>& values)
-        : host(round_bf16(values)), g(gpu, to_bf16(host)), c(cpu, host) {}
-    Act(Backend& gpu, Backend& cpu, size_t n) : host(n, 0.0f), g(gpu, n), c(cpu, n) {}
-    std::vector<float> host;
-    DeviceArray<uint16_t> g;
-    DeviceArray<float> c;
-    std::vector<float> gpu_values() { return widen(g.to_host()); }
-    std::vector<float> cpu_values() { return c.to_host(); }
-};
+class CudaOps : public CudaVsCpuTest {};
 
 // Row counts x dims, skipping combinations above `max_elems` elements.
 std::vector<std::pair<int64_t, int64_t>> shape_grid(std::initializer_list<int64_t> rows,
@@ -118,8 +41,6 @@ std::vector<std::pair<int64_t, int64_t>> shape_grid(std::initializer_list<int64_
             if (r * d <= max_elems) out.emplace_back(r, d);
     return out;
 }
-
-std::string shape_name(int64_t rows, int64_t dim) { return std::to_string(rows) + " x " + std::to_string(dim); }
 
 // --- basics ---------------------------------------------------------------------------------------------
 

@@ -26,9 +26,9 @@
 #include <string>
 #include <vector>
 
-#include "../backend/backend_test_util.h"
 #include "backend/sampling_noise.h"
 #include "core/error.h"
+#include "cuda_test_util.h"
 
 namespace swiftkv::cuda::detail {
 void set_train_attention_simple_for_testing(bool simple);  // cuda_train_ops.cu
@@ -39,83 +39,12 @@ namespace {
 
 // --- helpers -------------------------------------------------------------------------------------------
 
-std::vector<float> fast_floats(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
-    std::vector<float> v(n);
-    const uint64_t key = noise_mix64(seed);
-    for (size_t i = 0; i < n; ++i) {
-        const float u = float(uint32_t(noise_mix64(key + i) >> 40)) * 0x1p-24f;
-        v[i] = lo + (hi - lo) * u;
-    }
-    return v;
-}
-
-std::vector<float> round_bf16(std::vector<float> v) {
-    for (float& x : v) x = bf16_to_f32(f32_to_bf16(x));
-    return v;
-}
-
-std::vector<float> widen(const std::vector<uint16_t>& v) {
-    std::vector<float> out(v.size());
-    for (size_t i = 0; i < v.size(); ++i) out[i] = bf16_to_f32(v[i]);
-    return out;
-}
-
-// ||got - ref|| / ||ref|| (NaN anywhere: infinity; an all-zero reference: the absolute norm).
-double rel_error(const std::vector<float>& got, const std::vector<float>& ref) {
-    if (got.size() != ref.size()) return INFINITY;
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < got.size(); ++i) {
-        const double d = double(got[i]) - double(ref[i]);
-        num += d * d;
-        den += double(ref[i]) * double(ref[i]);
-    }
-    if (std::isnan(num) || std::isnan(den)) return INFINITY;
-    return den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-constexpr double kBf16Tol = 1e-2;
 constexpr double kAttnGradTol = 2e-2;
 constexpr double kF32Tol = 1e-5;
 
-struct Backends {
-    Backend* gpu = nullptr;
-    Backend* cpu = nullptr;
-};
-
-class CudaTrainOps : public ::testing::Test {
+class CudaTrainOps : public CudaVsCpuTest {
 protected:
-    void SetUp() override {
-        std::string why;
-        if (!cuda_backend_available(&why)) GTEST_SKIP() << "CUDA backend unavailable: " << why;
-        // Created once for the binary and never destroyed (the CUDA runtime may be gone at exit).
-        static Backends backends = [] {
-            Backends b;
-            b.gpu = make_cuda_backend(0).release();
-            b.cpu = make_cpu_backend().release();
-            return b;
-        }();
-        gpu_ = backends.gpu;
-        cpu_ = backends.cpu;
-        ASSERT_EQ(gpu_->act_dtype(), DType::BF16);
-        ASSERT_EQ(cpu_->act_dtype(), DType::F32);
-    }
     void TearDown() override { cuda::detail::set_train_attention_simple_for_testing(false); }
-    Backend& gpu() { return *gpu_; }
-    Backend& cpu() { return *cpu_; }
-
-    Backend* gpu_ = nullptr;
-    Backend* cpu_ = nullptr;
-};
-
-// An activation tensor on both backends holding the same (bf16-representable) values.
-struct Act {
-    Act(Backend& gpu, Backend& cpu, const std::vector<float>& values)
-        : host(round_bf16(values)), g(gpu, to_bf16(host)), c(cpu, host) {}
-    std::vector<float> host;
-    DeviceArray<uint16_t> g;
-    DeviceArray<float> c;
-    std::vector<float> gpu_values() { return widen(g.to_host()); }
-    std::vector<float> cpu_values() { return c.to_host(); }
 };
 
 // An f32 tensor on both backends.
@@ -125,8 +54,6 @@ struct F32 {
     DeviceArray<float> g;
     DeviceArray<float> c;
 };
-
-std::string shape_name(int64_t rows, int64_t dim) { return std::to_string(rows) + " x " + std::to_string(dim); }
 
 // --- rmsnorm / rope / silu_mul ----------------------------------------------------------------------------
 

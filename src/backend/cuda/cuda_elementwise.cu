@@ -1,5 +1,6 @@
-// The CUDA backend's memory-bound kernels: embedding, rmsnorm, add_rmsnorm, rope, silu_mul, kv_write,
-// gather_rows, dtype conversions and random fill (declared in cuda_kernels.h).
+// The CUDA backend's memory-bound kernels: embedding, rmsnorm, add_rmsnorm, rope (and rope_backward, its
+// transpose, declared in cuda_train_ops.h), silu_mul, kv_write, gather_rows, dtype conversions and random
+// fill (declared in cuda_kernels.h).
 //
 // All of them stream their data once. Rows are handled by one block (norms, rope, kv_write, gather) or by
 // a 2-D grid (silu_mul); loads and stores use 16-byte vectors when the dimensions and pointers allow it
@@ -14,6 +15,7 @@
 #include <cstdint>
 
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/cuda_train_ops.h"
 #include "backend/sampling_noise.h"
 #include "core/error.h"
 
@@ -211,15 +213,23 @@ void launch_rmsnorm(float* x, const bf16* delta, const float* weight, bf16* out,
 
 // --- rope -----------------------------------------------------------------------------------------
 
+// (a, b) rotated by the angle (kInverse false) or by minus the angle (kInverse true: the transpose
+// rotation, rope's backward).
+template <bool kInverse>
 __device__ __forceinline__ void rotate(float a, float b, float c, float s, float& ra, float& rb) {
-    ra = fmaf(a, c, -b * s);
-    rb = fmaf(b, c, a * s);
+    if constexpr (kInverse) {
+        ra = fmaf(a, c, b * s);
+        rb = fmaf(b, c, -a * s);
+    } else {
+        ra = fmaf(a, c, -b * s);
+        rb = fmaf(b, c, a * s);
+    }
 }
 
 // One block per row: cos/sin of the row's angles go to shared memory once (sincosf, accurate), then every
 // head of the row is rotated. kVec: half % 8 == 0 and 16-byte aligned rows, 8 pairs per thread step.
 // kTable false (huge head_dim): cos/sin computed per element instead of tabulated.
-template <bool kVec, bool kTable>
+template <bool kVec, bool kTable, bool kInverse>
 __global__ void __launch_bounds__(256) rope_kernel(bf16* __restrict__ x, int64_t rows, int64_t row_stride,
                                                    int64_t n_heads, int64_t head_dim,
                                                    const int32_t* __restrict__ positions,
@@ -252,8 +262,8 @@ __global__ void __launch_bounds__(256) rope_kernel(bf16* __restrict__ x, int64_t
                 for (int k = 0; k < 4; ++k) {
                     const float2 a = __bfloat1622float2(va.h[k]), b = __bfloat1622float2(vb.h[k]);
                     float ra0, rb0, ra1, rb1;
-                    rotate(a.x, b.x, cs[i + 2 * k], cs[half + i + 2 * k], ra0, rb0);
-                    rotate(a.y, b.y, cs[i + 2 * k + 1], cs[half + i + 2 * k + 1], ra1, rb1);
+                    rotate<kInverse>(a.x, b.x, cs[i + 2 * k], cs[half + i + 2 * k], ra0, rb0);
+                    rotate<kInverse>(a.y, b.y, cs[i + 2 * k + 1], cs[half + i + 2 * k + 1], ra1, rb1);
                     oa.h[k] = __floats2bfloat162_rn(ra0, ra1);
                     ob.h[k] = __floats2bfloat162_rn(rb0, rb1);
                 }
@@ -274,7 +284,7 @@ __global__ void __launch_bounds__(256) rope_kernel(bf16* __restrict__ x, int64_t
                     sincosf(pos * inv_freq[i], &s, &c);
                 }
                 float ra, rb;
-                rotate(__bfloat162float(*pa), __bfloat162float(*pb), c, s, ra, rb);
+                rotate<kInverse>(__bfloat162float(*pa), __bfloat162float(*pb), c, s, ra, rb);
                 *pa = __float2bfloat16_rn(ra);
                 *pb = __float2bfloat16_rn(rb);
             }
@@ -472,8 +482,11 @@ void add_rmsnorm(float* residual, const bf16* delta, const float* weight, bf16* 
     launch_rmsnorm<true>(residual, delta, weight, out, rows, dim, eps, stream, "add_rmsnorm");
 }
 
-void rope(bf16* x, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim, const int32_t* positions,
-          const float* inv_freq, cudaStream_t stream) {
+namespace {
+
+template <bool kInverse>
+void launch_rope(bf16* x, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim, const int32_t* positions,
+                 const float* inv_freq, cudaStream_t stream, const char* what) {
     if (rows <= 0 || n_heads <= 0 || head_dim < 2) return;
     const int64_t half = head_dim / 2;
     const bool vec = half % 8 == 0 && row_stride % 8 == 0 && aligned(x, 16);
@@ -484,12 +497,24 @@ void rope(bf16* x, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t he
     const int threads = std::min(256, round_up_warp(std::max(units, table ? half : 0)));
     const unsigned grid = grid_x(rows);
     if (vec && table)
-        rope_kernel<true, true><<<grid, threads, smem, stream>>>(x, rows, row_stride, n_heads, head_dim, positions, inv_freq);
+        rope_kernel<true, true, kInverse><<<grid, threads, smem, stream>>>(x, rows, row_stride, n_heads, head_dim, positions, inv_freq);
     else if (table)
-        rope_kernel<false, true><<<grid, threads, smem, stream>>>(x, rows, row_stride, n_heads, head_dim, positions, inv_freq);
+        rope_kernel<false, true, kInverse><<<grid, threads, smem, stream>>>(x, rows, row_stride, n_heads, head_dim, positions, inv_freq);
     else
-        rope_kernel<false, false><<<grid, threads, 0, stream>>>(x, rows, row_stride, n_heads, head_dim, positions, inv_freq);
-    check_launch("rope");
+        rope_kernel<false, false, kInverse><<<grid, threads, 0, stream>>>(x, rows, row_stride, n_heads, head_dim, positions, inv_freq);
+    check_launch(what);
+}
+
+}  // namespace
+
+void rope(bf16* x, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim, const int32_t* positions,
+          const float* inv_freq, cudaStream_t stream) {
+    launch_rope<false>(x, rows, row_stride, n_heads, head_dim, positions, inv_freq, stream, "rope");
+}
+
+void rope_backward(bf16* dx, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim,
+                   const int32_t* positions, const float* inv_freq, cudaStream_t stream) {
+    launch_rope<true>(dx, rows, row_stride, n_heads, head_dim, positions, inv_freq, stream, "rope_backward");
 }
 
 void silu_mul(const bf16* gate_up, bf16* out, int64_t rows, int64_t ffn, cudaStream_t stream) {

@@ -6,8 +6,9 @@
 //    gradient is summed per block in shared memory over the block's rows (grid-stride), the per-block
 //    partials go to a workspace and a second kernel adds them to dweight in a fixed order
 //    (deterministic, no atomics).
-//  * rope_backward, silu_mul_backward, scale, add_f32, adamw_step: elementwise, 16-byte vectors where
-//    shapes and pointers allow (checked per call), scalar otherwise.
+//  * silu_mul_backward, scale, add_f32, adamw_step: elementwise, 16-byte vectors where shapes and
+//    pointers allow (checked per call), scalar otherwise. rope_backward is the forward rope kernel with
+//    the inverse rotation (cuda_elementwise.cu).
 //  * kl_div_loss / mse_loss: one block per row; KL keeps online (max, sum, cross-term) statistics of both
 //    softmaxes in one pass over the row and writes the gradient in a second pass.
 //  * grad_sq_norm: double-precision two-pass reduction (fixed number of blocks for a given n, so the
@@ -250,82 +251,6 @@ void launch_rmsnorm_bwd(bool vec, unsigned grid, size_t smem, const float* x, co
     else
         rmsnorm_bwd_kernel<kDW, false><<<grid, kNormThreads, smem, stream>>>(x, weight, dy, dx, partial, rows, dim, eps,
                                                                             accumulate);
-}
-
-// ==========================================================================================================
-// rope backward
-// ==========================================================================================================
-
-// (a, b) <- (a c + b s, b c - a s): the rotation by minus the angle.
-__device__ __forceinline__ void unrotate(float a, float b, float c, float s, float& ra, float& rb) {
-    ra = fmaf(a, c, b * s);
-    rb = fmaf(b, c, -a * s);
-}
-
-// One block per row (grid-stride): the row's cos/sin go to shared memory (sincosf, like the forward),
-// then every head is rotated back. kVec: half % 8 == 0, row_stride % 8 == 0, 16-byte aligned x.
-// kTable false (huge head_dim): cos/sin per element instead of a table.
-template <bool kVec, bool kTable>
-__global__ void __launch_bounds__(256) rope_bwd_kernel(bf16* __restrict__ x, int64_t rows, int64_t row_stride,
-                                                       int64_t n_heads, int64_t head_dim,
-                                                       const int32_t* __restrict__ positions,
-                                                       const float* __restrict__ inv_freq) {
-    extern __shared__ float cs[];  // [half] cos, [half] sin
-    const int64_t half = head_dim / 2;
-    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-        const float pos = float(positions[r]);
-        if constexpr (kTable) {
-            for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-                float s, c;
-                sincosf(pos * inv_freq[i], &s, &c);
-                cs[i] = c;
-                cs[half + i] = s;
-            }
-            __syncthreads();
-        }
-        bf16* row = x + r * row_stride;
-        if constexpr (kVec) {
-            const int64_t per_head = half / 8, units = n_heads * per_head;
-            for (int64_t u = threadIdx.x; u < units; u += blockDim.x) {
-                const int64_t h = u / per_head, i = (u - h * per_head) * 8;
-                uint4* pa = reinterpret_cast<uint4*>(row + h * head_dim + i);
-                uint4* pb = reinterpret_cast<uint4*>(row + h * head_dim + half + i);
-                Bf16x8 va, vb, oa, ob;
-                va.u = *pa;
-                vb.u = *pb;
-#pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    const float2 a = __bfloat1622float2(va.h[k]), b = __bfloat1622float2(vb.h[k]);
-                    float ra0, rb0, ra1, rb1;
-                    unrotate(a.x, b.x, cs[i + 2 * k], cs[half + i + 2 * k], ra0, rb0);
-                    unrotate(a.y, b.y, cs[i + 2 * k + 1], cs[half + i + 2 * k + 1], ra1, rb1);
-                    oa.h[k] = __floats2bfloat162_rn(ra0, ra1);
-                    ob.h[k] = __floats2bfloat162_rn(rb0, rb1);
-                }
-                *pa = oa.u;
-                *pb = ob.u;
-            }
-        } else {
-            const int64_t units = n_heads * half;
-            for (int64_t u = threadIdx.x; u < units; u += blockDim.x) {
-                const int64_t h = u / half, i = u - h * half;
-                bf16* pa = row + h * head_dim + i;
-                bf16* pb = pa + half;
-                float c, s;
-                if constexpr (kTable) {
-                    c = cs[i];
-                    s = cs[half + i];
-                } else {
-                    sincosf(pos * inv_freq[i], &s, &c);
-                }
-                float ra, rb;
-                unrotate(__bfloat162float(*pa), __bfloat162float(*pb), c, s, ra, rb);
-                *pa = __float2bfloat16_rn(ra);
-                *pb = __float2bfloat16_rn(rb);
-            }
-        }
-        if constexpr (kTable) __syncthreads();  // the table is rewritten for the next row
-    }
 }
 
 // ==========================================================================================================
@@ -1585,27 +1510,6 @@ void rmsnorm_backward(const float* x, const float* weight, const bf16* dy, float
         rmsnorm_dw_reduce_kernel<<<unsigned(ceil_div(dim, 256)), 256, 0, stream>>>(partial, int64_t(grid), dim, dweight);
         check_launch("rmsnorm_backward (dweight)");
     }
-}
-
-void rope_backward(bf16* dx, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim,
-                   const int32_t* positions, const float* inv_freq, cudaStream_t stream) {
-    if (rows <= 0 || n_heads <= 0 || head_dim < 2) return;
-    const int64_t half = head_dim / 2;
-    const bool table = half <= 4096;  // 32 KiB of cos/sin
-    const bool vec = table && half % 8 == 0 && row_stride % 8 == 0 && aligned(dx, 16);
-    const size_t smem = table ? size_t(2 * half) * sizeof(float) : 0;
-    const int64_t units = n_heads * (vec ? half / 8 : half);
-    const int threads = std::min(256, round_up_warp(std::max(units, table ? half : int64_t(0))));
-    if (vec)
-        rope_bwd_kernel<true, true><<<grid_x(rows), threads, smem, stream>>>(dx, rows, row_stride, n_heads, head_dim,
-                                                                             positions, inv_freq);
-    else if (table)
-        rope_bwd_kernel<false, true><<<grid_x(rows), threads, smem, stream>>>(dx, rows, row_stride, n_heads, head_dim,
-                                                                              positions, inv_freq);
-    else
-        rope_bwd_kernel<false, false><<<grid_x(rows), threads, 0, stream>>>(dx, rows, row_stride, n_heads, head_dim,
-                                                                            positions, inv_freq);
-    check_launch("rope_backward");
 }
 
 void silu_mul_backward(const bf16* gate_up, const bf16* dy, bf16* d_gate_up, int64_t rows, int64_t ffn,
