@@ -44,7 +44,9 @@
 #include <cstring>
 #include <mutex>
 
+#include "backend/cuda/cuda_kernel_util.cuh"
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/cuda_mma.cuh"
 #include "core/error.h"
 
 namespace swiftkv::cuda {
@@ -83,64 +85,6 @@ struct Params {
     float* __restrict__ part_ml;  // [rows][n_heads][nsplit][2] (max in log2 units, sum)
 };
 
-// ---- PTX wrappers -------------------------------------------------------------------------------
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte async copy global -> shared; when !pred the 16 destination bytes are zero-filled and nothing
-// is read (src must still be a valid-looking address; callers pass the tensor base).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
-    const int n = pred ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr)
-                 : "memory");
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr)
-                 : "memory");
-}
-
-// d += a * b, m16n8k16, bf16 inputs, f32 accumulators.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// 2^x; exact 0 for -inf.
-__device__ __forceinline__ float fast_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
-    return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// Element offset of 16-byte chunk c of row r in a [rows][HD] bf16 tile with the XOR swizzle
-// chunk' = c ^ (r & 7): the 8 rows of any ldmatrix 8x8 matrix land in 8 distinct 16-byte bank groups.
-template <int HD>
-__device__ __forceinline__ int swz(int r, int c) {
-    return r * HD + ((c ^ (r & 7)) << 3);
-}
-
 // ldmatrix addressing. A lane reads row R (R & 7 == lane & 7 in every use below) at 16-byte chunk
 // 2*k + h (k compile-time, h in {0, 1} per lane). Swizzled, that chunk is (2k + h) ^ (lane & 7)
 // = (2(k & 3) ^ y) + 8 * (k >> 2) with y = h ^ (lane & 7), since 2k + h = 2k ^ h. So 4 per-lane byte
@@ -154,17 +98,6 @@ struct XorOffsets {
     // Byte offset of chunk 2k + h of the row, relative to the row start.
     __device__ __forceinline__ uint32_t at(int k) const { return v[k & 3] + uint32_t(k >> 2) * 128u; }
 };
-
-// Largest s in [0, num_seqs) with query_start[s] <= row (the sequence owning a valid row).
-__device__ __forceinline__ int find_seq_of_row(const int32_t* __restrict__ qs, int num_seqs, int row) {
-    int lo = 0, hi = num_seqs - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (__ldg(qs + mid) <= row) lo = mid;
-        else hi = mid - 1;
-    }
-    return lo;
-}
 
 // Loads key tile `tile` (keys [tile*64, tile*64+64)) of (sequence, kv head) into one K and one V stage;
 // keys >= kend are zero-filled and not read. row[r] is the element offset of key tile*64 + r in the
@@ -439,12 +372,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) attn_prefill_kernel(const Param
             for (int kk = 0; kk < KSUB / 16; ++kk) {
                 uint32_t a[MT][4];
 #pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    a[mt][0] = pack_bf16(sc[mt][2 * kk][0], sc[mt][2 * kk][1]);
-                    a[mt][1] = pack_bf16(sc[mt][2 * kk][2], sc[mt][2 * kk][3]);
-                    a[mt][2] = pack_bf16(sc[mt][2 * kk + 1][0], sc[mt][2 * kk + 1][1]);
-                    a[mt][3] = pack_bf16(sc[mt][2 * kk + 1][2], sc[mt][2 * kk + 1][3]);
-                }
+                for (int mt = 0; mt < MT; ++mt) pack_a_frag(a[mt], sc[mt][2 * kk], sc[mt][2 * kk + 1]);
 #pragma unroll
                 for (int dp = 0; dp < DT / 2; ++dp) {
                     uint32_t b[4];
@@ -691,10 +619,7 @@ __global__ void __launch_bounds__(128, 2) attn_decode_kernel(const Params p) {
                 o[d][3] *= alpha[1];
             }
             uint32_t a[4];
-            a[0] = pack_bf16(sc[0][0], sc[0][1]);
-            a[1] = pack_bf16(sc[0][2], sc[0][3]);
-            a[2] = pack_bf16(sc[1][0], sc[1][1]);
-            a[3] = pack_bf16(sc[1][2], sc[1][3]);
+            pack_a_frag(a, sc[0], sc[1]);
 #pragma unroll
             for (int dp = 0; dp < DT / 2; ++dp) {
                 uint32_t b[4];
@@ -772,7 +697,7 @@ __global__ void __launch_bounds__(128) attn_combine_kernel(const Params p, int64
     const int lane = threadIdx.x & 31;
     if (w >= rows * p.n_heads) return;
     const int r = int(w / p.n_heads), h = int(w % p.n_heads);
-    const int s = find_seq_of_row(p.query_start, p.num_seqs, r);
+    const int s = seq_of_row(p.query_start, p.num_seqs, r);
     const int q0 = __ldg(p.query_start + s);
     const int n = __ldg(p.query_start + s + 1) - q0;
     const int L = __ldg(p.seq_lens + s);
@@ -838,7 +763,7 @@ __global__ void __launch_bounds__(128) attn_simple_kernel(const Params p) {
     const int HD = p.head_dim;
     const int r = int(blockIdx.x), h = int(blockIdx.y), tid = int(threadIdx.x);
     const int kvh = h / p.group;
-    const int s = find_seq_of_row(p.query_start, p.num_seqs, r);
+    const int s = seq_of_row(p.query_start, p.num_seqs, r);
     const int q0 = __ldg(p.query_start + s);
     const int n = __ldg(p.query_start + s + 1) - q0;
     const int L = __ldg(p.seq_lens + s);

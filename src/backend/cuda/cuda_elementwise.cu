@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "backend/cuda/cuda_kernel_util.cuh"
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/cuda_train_ops.h"
 #include "backend/sampling_noise.h"
@@ -31,50 +32,15 @@ void check_launch(const char* what) {
 
 namespace {
 
-// Grids loop over rows (grid-stride), so a grid never needs more than this many blocks in x.
-constexpr int64_t kMaxGridX = int64_t(1) << 20;
-// grid.y / grid.z limit.
-constexpr int64_t kMaxGridY = 65535;
-
-inline bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int round_up_warp(int64_t n) { return int(std::max<int64_t>(32, ceil_div(n, 32) * 32)); }
-inline unsigned grid_x(int64_t blocks) { return unsigned(std::clamp<int64_t>(blocks, 1, kMaxGridX)); }
-
-// --- small device helpers -------------------------------------------------------------------------
-
-// 8 bf16 <-> one 16-byte vector; 4 bf16 <-> one 8-byte vector.
-union Bf16x8 {
-    uint4 u;
-    __nv_bfloat162 h[4];
-};
-union Bf16x4 {
-    uint2 u;
-    __nv_bfloat162 h[2];
-};
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// Sum over the block (blockDim.x a multiple of 32, at most 1024). Deterministic: fixed reduction tree.
-// `scratch` holds 32 floats; the function ends with a barrier so scratch can be reused right away.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_sum(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        float t = lane < warps ? scratch[lane] : 0.0f;
-        t = warp_sum(t);
-        if (lane == 0) scratch[32] = t;
-    }
-    __syncthreads();
-    const float total = scratch[32];
-    __syncthreads();
-    return total;
+// 8 bf16 (one 16-byte vector) widened to two float4.
+__device__ __forceinline__ void widen_bf16x8(uint4 u, float4& a, float4& b) {
+    Bf16x8 v;
+    v.u = u;
+    float2 f;
+    f = __bfloat1622float2(v.h[0]); a.x = f.x; a.y = f.y;
+    f = __bfloat1622float2(v.h[1]); a.z = f.x; a.w = f.y;
+    f = __bfloat1622float2(v.h[2]); b.x = f.x; b.y = f.y;
+    f = __bfloat1622float2(v.h[3]); b.z = f.x; b.w = f.y;
 }
 
 // --- embedding ------------------------------------------------------------------------------------
@@ -88,14 +54,8 @@ __global__ void embedding_kernel(const bf16* __restrict__ table, int64_t dim, co
         if constexpr (kVec) {
             const int64_t nvec = dim / 8;
             for (int64_t j = threadIdx.x; j < nvec; j += blockDim.x) {
-                Bf16x8 v;
-                v.u = __ldg(reinterpret_cast<const uint4*>(src) + j);
                 float4 a, b;
-                float2 f;
-                f = __bfloat1622float2(v.h[0]); a.x = f.x; a.y = f.y;
-                f = __bfloat1622float2(v.h[1]); a.z = f.x; a.w = f.y;
-                f = __bfloat1622float2(v.h[2]); b.x = f.x; b.y = f.y;
-                f = __bfloat1622float2(v.h[3]); b.z = f.x; b.w = f.y;
+                widen_bf16x8(__ldg(reinterpret_cast<const uint4*>(src) + j), a, b);
                 reinterpret_cast<float4*>(dst)[2 * j] = a;
                 reinterpret_cast<float4*>(dst)[2 * j + 1] = b;
             }
@@ -387,12 +347,9 @@ __global__ void __launch_bounds__(256) gather_rows_kernel(const T* __restrict__ 
 template <bool kVec>
 __global__ void __launch_bounds__(256) f32_to_bf16_kernel(const float* __restrict__ in, bf16* __restrict__ out,
                                                           int64_t n) {
-    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-    const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    int64_t done = 0;
-    if constexpr (kVec) {
-        const int64_t nvec = n / 8;
-        for (int64_t i = tid; i < nvec; i += stride) {
+    for_each_item<kVec, 8>(
+        n,
+        [&](int64_t i) {
             const float4 a = __ldg(reinterpret_cast<const float4*>(in) + 2 * i);
             const float4 b = __ldg(reinterpret_cast<const float4*>(in) + 2 * i + 1);
             Bf16x8 o;
@@ -401,35 +358,22 @@ __global__ void __launch_bounds__(256) f32_to_bf16_kernel(const float* __restric
             o.h[2] = __floats2bfloat162_rn(b.x, b.y);
             o.h[3] = __floats2bfloat162_rn(b.z, b.w);
             reinterpret_cast<uint4*>(out)[i] = o.u;
-        }
-        done = nvec * 8;
-    }
-    for (int64_t i = done + tid; i < n; i += stride) out[i] = __float2bfloat16_rn(in[i]);
+        },
+        [&](int64_t i) { out[i] = __float2bfloat16_rn(in[i]); });
 }
 
 template <bool kVec>
 __global__ void __launch_bounds__(256) bf16_to_f32_kernel(const bf16* __restrict__ in, float* __restrict__ out,
                                                           int64_t n) {
-    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-    const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    int64_t done = 0;
-    if constexpr (kVec) {
-        const int64_t nvec = n / 8;
-        for (int64_t i = tid; i < nvec; i += stride) {
-            Bf16x8 v;
-            v.u = __ldg(reinterpret_cast<const uint4*>(in) + i);
+    for_each_item<kVec, 8>(
+        n,
+        [&](int64_t i) {
             float4 a, b;
-            float2 f;
-            f = __bfloat1622float2(v.h[0]); a.x = f.x; a.y = f.y;
-            f = __bfloat1622float2(v.h[1]); a.z = f.x; a.w = f.y;
-            f = __bfloat1622float2(v.h[2]); b.x = f.x; b.y = f.y;
-            f = __bfloat1622float2(v.h[3]); b.z = f.x; b.w = f.y;
+            widen_bf16x8(__ldg(reinterpret_cast<const uint4*>(in) + i), a, b);
             reinterpret_cast<float4*>(out)[2 * i] = a;
             reinterpret_cast<float4*>(out)[2 * i + 1] = b;
-        }
-        done = nvec * 8;
-    }
-    for (int64_t i = done + tid; i < n; i += stride) out[i] = __bfloat162float(in[i]);
+        },
+        [&](int64_t i) { out[i] = __bfloat162float(in[i]); });
 }
 
 // uniform on the 2^24-point grid of [-scale, scale), a pure function of (seed, i), identical to the CPU
@@ -453,9 +397,6 @@ __global__ void __launch_bounds__(256) fill_random_bf16_kernel(bf16* __restrict_
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
         dst[i] = __float2bfloat16_rn(random_value(seed_hash, i, scale));
 }
-
-// Blocks for an elementwise kernel of 256 threads over `items` thread-steps (grid-stride beyond).
-unsigned elementwise_grid(int64_t items) { return unsigned(std::clamp<int64_t>(ceil_div(items, 256), 1, 8192)); }
 
 }  // namespace
 
@@ -522,7 +463,7 @@ void silu_mul(const bf16* gate_up, bf16* out, int64_t rows, int64_t ffn, cudaStr
     const bool vec = ffn % 8 == 0 && aligned(gate_up, 16) && aligned(out, 16);
     const int64_t per_row = vec ? ffn / 8 : ffn;
     const int threads = std::min(256, round_up_warp(per_row));
-    const dim3 grid(unsigned(ceil_div(per_row, threads)), unsigned(std::min(rows, kMaxGridY)));
+    const dim3 grid(unsigned(ceil_div(per_row, threads)), unsigned(std::min(rows, kMaxGridYZ)));
     if (vec)
         silu_mul_kernel<true><<<grid, threads, 0, stream>>>(gate_up, out, rows, ffn);
     else
@@ -539,7 +480,7 @@ void kv_write(const bf16* k, const bf16* v, int64_t rows, int64_t row_stride, in
                      aligned(k_cache, 16) && aligned(v_cache, 16);
     const int64_t units = layout.n_kv_heads * (vec ? layout.head_dim / 8 : layout.head_dim);
     const int threads = std::min(128, round_up_warp(units));
-    const dim3 grid(grid_x(rows), unsigned(std::min(layers, kMaxGridY)));
+    const dim3 grid(grid_x(rows), unsigned(std::min(layers, kMaxGridYZ)));
     if (vec)
         kv_write_kernel<true><<<grid, threads, 0, stream>>>(k, v, rows, row_stride, layer_offset, layers, slots,
                                                             layout.block_size, layout.n_kv_heads, layout.head_dim,

@@ -42,6 +42,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "backend/cuda/cuda_kernel_util.cuh"
+#include "backend/cuda/cuda_mma.cuh"
 #include "backend/cuda/cuda_train_ops.h"
 #include "core/error.h"
 
@@ -51,40 +53,10 @@ namespace {
 
 std::atomic<bool> g_force_simple_attention{false};
 
-constexpr int64_t kMaxGridX = int64_t(1) << 20;  // grids loop beyond this many blocks
-constexpr int64_t kMaxGridYZ = 65535;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-inline bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int round_up_warp(int64_t n) { return int(std::max<int64_t>(32, ceil_div(n, 32) * 32)); }
-inline unsigned grid_x(int64_t blocks) { return unsigned(std::clamp<int64_t>(blocks, 1, kMaxGridX)); }
-inline unsigned grid_yz(int64_t blocks) { return unsigned(std::clamp<int64_t>(blocks, 1, kMaxGridYZ)); }
-// Blocks of 256 threads for an elementwise kernel over `items` thread-steps (grid-stride beyond).
-inline unsigned elementwise_grid(int64_t items) { return unsigned(std::clamp<int64_t>(ceil_div(items, 256), 1, 8192)); }
-
 // --- device helpers -------------------------------------------------------------------------------------
-
-union Bf16x8 {
-    uint4 u;
-    __nv_bfloat162 h[4];
-};
-union Bf16x4 {
-    uint2 u;
-    __nv_bfloat162 h[2];
-};
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ double warp_sum_d(double v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // Sums of two values over the block (blockDim.x a multiple of 32). `scratch`: 66 floats. Ends with a
 // barrier so scratch can be reused at once.
@@ -111,22 +83,6 @@ __device__ __forceinline__ float2 block_sum2(float a, float b, float* scratch) {
     const float2 r = make_float2(scratch[64], scratch[65]);
     __syncthreads();
     return r;
-}
-
-__device__ __forceinline__ double block_sum_d(double v, double* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_sum_d(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        double t = lane < warps ? scratch[lane] : 0.0;
-        t = warp_sum_d(t);
-        if (lane == 0) scratch[32] = t;
-    }
-    __syncthreads();
-    const double total = scratch[32];
-    __syncthreads();
-    return total;
 }
 
 __device__ __forceinline__ float4 load_bf16x4(const bf16* p) {
@@ -501,12 +457,9 @@ template <bool kVec>
 __global__ void __launch_bounds__(256) adamw_kernel(float* __restrict__ param, const float* __restrict__ grad,
                                                     float* __restrict__ m, float* __restrict__ v, int64_t n,
                                                     AdamConsts k) {
-    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-    const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    int64_t done = 0;
-    if constexpr (kVec) {
-        const int64_t nvec = n / 4;
-        for (int64_t i = tid; i < nvec; i += stride) {
+    for_each_item<kVec, 4>(
+        n,
+        [&](int64_t i) {
             float4 p = reinterpret_cast<float4*>(param)[i];
             const float4 g = __ldg(reinterpret_cast<const float4*>(grad) + i);
             float4 mm = reinterpret_cast<float4*>(m)[i];
@@ -518,10 +471,8 @@ __global__ void __launch_bounds__(256) adamw_kernel(float* __restrict__ param, c
             reinterpret_cast<float4*>(param)[i] = p;
             reinterpret_cast<float4*>(m)[i] = mm;
             reinterpret_cast<float4*>(v)[i] = vv;
-        }
-        done = nvec * 4;
-    }
-    for (int64_t i = done + tid; i < n; i += stride) adam_one(param[i], grad[i], m[i], v[i], k);
+        },
+        [&](int64_t i) { adam_one(param[i], grad[i], m[i], v[i], k); });
 }
 
 constexpr int64_t kSqNormMaxBlocks = 1024;
@@ -537,7 +488,7 @@ __global__ void __launch_bounds__(256) sq_norm_partial_kernel(const float* __res
         const double v = x[i];
         sum += v * v;
     }
-    sum = block_sum_d(sum, scratch);
+    sum = block_sum(sum, scratch);
     if (threadIdx.x == 0) partial[blockIdx.x] = sum;
 }
 
@@ -546,39 +497,31 @@ __global__ void __launch_bounds__(256) sq_norm_final_kernel(const double* __rest
     __shared__ double scratch[33];
     double sum = 0.0;
     for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) sum += partial[i];
-    sum = block_sum_d(sum, scratch);
+    sum = block_sum(sum, scratch);
     if (threadIdx.x == 0) *result = sum;
 }
 
 template <bool kVec>
 __global__ void __launch_bounds__(256) scale_kernel(float* __restrict__ x, int64_t n, float s) {
-    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-    const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    int64_t done = 0;
-    if constexpr (kVec) {
-        const int64_t nvec = n / 4;
-        for (int64_t i = tid; i < nvec; i += stride) {
+    for_each_item<kVec, 4>(
+        n,
+        [&](int64_t i) {
             float4 v = reinterpret_cast<float4*>(x)[i];
             v.x *= s;
             v.y *= s;
             v.z *= s;
             v.w *= s;
             reinterpret_cast<float4*>(x)[i] = v;
-        }
-        done = nvec * 4;
-    }
-    for (int64_t i = done + tid; i < n; i += stride) x[i] *= s;
+        },
+        [&](int64_t i) { x[i] *= s; });
 }
 
 template <bool kVec>
 __global__ void __launch_bounds__(256) add_f32_kernel(float* __restrict__ y, const float* __restrict__ x, int64_t n,
                                                       float alpha) {
-    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-    const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    int64_t done = 0;
-    if constexpr (kVec) {
-        const int64_t nvec = n / 4;
-        for (int64_t i = tid; i < nvec; i += stride) {
+    for_each_item<kVec, 4>(
+        n,
+        [&](int64_t i) {
             float4 v = reinterpret_cast<float4*>(y)[i];
             const float4 a = __ldg(reinterpret_cast<const float4*>(x) + i);
             v.x = fmaf(alpha, a.x, v.x);
@@ -586,10 +529,8 @@ __global__ void __launch_bounds__(256) add_f32_kernel(float* __restrict__ y, con
             v.z = fmaf(alpha, a.z, v.z);
             v.w = fmaf(alpha, a.w, v.w);
             reinterpret_cast<float4*>(y)[i] = v;
-        }
-        done = nvec * 4;
-    }
-    for (int64_t i = done + tid; i < n; i += stride) y[i] = fmaf(alpha, x[i], y[i]);
+        },
+        [&](int64_t i) { y[i] = fmaf(alpha, x[i], y[i]); });
 }
 
 // ==========================================================================================================
@@ -625,60 +566,7 @@ struct AttnArgs {
     bool accumulate;
 };
 
-// Largest s in [0, num_seqs) with cu[s] <= row.
-__device__ __forceinline__ int seq_of_row(const int32_t* __restrict__ cu, int num_seqs, int64_t row) {
-    int lo = 0, hi = num_seqs - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (__ldg(cu + mid) <= row) lo = mid;
-        else hi = mid - 1;
-    }
-    return lo;
-}
-
-// ---- PTX wrappers ------------------------------------------------------------------------------------------
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-
-// 16-byte async copy global -> shared; !pred zero-fills the destination and reads nothing.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
-    const int n = pred ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr)
-                 : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr)
-                 : "memory");
-}
-
-// d += a b, m16n8k16, bf16 in, f32 accumulate.
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ float exp2_approx(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-}
+// ---- tensor-core helpers (PTX wrappers, swizzle: cuda_mma.cuh) ---------------------------------------------
 
 __device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -689,40 +577,65 @@ __device__ __forceinline__ void atomic_add2(float* p, float x, float y) {
 #endif
 }
 
-// Shared-memory tiles are [rows][W] bf16 (W a multiple of 64) with the 16-byte chunk c of row r stored
-// at chunk c ^ (r & 7): the 8 rows of any 8x8 ldmatrix matrix (8 consecutive rows, one chunk) land in 8
-// distinct bank groups, and so do the fragment stores of dS^T.
-template <int W>
-__device__ __forceinline__ int swz(int r, int c) {
-    static_assert(W % 64 == 0, "swizzled tiles need rows of at least 8 chunks");
-    return r * W + ((c ^ (r & 7)) << 3);
-}
+// Shared-memory address of chunk c of row r of a swizzled [rows][W] tile (swz, cuda_mma.cuh; the swizzle
+// also keeps the fragment stores of dS^T free of bank conflicts).
 template <int W>
 __device__ __forceinline__ uint32_t swz_addr(uint32_t base, int r, int c) {
     return base + uint32_t(swz<W>(r, c)) * 2u;
 }
 
 // The four ldmatrix patterns (tile base, first row/chunk of the 16x16 operand block):
-//  A from [m][k] storage (m rows):               ldsm_x4   row m0 + (lane & 15),                      chunk k0/8 + (lane >> 4)
-//  A from [k][m] storage (transposed):            ldsm_x4_t row k0 + (lane & 7) + ((lane >> 4) << 3), chunk m0/8 + ((lane >> 3) & 1)
-//  B (two n-tiles) from [n][k] storage:           ldsm_x4   row n0 + (lane & 7) + ((lane >> 4) << 3), chunk k0/8 + ((lane >> 3) & 1)
-//  B (two n-tiles) from [k][n] storage:           ldsm_x4_t row k0 + (lane & 7) + (((lane >> 3) & 1) << 3), chunk n0/8 + (lane >> 4)
+//  A from [m][k] storage (m rows):      ldmatrix_x4       row m0 + (lane & 15),                         chunk k0/8 + (lane >> 4)
+//  A from [k][m] storage (transposed):  ldmatrix_x4_trans row k0 + (lane & 7) + ((lane >> 4) << 3),        chunk m0/8 + ((lane >> 3) & 1)
+//  B (two n-tiles) from [n][k] storage: ldmatrix_x4       row n0 + (lane & 7) + ((lane >> 4) << 3),        chunk k0/8 + ((lane >> 3) & 1)
+//  B (two n-tiles) from [k][n] storage: ldmatrix_x4_trans row k0 + (lane & 7) + (((lane >> 3) & 1) << 3), chunk n0/8 + (lane >> 4)
 // For B, registers {0, 1} are n-tile n0 and {2, 3} n-tile n0 + 8.
 template <int W>
 __device__ __forceinline__ void lds_a_mk(uint32_t (&r)[4], uint32_t base, int m0, int kc, int lane) {
-    ldsm_x4(r, swz_addr<W>(base, m0 + (lane & 15), kc + (lane >> 4)));
+    ldmatrix_x4(r, swz_addr<W>(base, m0 + (lane & 15), kc + (lane >> 4)));
 }
 template <int W>
 __device__ __forceinline__ void lds_a_km(uint32_t (&r)[4], uint32_t base, int k0, int mc, int lane) {
-    ldsm_x4_t(r, swz_addr<W>(base, k0 + (lane & 7) + ((lane >> 4) << 3), mc + ((lane >> 3) & 1)));
+    ldmatrix_x4_trans(r, swz_addr<W>(base, k0 + (lane & 7) + ((lane >> 4) << 3), mc + ((lane >> 3) & 1)));
 }
 template <int W>
 __device__ __forceinline__ void lds_b_nk(uint32_t (&r)[4], uint32_t base, int n0, int kc, int lane) {
-    ldsm_x4(r, swz_addr<W>(base, n0 + (lane & 7) + ((lane >> 4) << 3), kc + ((lane >> 3) & 1)));
+    ldmatrix_x4(r, swz_addr<W>(base, n0 + (lane & 7) + ((lane >> 4) << 3), kc + ((lane >> 3) & 1)));
 }
 template <int W>
 __device__ __forceinline__ void lds_b_kn(uint32_t (&r)[4], uint32_t base, int k0, int nc, int lane) {
-    ldsm_x4_t(r, swz_addr<W>(base, k0 + (lane & 7) + (((lane >> 3) & 1) << 3), nc + (lane >> 4)));
+    ldmatrix_x4_trans(r, swz_addr<W>(base, k0 + (lane & 7) + (((lane >> 3) & 1) << 3), nc + (lane >> 4)));
+}
+
+// The warp-level products of the attention kernels; acc holds NT n-tiles of 8 columns (NT even).
+// mma_a_b: acc += a B, a a register A fragment (16 x 16), B (16 x 8*NT) from a tile stored [n][k] (kNK:
+// rows row0..row0+8*NT-1 at chunk chunk0) or [k][n] (kKN: rows row0..row0+15 from chunk chunk0 on).
+enum class BTile { kNK, kKN };
+template <int W, int NT, BTile kB>
+__device__ __forceinline__ void mma_a_b(float (&acc)[NT][4], const uint32_t (&a)[4], uint32_t b_base, int row0,
+                                        int chunk0, int lane) {
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+        uint32_t b[4];
+        if constexpr (kB == BTile::kNK) lds_b_nk<W>(b, b_base, row0 + np * 16, chunk0, lane);
+        else lds_b_kn<W>(b, b_base, row0, chunk0 + 2 * np, lane);
+        mma_bf16(acc[2 * np], a, b[0], b[1]);
+        mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
+    }
+}
+// mma_abt: acc = A B^T over all W columns, A rows m0..m0+15 of an [m][W] tile, B rows n0..n0+8*NT-1 of an
+// [n][W] tile.
+template <int W, int NT>
+__device__ __forceinline__ void mma_abt(float (&acc)[NT][4], uint32_t a_base, int m0, uint32_t b_base, int n0,
+                                        int lane) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < W / 16; ++ks) {
+        uint32_t a[4];
+        lds_a_mk<W>(a, a_base, m0, 2 * ks, lane);
+        mma_a_b<W, NT, BTile::kNK>(acc, a, b_base, n0, 2 * ks, lane);
+    }
 }
 
 // Copies `nrows` rows of HD bf16 (row r at src + r*stride, valid while r < valid_rows; zero-filled
@@ -784,7 +697,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_fwd_kernel(const AttnArgs a
         load_tile<HD, kTileN, kAttnThreads>(sK, kbase, a.kv_stride, kend, tid);
         load_tile<HD, kTileN, kAttnThreads>(sV, vbase, a.kv_stride, kend, tid);
         cp_async_commit();
-        cp_async_wait_all();
+        cp_async_wait<0>();
         __syncthreads();
 
         uint32_t qf[KS][4];
@@ -802,7 +715,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_fwd_kernel(const AttnArgs a
         for (int t = 0; t < n_tiles; ++t) {
             const int stage = t & 1;
             if (t > 0) {
-                cp_async_wait_all();
+                cp_async_wait<0>();
                 __syncthreads();  // tile t landed for everyone; everyone is done with tile t - 1
             }
             if (t + 1 < n_tiles) {
@@ -821,15 +734,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_fwd_kernel(const AttnArgs a
 #pragma unroll
             for (int nt = 0; nt < NS; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
 #pragma unroll
-            for (int ks = 0; ks < KS; ++ks) {
-#pragma unroll
-                for (int np = 0; np < NS / 2; ++np) {
-                    uint32_t b[4];
-                    lds_b_nk<HD>(b, k_base, np * 16, 2 * ks, lane);
-                    mma16816(sc[2 * np], qf[ks], b[0], b[1]);
-                    mma16816(sc[2 * np + 1], qf[ks], b[2], b[3]);
-                }
-            }
+            for (int ks = 0; ks < KS; ++ks) mma_a_b<HD, NS, BTile::kNK>(sc, qf[ks], k_base, 0, 2 * ks, lane);
             // Causal mask (only tiles reaching past the tile's first query row).
             const int j0 = t * kTileN;
             if (j0 + kTileN - 1 > q0) {
@@ -855,7 +760,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_fwd_kernel(const AttnArgs a
                 mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
                 const float m_new = fmaxf(row_max[hh], mx[hh] * sl2);
                 m_use[hh] = m_new == -INFINITY ? 0.0f : m_new;
-                alpha[hh] = exp2_approx(row_max[hh] - m_use[hh]);
+                alpha[hh] = fast_exp2(row_max[hh] - m_use[hh]);
                 row_max[hh] = m_new;
             }
             float ps[2] = {0.0f, 0.0f};
@@ -863,7 +768,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_fwd_kernel(const AttnArgs a
             for (int nt = 0; nt < NS; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const float pe = exp2_approx(fmaf(sc[nt][e], sl2, -m_use[e >> 1]));
+                    const float pe = fast_exp2(fmaf(sc[nt][e], sl2, -m_use[e >> 1]));
                     sc[nt][e] = pe;
                     ps[e >> 1] += pe;
                 }
@@ -883,17 +788,8 @@ __global__ void __launch_bounds__(kAttnThreads) attn_fwd_kernel(const AttnArgs a
 #pragma unroll
             for (int kk = 0; kk < kTileN / 16; ++kk) {
                 uint32_t pa[4];
-                pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-                pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-                pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-                pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-#pragma unroll
-                for (int dp = 0; dp < DT / 2; ++dp) {
-                    uint32_t b[4];
-                    lds_b_kn<HD>(b, v_base, kk * 16, 2 * dp, lane);
-                    mma16816(o[2 * dp], pa, b[0], b[1]);
-                    mma16816(o[2 * dp + 1], pa, b[2], b[3]);
-                }
+                pack_a_frag(pa, sc[2 * kk], sc[2 * kk + 1]);
+                mma_a_b<HD, DT, BTile::kKN>(o, pa, v_base, kk * 16, 0, lane);
             }
         }
 
@@ -982,7 +878,6 @@ constexpr size_t bwd_smem_bytes() {
 template <int HD>
 __global__ void __launch_bounds__(kAttnThreads, 2) attn_bwd_kernel(const AttnArgs a) {
     static_assert(kTileM == kTileN, "the causal tile walk assumes square tiles");
-    constexpr int KS = HD / 16;        // k-steps over head_dim
     constexpr int DT = HD / 8;         // head_dim n-tiles
     constexpr int QS = HD >= 128 ? 2 : 1;   // query sub-blocks per tile
     constexpr int QW = kTileM / QS;          // queries per sub-block
@@ -1051,7 +946,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attn_bwd_kernel(const AttnArg
 
         for (int it = 0; it < iters; ++it) {
             const int buf = it & 1;
-            cp_async_wait_all();
+            cp_async_wait<0>();
             __syncthreads();  // stage `it` landed for everyone; everyone is done with iteration it - 1
             if (it + 1 < iters) {
                 load_q_stage(it + 1, buf ^ 1);
@@ -1072,27 +967,14 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attn_bwd_kernel(const AttnArg
                 const int qo = sub * QW;
                 // S^T = K Q^T: 16 keys x QW queries per warp.
                 float st[NQS][4];
-#pragma unroll
-                for (int nt = 0; nt < NQS; ++nt) st[nt][0] = st[nt][1] = st[nt][2] = st[nt][3] = 0.0f;
-#pragma unroll
-                for (int ks = 0; ks < KS; ++ks) {
-                    uint32_t ka[4];
-                    lds_a_mk<HD>(ka, k_base, warp * 16, 2 * ks, lane);
-#pragma unroll
-                    for (int np = 0; np < NQS / 2; ++np) {
-                        uint32_t b[4];
-                        lds_b_nk<HD>(b, q_base, qo + np * 16, 2 * ks, lane);
-                        mma16816(st[2 * np], ka, b[0], b[1]);
-                        mma16816(st[2 * np + 1], ka, b[2], b[3]);
-                    }
-                }
+                mma_abt<HD, NQS>(st, k_base, warp * 16, q_base, qo, lane);
                 // P^T = exp(scale S^T - lse); zero above the diagonal (key > query) on the diagonal tile.
 #pragma unroll
                 for (int nt = 0; nt < NQS; ++nt)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         const int qi = qo + nt * 8 + (lane & 3) * 2 + (e & 1);
-                        float p = exp2_approx(fmaf(st[nt][e], sl2, -lrow[qi]));
+                        float p = fast_exp2(fmaf(st[nt][e], sl2, -lrow[qi]));
                         if (diag && key_lo + 8 * (e >> 1) > q0 + qi) p = 0.0f;
                         st[nt][e] = p;
                     }
@@ -1100,34 +982,12 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attn_bwd_kernel(const AttnArg
 #pragma unroll
                 for (int kk = 0; kk < QW / 16; ++kk) {
                     uint32_t pa[4];
-                    pa[0] = pack_bf16(st[2 * kk][0], st[2 * kk][1]);
-                    pa[1] = pack_bf16(st[2 * kk][2], st[2 * kk][3]);
-                    pa[2] = pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-                    pa[3] = pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-#pragma unroll
-                    for (int dp = 0; dp < DT / 2; ++dp) {
-                        uint32_t b[4];
-                        lds_b_kn<HD>(b, do_base, qo + kk * 16, 2 * dp, lane);
-                        mma16816(dv[2 * dp], pa, b[0], b[1]);
-                        mma16816(dv[2 * dp + 1], pa, b[2], b[3]);
-                    }
+                    pack_a_frag(pa, st[2 * kk], st[2 * kk + 1]);
+                    mma_a_b<HD, DT, BTile::kKN>(dv, pa, do_base, qo + kk * 16, 0, lane);
                 }
                 // dP^T = V dO^T.
                 float dpt[NQS][4];
-#pragma unroll
-                for (int nt = 0; nt < NQS; ++nt) dpt[nt][0] = dpt[nt][1] = dpt[nt][2] = dpt[nt][3] = 0.0f;
-#pragma unroll
-                for (int ks = 0; ks < KS; ++ks) {
-                    uint32_t va[4];
-                    lds_a_mk<HD>(va, v_base, warp * 16, 2 * ks, lane);
-#pragma unroll
-                    for (int np = 0; np < NQS / 2; ++np) {
-                        uint32_t b[4];
-                        lds_b_nk<HD>(b, do_base, qo + np * 16, 2 * ks, lane);
-                        mma16816(dpt[2 * np], va, b[0], b[1]);
-                        mma16816(dpt[2 * np + 1], va, b[2], b[3]);
-                    }
-                }
+                mma_abt<HD, NQS>(dpt, v_base, warp * 16, do_base, qo, lane);
                 // dS^T = P^T (dP^T - D).
 #pragma unroll
                 for (int nt = 0; nt < NQS; ++nt)
@@ -1140,22 +1000,13 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attn_bwd_kernel(const AttnArg
 #pragma unroll
                 for (int kk = 0; kk < QW / 16; ++kk) {
                     uint32_t da[4];
-                    da[0] = pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]);
-                    da[1] = pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]);
-                    da[2] = pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
-                    da[3] = pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+                    pack_a_frag(da, dpt[2 * kk], dpt[2 * kk + 1]);
                     const int r = warp * 16 + (lane >> 2), c = (qo >> 3) + 2 * kk;
                     *reinterpret_cast<uint32_t*>(sdS + swz<kTileM>(r, c) + (lane & 3) * 2) = da[0];
                     *reinterpret_cast<uint32_t*>(sdS + swz<kTileM>(r + 8, c) + (lane & 3) * 2) = da[1];
                     *reinterpret_cast<uint32_t*>(sdS + swz<kTileM>(r, c + 1) + (lane & 3) * 2) = da[2];
                     *reinterpret_cast<uint32_t*>(sdS + swz<kTileM>(r + 8, c + 1) + (lane & 3) * 2) = da[3];
-#pragma unroll
-                    for (int dp = 0; dp < DT / 2; ++dp) {
-                        uint32_t b[4];
-                        lds_b_kn<HD>(b, q_base, qo + kk * 16, 2 * dp, lane);
-                        mma16816(dk[2 * dp], da, b[0], b[1]);
-                        mma16816(dk[2 * dp + 1], da, b[2], b[3]);
-                    }
+                    mma_a_b<HD, DT, BTile::kKN>(dk, da, q_base, qo + kk * 16, 0, lane);
                 }
             }
             __syncthreads();  // dS^T complete
@@ -1170,13 +1021,7 @@ __global__ void __launch_bounds__(kAttnThreads, 2) attn_bwd_kernel(const AttnArg
                 for (int kk = 0; kk < kTileN / 16; ++kk) {
                     uint32_t da[4];
                     lds_a_km<kTileM>(da, ds_base, kk * 16, 2 * warp, lane);
-#pragma unroll
-                    for (int np = 0; np < DQT / 2; ++np) {
-                        uint32_t b[4];
-                        lds_b_kn<HD>(b, k_base, kk * 16, c0 / 8 + 2 * np, lane);
-                        mma16816(acc[2 * np], da, b[0], b[1]);
-                        mma16816(acc[2 * np + 1], da, b[2], b[3]);
-                    }
+                    mma_a_b<HD, DQT, BTile::kKN>(acc, da, k_base, kk * 16, c0 / 8, lane);
                 }
 #pragma unroll
                 for (int hh = 0; hh < 2; ++hh) {
