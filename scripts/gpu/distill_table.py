@@ -36,7 +36,7 @@ def main():
         row = {"model": label}
         w = load(os.path.join(a.dir, f"{label}_wiki.json"))
         if w:
-            row["ppl"] = w.get("ppl") if "model_result" in w else w.get("ppl")
+            row["ppl"] = w.get("ppl")
             if "kl" in w:
                 row["kl_mean"], row["kl_p99"] = w["kl"]["mean"], w["kl"]["p99"]
                 row["top1"] = w.get("top1_agreement", w.get("top1"))

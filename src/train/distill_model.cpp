@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "backend/sampling_noise.h"
 #include "core/error.h"
 #include "model/model_source.h"
 
@@ -268,12 +269,8 @@ void DistillModel::init(const ModelSource* source, uint64_t seed) {
                 std::fill(dst, dst + t.numel(), 1.0f);
                 continue;
             }
-            uint64_t state = seed * 0x9E3779B97F4A7C15ull + uint64_t(t.offset) + 1;
             const float a = 0.02f * 1.7320508f;  // uniform in [-a, a] has std 0.02
-            for (int64_t i = 0; i < t.numel(); ++i) {
-                state = state * 6364136223846793005ull + 1442695040888963407ull;
-                dst[i] = a * (float(double(state >> 40) / double(1ull << 24)) * 2.0f - 1.0f);
-            }
+            for (int64_t i = 0; i < t.numel(); ++i) dst[i] = a * (2.0f * noise_uniform(seed, uint64_t(t.offset), uint64_t(i)) - 1.0f);
             continue;
         }
         const SourceTensor& st = source->require(t.name, t.shape);

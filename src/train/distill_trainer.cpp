@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "backend/sampling_noise.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "io/safetensors_reader.h"
@@ -76,14 +77,12 @@ bool result_key(const std::string& key) { return key != "model" && key != "data"
 DistillCorpus synthetic_corpus(int64_t vocab, int64_t seq_len, int64_t rows, uint64_t seed) {
     DistillCorpus corpus;
     corpus.seq_len = seq_len;
-    uint64_t state = seed * 0x9E3779B97F4A7C15ull + 7;
+    const uint64_t key = noise_mix64(seed);
     for (int64_t r = 0; r < rows; ++r) {
         DistillDocument d;
         d.tokens.resize(size_t(seq_len));
-        for (auto& t : d.tokens) {
-            state = state * 6364136223846793005ull + 1442695040888963407ull;
-            t = int32_t((state >> 33) % uint64_t(vocab));
-        }
+        for (int64_t j = 0; j < seq_len; ++j)
+            d.tokens[size_t(j)] = int32_t(noise_mix64(key + uint64_t(r * seq_len + j)) % uint64_t(vocab));
         d.assistant.assign(d.tokens.size(), 0);
         corpus.documents.push_back(std::move(d));
     }
