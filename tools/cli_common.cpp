@@ -23,9 +23,17 @@ void add_model_args(CLI::App& app, ModelArgs& a) {
     app.add_option("-t,--threads", a.threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1024));
     app.add_option("-c,--ctx", a.ctx, "context length in tokens (default: the model's, capped at 8192)")->check(CLI::Range(int64_t(0), int64_t(1) << 24));
     app.add_option("--kv-cache-tokens", a.kv_cache_tokens, "KV cache capacity in tokens (default: the context length)")->check(CLI::Range(int64_t(0), int64_t(1) << 30));
-    app.add_option("--swiftkv", a.swiftkv, "on: run a SwiftKV model as SwiftKV; off: run it as its teacher")->check(CLI::IsMember({"on", "off"}));
+    app.add_option("--swiftkv", a.swiftkv,
+                   "on: run a SwiftKV model as SwiftKV; off: run it as its teacher (default: its config.json's "
+                   "\"swiftkv\" key, else on)")
+        ->check(CLI::IsMember({"on", "off"}));
     app.add_flag("--full-student", a.full_student,
                  "run every token through every layer (SwiftKV's training path; same logits, full prefill cost)");
+}
+
+std::optional<bool> swiftkv_choice(const std::string& flag) {
+    if (flag.empty()) return std::nullopt;
+    return flag == "on";
 }
 
 EngineOptions engine_options(const ModelArgs& a) {
@@ -38,7 +46,7 @@ EngineOptions engine_options(const ModelArgs& a) {
     o.threads = a.threads;
     o.context_length = a.ctx;
     o.kv_cache_tokens = a.kv_cache_tokens;
-    o.swiftkv = a.swiftkv == "on";
+    o.swiftkv = swiftkv_choice(a.swiftkv);
     o.full_student = a.full_student;
     return o;
 }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <optional>
 #include <string>
 
 #include "engine/engine.h"
@@ -17,13 +18,15 @@ struct ModelArgs {
     int threads = 0;
     int64_t ctx = 0;
     int64_t kv_cache_tokens = 0;
-    std::string swiftkv = "on";
+    std::string swiftkv;  // "on", "off" or empty: the checkpoint's config decides
     bool full_student = false;
 };
 
 void add_model_args(CLI::App& app, ModelArgs& args);
 std::string default_model_path();
 EngineOptions engine_options(const ModelArgs& args);
+// A --swiftkv value ("on", "off", or "" when not given) as LoadOptions::swiftkv takes it.
+std::optional<bool> swiftkv_choice(const std::string& flag);
 
 struct SamplingArgs {
     SamplingParams sampling;  // bound to the flags directly; the seed is set from `seed`
@@ -82,6 +85,9 @@ struct ServeArgs {
     std::string served_model_name;  // empty: the model file's stem
     int http_threads = 0;           // 0: max-num-seqs + 16 (a streaming request holds a thread)
     int64_t max_body_bytes = int64_t(8) << 20;
+    int64_t max_header_bytes = int64_t(64) << 10;
+    int read_timeout_s = 10;
+    int keep_alive_timeout_s = 5;
     std::string batching = "continuous";  // or "serial": one request at a time
     int64_t max_num_seqs = 256;
     int64_t max_batched_tokens = 2048;

@@ -54,7 +54,7 @@ nlohmann::json model_json(const EvalModel& m, const std::string& device, bool fu
     return {{"path", m.path()},
             {"device", device},
             {"weight_dtype", dtype_name(m.weight_dtype())},
-            {"swiftkv", m.options().swiftkv},
+            {"swiftkv", m.config().swiftkv_enabled},
             {"swiftkv_layers", m.config().swiftkv_layers},
             {"n_layers", m.config().n_layers},
             {"kv_group_size", m.config().kv_group_size},
@@ -75,8 +75,9 @@ std::string describe(const EvalModel& m) {
     std::string s = fmt::format("{} ({} weights", m.path(), dtype_name(m.weight_dtype()));
     if (c.is_swiftkv()) {
         s += fmt::format(", SwiftKV L={}/{} g={}", c.swiftkv_layers, c.n_layers, c.kv_group_size);
-    } else if (!m.options().swiftkv) {
-        s += ", --swiftkv off: a SwiftKV checkpoint runs as its teacher";
+    } else if (c.architecture == "llama_swiftkv" && !c.swiftkv_enabled) {
+        s += ", SwiftKV off (--swiftkv off or the config's \"swiftkv\": false): the checkpoint runs as its "
+             "teacher";
     }
     return s + ")";
 }
@@ -88,7 +89,9 @@ void add_eval_args(CLI::App& app, EvalArgs& a) {
     app.add_option("--reference", a.reference,
                    "with --text: also run this reference model on the same windows and report KL(reference || model), "
                    "top-1 agreement and both perplexities");
-    app.add_option("--reference-swiftkv", a.reference_swiftkv, "run a SwiftKV reference as SwiftKV (on) or its teacher (off)")
+    app.add_option("--reference-swiftkv", a.reference_swiftkv,
+                   "run a SwiftKV reference as SwiftKV (on) or its teacher (off) (default: its config.json's "
+                   "\"swiftkv\" key, else on)")
         ->check(CLI::IsMember({"on", "off"}));
     app.add_option("--max-chunks", a.max_chunks, "with --text: score at most this many windows (default: all)")
         ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
@@ -118,7 +121,7 @@ int cmd_eval(const cli::ModelArgs& margs, const EvalArgs& args) {
     EvalModelOptions mo;
     mo.path = margs.model.empty() ? cli::default_model_path() : margs.model;
     if (!margs.dtype.empty()) mo.weight_dtype = margs.dtype == "bf16" ? DType::BF16 : DType::F32;
-    mo.swiftkv = margs.swiftkv == "on";
+    mo.swiftkv = cli::swiftkv_choice(margs.swiftkv);
     EvalModel model(mo, *backend);
 
     BatchScorerOptions so;
@@ -176,7 +179,7 @@ int cmd_eval(const cli::ModelArgs& margs, const EvalArgs& args) {
         } else {
             EvalModelOptions ro = mo;
             ro.path = args.reference;
-            ro.swiftkv = args.reference_swiftkv == "on";
+            ro.swiftkv = cli::swiftkv_choice(args.reference_swiftkv);
             EvalModel reference(ro, *backend);
             check_same_vocabulary(model, reference);
             fmt::print("reference: {}\n", describe(reference));

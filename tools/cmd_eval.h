@@ -10,7 +10,7 @@
 struct EvalArgs {
     std::string text;                 // perplexity (and KL) on this text file
     std::string reference;            // with --text: KL divergence against this model
-    std::string reference_swiftkv = "on";
+    std::string reference_swiftkv;    // "on", "off" or empty: the reference's config decides
     int64_t max_chunks = 0;           // 0: every whole window
     std::string mc;                   // multiple-choice JSON-lines file
     std::string format = "auto";      // auto, arc, piqa, winogrande

@@ -21,6 +21,9 @@ int cmd_inspect(const std::string& path, bool all_tensors) {
     if (c.is_swiftkv()) {
         fmt::print("SwiftKV: cut L = {} of {} layers, AcrossKV group g = {}, {} physical KV layers\n", c.swiftkv_layers,
                    c.n_layers, c.kv_group_size, c.kv_cache_layers());
+        if (!c.swiftkv_enabled)
+            fmt::print("runs as its teacher by default: the config says \"swiftkv\": false "
+                       "(--swiftkv on runs SwiftKV)\n");
     }
     fmt::print("KV cache: {} bytes per token (f32)\n", PagedKvCache::bytes_per_token(c));
 

@@ -37,9 +37,12 @@ int cmd_serve(const cli::ModelArgs& model_args, const ServeArgs& args) {
     }
     // Each streaming request holds an HTTP thread for its whole life: room for every sequence the
     // engine can run at once, plus some for /health, /metrics and queued requests.
-    opt.http_threads = args.http_threads > 0 ? args.http_threads
+    opt.limits.threads = args.http_threads > 0 ? args.http_threads
                                              : int(std::min<int64_t>(args.max_num_seqs, 4096) + 16);
-    opt.max_body_bytes = size_t(args.max_body_bytes);
+    opt.limits.max_body_bytes = size_t(args.max_body_bytes);
+    opt.limits.max_header_bytes = size_t(args.max_header_bytes);
+    opt.limits.read_timeout_s = args.read_timeout_s;
+    opt.limits.keep_alive_timeout_s = args.keep_alive_timeout_s;
     EngineOptions eopt = cli::engine_options(model_args);
     eopt.synthetic = args.synthetic;
     eopt.synthetic_swiftkv = args.synthetic_swiftkv;
@@ -89,8 +92,8 @@ int cmd_serve(const cli::ModelArgs& model_args, const ServeArgs& args) {
             if (g_signal.load() != 0) {
                 std::fprintf(stderr, "signal %d: shutting down\n", g_signal.load());
                 http.stop();
-                // In-flight requests are aborted; idle keep-alive connections and half-sent requests end
-                // within the HTTP read timeout. Past a deadline, exit anyway.
+                // In-flight requests are aborted; idle connections and half-read requests end within
+                // 0.1 s. Past a deadline (a client that reads nothing), exit anyway.
                 for (int i = 0; i < 200 && !finished.load(); ++i)
                     std::this_thread::sleep_for(std::chrono::milliseconds(50));
                 if (!finished.load()) {

@@ -118,6 +118,16 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1, 4096));
     serve->add_option("--max-body-bytes", serve_args.max_body_bytes, "largest request body accepted (default 8 MiB)")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 34));
+    serve->add_option("--max-header-bytes", serve_args.max_header_bytes,
+                      "largest request line plus headers accepted; more gets 431 (default 64 KiB)")
+        ->check(CLI::Range(int64_t(1024), int64_t(1) << 24));
+    serve->add_option("--read-timeout", serve_args.read_timeout_s,
+                      "seconds a request's header may take from its first byte, and the longest pause allowed "
+                      "inside a body; slower clients get 408 (default 10)")
+        ->check(CLI::Range(1, 3600));
+    serve->add_option("--keep-alive-timeout", serve_args.keep_alive_timeout_s,
+                      "seconds an idle keep-alive connection stays open (default 5)")
+        ->check(CLI::Range(1, 3600));
     serve->add_option("--batching", serve_args.batching,
                       "continuous: every request advances in every step (default); serial: one at a time")
         ->check(CLI::IsMember({"continuous", "serial"}));

@@ -456,6 +456,7 @@ ConvertResult convert_to_swiftkv(const ConvertOptions& options) {
     config.architecture = "llama_swiftkv";
     config.swiftkv_layers = L;
     config.kv_group_size = g;
+    config.swiftkv_enabled = true;  // written as "swiftkv": true: the student loads as the student
     config.validate("the converted config");
     result.config = config;
     if (to_gguf) {

@@ -40,7 +40,9 @@ struct EngineOptions {
     bool load_tokenizer = true;
     int64_t block_size = 16;
     int64_t prefill_chunk = 2048;     // prompt tokens per forward step
-    bool swiftkv = true;              // false: run a SwiftKV checkpoint as its teacher
+    // false: run a SwiftKV checkpoint as its teacher; true: as SwiftKV; unset: as its config.json says
+    // (the `swiftkv` key; absent means SwiftKV).
+    std::optional<bool> swiftkv;
     // Full-student path: every token runs every layer (logits computed for all rows, the needed ones
     // kept). Same results as the default survivor path for SwiftKV models, at full prefill cost; for
     // evaluation and checking.

@@ -18,7 +18,7 @@ class ModelSource;
 struct EvalModelOptions {
     std::string path;                  // GGUF file or Hugging Face directory
     std::optional<DType> weight_dtype; // unset: F32 where the backend holds it, else BF16
-    bool swiftkv = true;               // false: run a SwiftKV checkpoint as its teacher
+    std::optional<bool> swiftkv;       // false: a SwiftKV checkpoint as its teacher; unset: as its config says
     bool load_tokenizer = true;
 };
 

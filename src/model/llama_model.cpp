@@ -42,7 +42,10 @@ void LlamaModel::check_load_options(const LoadOptions& options) {
     act_dtype_ = backend_.act_dtype();
     act_bytes_ = size_t(dtype_row_bytes(act_dtype_, 1));
     use_graphs_ = options.graphs && backend_.supports_graphs();
-    if (!options.swiftkv) config_.swiftkv_layers = config_.n_layers, config_.kv_group_size = 1;
+    // The run mode: the caller's choice, else the checkpoint's `swiftkv` key. Off, the model is its
+    // teacher: config() then describes the plain base model that runs (L = N, no AcrossKV groups).
+    config_.swiftkv_enabled = options.swiftkv.value_or(config_.swiftkv_enabled);
+    if (!config_.swiftkv_enabled) config_.swiftkv_layers = config_.n_layers, config_.kv_group_size = 1;
 }
 
 WeightMatrix LlamaModel::upload_matrix(const ModelSource& source, const std::vector<std::string>& names,

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -20,8 +21,9 @@ class ModelSource;
 
 struct LoadOptions {
     DType weight_dtype = DType::F32;  // storage dtype of matrices on the backend (F32 or BF16)
-    // For a SwiftKV checkpoint: false runs it as its teacher (the original model, SwiftKV off).
-    bool swiftkv = true;
+    // For a SwiftKV checkpoint: false runs it as its teacher (the original model, SwiftKV off), true
+    // as the SwiftKV student; unset follows the checkpoint's config (ModelConfig::swiftkv_enabled).
+    std::optional<bool> swiftkv;
     // Record decode steps (and the SwiftKV survivors' later layers) as graphs and replay them, on
     // backends that support graphs (CUDA). Off: every op runs eagerly.
     bool graphs = true;
@@ -72,8 +74,8 @@ public:
         const float* attn_norm = nullptr;
         const float* ffn_norm = nullptr;
     };
-    // Layer l's weights. With LoadOptions::swiftkv = false (the teacher) every layer's qkv is its
-    // original fused [q | k | v]; for a SwiftKV student, layers >= L hold q_proj_swiftkv only.
+    // Layer l's weights. For the teacher (SwiftKV off) every layer's qkv is its original fused
+    // [q | k | v]; for a SwiftKV student, layers >= L hold q_proj_swiftkv only.
     const LayerWeights& layer_weights(int64_t layer) const { return layers_.at(size_t(layer)); }
     const WeightMatrix& embedding_weights() const { return embedding_; }
     const WeightMatrix& lm_head_weights() const { return lm_head_; }  // the embedding when tied

@@ -143,6 +143,13 @@ ModelConfig ModelConfig::from_hf_json(const nlohmann::json& j, const std::string
     if (model_type == "llama_swiftkv") {
         c.swiftkv_layers = json_int(j, "num_key_value_layers", source);
         c.kv_group_size = j.contains("key_value_group_size") ? json_int(j, "key_value_group_size", source) : 1;
+        // Absent counts as true, unlike the default of Snowflake's config class (false): swiftkv has always
+        // run such checkpoints as SwiftKV, and the published ones and `convert`'s output carry the key.
+        if (j.contains("swiftkv") && !j["swiftkv"].is_null()) {
+            SKV_CHECK(j["swiftkv"].is_boolean(), "{}: config key 'swiftkv' must be true or false, got {}", source,
+                      j["swiftkv"].dump());
+            c.swiftkv_enabled = j["swiftkv"].get<bool>();
+        }
     }
     c.validate(source);
     return c;
@@ -218,7 +225,7 @@ nlohmann::json ModelConfig::to_hf_json() const {
     if (architecture == "llama_swiftkv") {
         j["num_key_value_layers"] = swiftkv_layers;
         j["key_value_group_size"] = kv_group_size;
-        j["swiftkv"] = true;
+        j["swiftkv"] = swiftkv_enabled;
     }
     return j;
 }

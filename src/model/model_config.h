@@ -40,6 +40,12 @@ struct ModelConfig {
     // the base model.
     int64_t swiftkv_layers = 0;
     int64_t kv_group_size = 1;
+    // The checkpoint's own choice of run mode: the `swiftkv` key of a llama_swiftkv config.json
+    // (Snowflake's modelling code runs `"swiftkv": false` as the teacher: the original q/k/v of every
+    // layer, no prefill skipping). It does not change the structure above, so convert, distill and the
+    // loader still see the SwiftKV tensors; LlamaModel applies it unless LoadOptions::swiftkv (the CLI's
+    // --swiftkv on|off) says otherwise.
+    bool swiftkv_enabled = true;
 
     bool is_swiftkv() const { return swiftkv_layers < n_layers; }
     // Physical KV cache layers: L + (N - L) / g.

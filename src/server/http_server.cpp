@@ -1,32 +1,21 @@
 #include "server/http_server.h"
 
 #include <algorithm>
-#include <array>
 #include <atomic>
 #include <chrono>
-#include <cmath>
 #include <condition_variable>
-#include <cerrno>
-#include <cstdio>
-#include <cstdlib>
 #include <deque>
 #include <exception>
 #include <map>
 #include <mutex>
-#include <sstream>
+#include <optional>
 #include <utility>
 #include <vector>
 
-#include <arpa/inet.h>
-#include <dirent.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "server/http_transport.h"
+#include "server/metrics.h"
 #include "server/openai_protocol.h"
 
 namespace swiftkv::server {
@@ -35,56 +24,6 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-// ---------------------------------------------------------------------------------------------
-// Metrics
-
-class Histogram {
-public:
-    explicit Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
-    void observe(double v) {
-        std::lock_guard<std::mutex> lock(mu_);
-        size_t i = size_t(std::lower_bound(bounds_.begin(), bounds_.end(), v) - bounds_.begin());
-        counts_[i] += 1;
-        sum_ += v;
-        count_ += 1;
-    }
-    void write(std::ostringstream& os, const std::string& name, const std::string& help, const std::string& labels) const {
-        std::lock_guard<std::mutex> lock(mu_);
-        os << "# HELP " << name << " " << help << "\n# TYPE " << name << " histogram\n";
-        uint64_t cum = 0;
-        for (size_t i = 0; i < bounds_.size(); ++i) {
-            cum += counts_[i];
-            os << name << "_bucket{" << labels << ",le=\"" << fmt_double(bounds_[i]) << "\"} " << cum << "\n";
-        }
-        cum += counts_.back();
-        os << name << "_bucket{" << labels << ",le=\"+Inf\"} " << cum << "\n";
-        os << name << "_sum{" << labels << "} " << fmt_double(sum_) << "\n";
-        os << name << "_count{" << labels << "} " << count_ << "\n";
-    }
-    static std::string fmt_double(double v) {
-        char buf[64];
-        std::snprintf(buf, sizeof(buf), "%.17g", v);
-        std::string s = buf;
-        if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
-        return s;
-    }
-
-private:
-    mutable std::mutex mu_;
-    std::vector<double> bounds_;
-    std::vector<uint64_t> counts_;
-    double sum_ = 0;
-    uint64_t count_ = 0;
-};
-
-struct Metrics {
-    Histogram ttft{{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0}};
-    Histogram tpot{{0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5}};
-    Histogram e2e{{0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0}};
-    std::mutex mu;
-    std::map<std::string, uint64_t> success;  // finished_reason -> count
-};
 
 // ---------------------------------------------------------------------------------------------
 // Per-request event queue between the backend's worker thread and the HTTP thread.
@@ -106,7 +45,6 @@ struct RequestState {
     std::string error;
     std::atomic<bool> client_gone{false};
     uint64_t id = 0;
-    bool submitted = false;
     Clock::time_point arrival = Clock::now();
     std::optional<Clock::time_point> first_output;
 
@@ -164,77 +102,68 @@ struct Prepared {
     std::string echo_prefix;  // completions echo: the prompt text, prepended to each choice
 };
 
-// The socket of a request's connection. cpp-httplib 0.11 (Debian 12) gives a handler no way to see
-// that the client of a non-streaming request went away, so we find the connection's descriptor by
-// its two endpoints among our open sockets; -1 if not found. The descriptor stays open (httplib
-// holds it) until the handler returns, so it cannot be reused under us.
-int find_connection_socket(const httplib::Request& req) {
-    if (req.remote_port <= 0 || req.local_port <= 0) return -1;
-    DIR* dir = opendir("/proc/self/fd");
-    if (dir == nullptr) return -1;
-    int found = -1;
-    while (dirent* ent = readdir(dir)) {
-        char* end = nullptr;
-        const long fd = std::strtol(ent->d_name, &end, 10);
-        if (end == ent->d_name || *end != '\0') continue;
-        struct stat sb {};
-        if (fstat(int(fd), &sb) != 0 || !S_ISSOCK(sb.st_mode)) continue;
-        sockaddr_storage peer{}, local{};
-        socklen_t pl = sizeof(peer), ll = sizeof(local);
-        if (getpeername(int(fd), reinterpret_cast<sockaddr*>(&peer), &pl) != 0) continue;
-        if (getsockname(int(fd), reinterpret_cast<sockaddr*>(&local), &ll) != 0) continue;
-        auto endpoint = [](const sockaddr_storage& a, std::string& ip, int& port) {
-            char buf[INET6_ADDRSTRLEN] = {};
-            if (a.ss_family == AF_INET) {
-                const auto* in = reinterpret_cast<const sockaddr_in*>(&a);
-                inet_ntop(AF_INET, &in->sin_addr, buf, sizeof(buf));
-                port = ntohs(in->sin_port);
-            } else if (a.ss_family == AF_INET6) {
-                const auto* in = reinterpret_cast<const sockaddr_in6*>(&a);
-                inet_ntop(AF_INET6, &in->sin6_addr, buf, sizeof(buf));
-                port = ntohs(in->sin6_port);
-            } else {
-                return false;
-            }
-            ip = buf;
-            return true;
-        };
-        std::string pip, lip;
-        int pport = -1, lport = -1;
-        if (!endpoint(peer, pip, pport) || !endpoint(local, lip, lport)) continue;
-        if (pport == req.remote_port && lport == req.local_port && pip == req.remote_addr && lip == req.local_addr) {
-            found = int(fd);
-            break;
-        }
+
+// Characters (Unicode code points) in UTF-8 text: OpenAI's and vLLM's text_offset count these, not
+// bytes. A piece that cuts a character counts its lead byte only, so the sum over the pieces of a
+// text is the text's length.
+int utf8_chars(std::string_view s) {
+    int n = 0;
+    for (unsigned char c : s) n += (c & 0xC0) != 0x80 ? 1 : 0;
+    return n;
+}
+
+// Compares a presented secret with the expected one in time that depends only on the expected
+// one's length, so response timing reveals nothing of how much of a guess was right.
+bool constant_time_equal(std::string_view presented, std::string_view expected) {
+    unsigned diff = presented.size() == expected.size() ? 0u : 1u;
+    for (size_t i = 0; i < expected.size(); ++i) {
+        const unsigned char p = i < presented.size() ? static_cast<unsigned char>(presented[i]) : 0;
+        diff |= unsigned(p ^ static_cast<unsigned char>(expected[i]));
     }
-    closedir(dir);
-    return found;
+    return diff == 0;
 }
 
-// True once the peer has closed its side (an orderly EOF or an error); pending request bytes
-// (a pipelined request) count as alive.
-bool connection_closed(int fd) {
-    if (fd < 0) return false;
-    char c;
-    const ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n > 0) return false;
-    if (n == 0) return true;
-    return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
-}
-
-void set_json(httplib::Response& res, int status, const json& body) {
-    res.status = status;
-    res.set_content(dump_json(body), "application/json");
-}
-
-void set_error(httplib::Response& res, int status, std::string_view message, std::string_view param = {},
-               std::string_view code = {}) {
-    set_json(res, status, error_json(status, message, param, code));
+// "Authorization: Bearer KEY": the scheme is case-insensitive (RFC 9110, 11.1).
+bool bearer_matches(std::string_view auth, std::string_view key) {
+    while (!auth.empty() && (auth.front() == ' ' || auth.front() == '\t')) auth.remove_prefix(1);
+    const size_t sp = auth.find_first_of(" \t");
+    if (sp == std::string_view::npos) return false;
+    std::string scheme(auth.substr(0, sp));
+    std::transform(scheme.begin(), scheme.end(), scheme.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+    std::string_view token = auth.substr(sp);
+    while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
+    while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
+    return scheme == "bearer" && constant_time_equal(token, key);
 }
 
 bool is_protected_path(const std::string& path) {
     return path.rfind("/v1/", 0) == 0 || path == "/v1" || path == "/tokenize" || path == "/detokenize";
 }
+
+void respond_json(HttpExchange& ex, int status, const json& body) { ex.respond(status, "application/json", dump_json(body)); }
+
+// Where each choice of a request stands: its text offset, whether it finished and why, the usage.
+struct Progress {
+    explicit Progress(int n, int echo_chars) : offsets(size_t(n), echo_chars), finished(size_t(n), false) {}
+    std::vector<int> offsets;
+    std::vector<bool> finished;
+    std::vector<std::string> reasons;
+    Usage usage;
+
+    void finish(const Event& e) {
+        finished[size_t(e.index)] = true;
+        usage.prompt_tokens = e.result.prompt_tokens;
+        usage.completion_tokens += int64_t(e.result.tokens.size());
+        reasons.push_back(e.result.finish_reason);
+    }
+    // The finish reasons to count: every choice that did not finish was aborted.
+    std::vector<std::string> final_reasons() const {
+        std::vector<std::string> out = reasons;
+        for (bool f : finished)
+            if (!f) out.emplace_back("abort");
+        return out;
+    }
+};
 
 }  // namespace
 
@@ -243,18 +172,18 @@ bool is_protected_path(const std::string& path) {
 struct HttpServer::Impl {
     ServingBackend& backend;
     HttpServerOptions opt;
-    httplib::Server svr;
-    Metrics metrics;
-    std::string error;
-    int bound_port = -1;
+    HttpTransport transport;
+    ServingMetrics metrics;
     int64_t created = unix_time_now();
     std::atomic<bool> stopping{false};
-    const std::map<std::string, std::string> routes = {
-        {"/v1/completions", "POST"}, {"/v1/chat/completions", "POST"}, {"/v1/models", "GET"},
-        {"/health", "GET"},         {"/metrics", "GET"},              {"/tokenize", "POST"},
-        {"/detokenize", "POST"}};
 
-    Impl(ServingBackend& b, HttpServerOptions o) : backend(b), opt(std::move(o)) { setup(); }
+    Impl(ServingBackend& b, HttpServerOptions o)
+        : backend(b), opt(std::move(o)), transport(opt.limits, [](int status, std::string_view message) {
+              return std::pair<std::string, std::string>(
+                  dump_json(error_json(status, message, "", status == 401 ? "invalid_api_key" : "")), "application/json");
+          }) {
+        setup();
+    }
 
     // -- helpers ----------------------------------------------------------------------------
 
@@ -284,13 +213,20 @@ struct HttpServer::Impl {
         }
     }
 
-    TokenLogprob to_protocol(const TokenLogprobs& lp, int text_offset) const {
+    // The protocol's view of token logprobs; `offset` (characters) advances past each piece.
+    std::vector<TokenLogprob> to_protocol(const std::vector<TokenLogprobs>& lps, int& offset) const {
         const auto& tok = backend.tokenizer();
-        TokenLogprob out;
-        out.token = tok.token_bytes(lp.token);
-        out.logprob = lp.logprob;
-        out.text_offset = text_offset;
-        for (const auto& [id, v] : lp.top) out.top.emplace_back(tok.token_bytes(id), v);
+        std::vector<TokenLogprob> out;
+        out.reserve(lps.size());
+        for (const auto& lp : lps) {
+            TokenLogprob t;
+            t.token = tok.token_bytes(lp.token);
+            t.logprob = lp.logprob;
+            t.text_offset = offset;
+            for (const auto& [id, v] : lp.top) t.top.emplace_back(tok.token_bytes(id), v);
+            offset += utf8_chars(t.token);
+            out.push_back(std::move(t));
+        }
         return out;
     }
 
@@ -365,195 +301,104 @@ struct HttpServer::Impl {
         return p;
     }
 
-    // -- metrics ------------------------------------------------------------------------------
-
-    void record(const RequestState& st, const std::vector<std::string>& finish_reasons, int64_t completion_tokens,
-                int n) {
-        const auto now = Clock::now();
-        const double e2e = std::chrono::duration<double>(now - st.arrival).count();
-        metrics.e2e.observe(e2e);
-        if (st.first_output) {
-            const double ttft = std::chrono::duration<double>(*st.first_output - st.arrival).count();
-            metrics.ttft.observe(ttft);
-            const int64_t per_choice = n > 0 ? completion_tokens / n : completion_tokens;
-            if (per_choice > 1) metrics.tpot.observe((e2e - ttft) / double(completion_tokens - n));
-        }
-        std::lock_guard<std::mutex> lock(metrics.mu);
-        for (const auto& r : finish_reasons) metrics.success[r.empty() ? "abort" : r] += 1;
-    }
-
-    std::string metrics_text() const {
-        const ServingStats s = backend.stats();
-        std::ostringstream os;
-        const std::string labels = "model_name=\"" + opt.served_model_name + "\"";
-        auto gauge = [&](const char* name, const char* help, double v) {
-            os << "# HELP " << name << " " << help << "\n# TYPE " << name << " gauge\n"
-               << name << "{" << labels << "} " << Histogram::fmt_double(v) << "\n";
-        };
-        auto counter = [&](const char* name, const char* help, double v) {
-            os << "# HELP " << name << " " << help << "\n# TYPE " << name << " counter\n"
-               << name << "{" << labels << "} " << Histogram::fmt_double(v) << "\n";
-        };
-        gauge("swiftkv:num_requests_running", "Number of requests currently running.", double(s.running));
-        gauge("swiftkv:num_requests_waiting", "Number of requests waiting to run.", double(s.waiting));
-        gauge("swiftkv:kv_cache_blocks_used", "KV cache blocks in use.", double(s.kv_blocks_used));
-        gauge("swiftkv:kv_cache_blocks_total", "KV cache blocks in all.", double(s.kv_blocks_total));
-        gauge("swiftkv:kv_cache_usage_perc", "KV cache usage (0 to 1).",
-              s.kv_blocks_total > 0 ? double(s.kv_blocks_used) / double(s.kv_blocks_total) : 0.0);
-        gauge("swiftkv:prefix_cache_hit_rate", "Prefix cache hit rate (0 to 1).", s.prefix_cache_hit_rate);
-        counter("swiftkv:prompt_tokens_total", "Prompt tokens processed.", double(s.prompt_tokens_total));
-        counter("swiftkv:generation_tokens_total", "Tokens generated.", double(s.generation_tokens_total));
-        {
-            os << "# HELP swiftkv:request_success_total Finished sequences by finish reason.\n"
-                  "# TYPE swiftkv:request_success_total counter\n";
-            std::map<std::string, uint64_t> success;
-            {
-                std::lock_guard<std::mutex> lock(const_cast<Metrics&>(metrics).mu);
-                success = metrics.success;
-            }
-            for (const char* r : {"stop", "length", "abort"}) success.emplace(r, 0);
-            for (const auto& [reason, count] : success)
-                os << "swiftkv:request_success_total{" << labels << ",finished_reason=\"" << reason << "\"} " << count
-                   << "\n";
-        }
-        metrics.ttft.write(os, "swiftkv:time_to_first_token_seconds", "Time to first token in seconds.", labels);
-        metrics.tpot.write(os, "swiftkv:time_per_output_token_seconds", "Time per output token in seconds.", labels);
-        metrics.e2e.write(os, "swiftkv:e2e_request_latency_seconds", "End-to-end request latency in seconds.", labels);
-        return os.str();
-    }
-
     // -- generation -------------------------------------------------------------------------
 
-    void handle_generate(const httplib::Request& req, httplib::Response& res, bool chat) {
+    // Every submitted request is recorded exactly once, whichever way it ends.
+    void record(RequestState& st, const Progress& progress, int n) {
+        const double e2e = std::chrono::duration<double>(Clock::now() - st.arrival).count();
+        std::optional<double> ttft;
+        {
+            std::lock_guard<std::mutex> lock(st.mu);
+            if (st.first_output) ttft = std::chrono::duration<double>(*st.first_output - st.arrival).count();
+        }
+        metrics.record(e2e, ttft ? &*ttft : nullptr, progress.usage.completion_tokens, n, progress.final_reasons());
+    }
+
+    void abort(RequestState& st) {
+        st.client_gone = true;
+        backend.abort(st.id);
+    }
+
+    void handle_generate(const HttpRequest& req, HttpExchange& ex, bool chat) {
         const json body = parse_json_body(req.body);
-        auto prepared = std::make_shared<Prepared>(chat ? prepare_chat(body) : prepare_completion(body));
+        const Prepared p = chat ? prepare_chat(body) : prepare_completion(body);
         if (stopping) throw ProtocolError(503, "the server is shutting down");
         auto st = std::make_shared<RequestState>();
-        if (prepared->stream) {
-            res.status = 200;
-            res.set_header("Cache-Control", "no-cache");
-            res.set_chunked_content_provider(
-                "text/event-stream",
-                [this, st, prepared](size_t, httplib::DataSink& sink) { return stream_provider(*prepared, st, sink); },
-                [this, st](bool) {
-                    if (st->submitted) {
-                        bool done;
-                        {
-                            std::lock_guard<std::mutex> lock(st->mu);
-                            done = st->done;
-                        }
-                        if (!done) {
-                            st->client_gone = true;
-                            backend.abort(st->id);
-                        }
-                    }
-                });
-            return;
-        }
-        const int conn = find_connection_socket(req);
-        st->id = backend.submit(prepared->request, st->callbacks(st));
-        st->submitted = true;
+        if (p.stream) generate_stream(p, st, ex);
+        else generate(p, st, ex);
+    }
+
+    void generate(const Prepared& p, const std::shared_ptr<RequestState>& st, HttpExchange& ex) {
+        st->id = backend.submit(p.request, st->callbacks(st));
         std::unique_lock<std::mutex> lock(st->mu);
         // Wait for the result, checking a few times a second that the client is still there: a
         // client that hung up gets its request aborted, so its KV blocks are freed at once.
         while (!st->cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return st->done; })) {
-            if (!st->client_gone && connection_closed(conn)) {
-                st->client_gone = true;
+            if (!st->client_gone && ex.client_closed()) {
                 lock.unlock();
-                backend.abort(st->id);
+                abort(*st);
                 lock.lock();
             }
         }
-        if (st->client_gone) {
-            lock.unlock();
-            record(*st, {""}, 0, prepared->request.n);
-            res.status = 499;  // nginx's "client closed request"; nobody reads it
-            return;
-        }
-        if (!st->error.empty()) {
-            lock.unlock();
-            record(*st, {""}, 0, prepared->request.n);
-            if (st->error == "aborted" || st->error == "shutting down")
-                throw ProtocolError(503, "the request was aborted: the server is shutting down");
-            throw ProtocolError(500, "generation failed: " + st->error);
-        }
-        const int n = prepared->request.n;
+        const int n = p.request.n;
+        Progress progress(n, utf8_chars(p.echo_prefix));
         std::vector<ChoiceResult> choices(static_cast<size_t>(n));
-        std::vector<int> offsets(static_cast<size_t>(n), 0);
-        Usage usage;
-        std::vector<std::string> reasons;
         for (int i = 0; i < n; ++i) {
             choices[size_t(i)].index = i;
-            choices[size_t(i)].text = prepared->echo_prefix;
-            offsets[size_t(i)] = int(prepared->echo_prefix.size());
+            choices[size_t(i)].text = p.echo_prefix;
         }
         for (auto& e : st->events) {
             if (e.prompt) {  // echo: every choice starts with the prompt's tokens
-                for (auto& c : choices) {
-                    int off = 0;
-                    std::vector<TokenLogprob> lps;
-                    for (const auto& lp : e.logprobs) {
-                        lps.push_back(to_protocol(lp, off));
-                        off += int(backend.tokenizer().token_bytes(lp.token).size());
-                    }
-                    c.logprobs.insert(c.logprobs.begin(), lps.begin(), lps.end());
-                }
+                int off = 0;
+                const std::vector<TokenLogprob> lps = to_protocol(e.logprobs, off);
+                for (auto& c : choices) c.logprobs.insert(c.logprobs.begin(), lps.begin(), lps.end());
                 continue;
             }
             ChoiceResult& c = choices[size_t(e.index)];
-            for (const auto& lp : e.logprobs) {
-                c.logprobs.push_back(to_protocol(lp, offsets[size_t(e.index)]));
-                offsets[size_t(e.index)] += int(backend.tokenizer().token_bytes(lp.token).size());
-            }
+            for (auto& lp : to_protocol(e.logprobs, progress.offsets[size_t(e.index)])) c.logprobs.push_back(std::move(lp));
             if (e.finish) {
+                progress.finish(e);
                 c.finish_reason = e.result.finish_reason;
                 c.token_ids = e.result.tokens;
-                usage.prompt_tokens = e.result.prompt_tokens;
-                usage.completion_tokens += int64_t(e.result.tokens.size());
-                reasons.push_back(e.result.finish_reason);
             } else {
                 c.text += e.text;
             }
         }
+        const bool gone = st->client_gone;
+        const std::string error = st->error;
         lock.unlock();
-        record(*st, reasons, usage.completion_tokens, n);
+        record(*st, progress, n);
+        if (gone) return ex.abandon();
+        if (!error.empty()) {
+            if (error == "aborted" || error == "shutting down")
+                throw ProtocolError(503, "the request was aborted: the server is shutting down");
+            throw ProtocolError(500, "generation failed: " + error);
+        }
         const std::string& model = opt.served_model_name;
-        json out = chat ? chat_completion_response(prepared->id, prepared->created, model, choices, usage, prepared->with_logprobs)
-                        : completion_response(prepared->id, prepared->created, model, choices, usage, prepared->with_logprobs);
-        set_json(res, 200, out);
+        respond_json(ex, 200,
+                     p.chat ? chat_completion_response(p.id, p.created, model, choices, progress.usage, p.with_logprobs)
+                            : completion_response(p.id, p.created, model, choices, progress.usage, p.with_logprobs));
     }
 
-    bool stream_provider(const Prepared& p, const std::shared_ptr<RequestState>& st, httplib::DataSink& sink) {
+    void generate_stream(const Prepared& p, const std::shared_ptr<RequestState>& st, HttpExchange& ex) {
         const std::string& model = opt.served_model_name;
-        auto write = [&](const std::string& s) {
-            if (st->client_gone) return false;
-            if (!sink.write(s.data(), s.size())) {
-                st->client_gone = true;
-                return false;
-            }
-            return true;
-        };
+        if (!ex.start_stream(200, "text/event-stream", {{"Cache-Control", "no-cache"}})) return ex.abandon();
+        st->id = backend.submit(p.request, st->callbacks(st));
+        Progress progress(p.request.n, utf8_chars(p.echo_prefix));
+        // The client went away: abort, count the request, close the connection.
         auto give_up = [&] {
-            st->client_gone = true;
-            backend.abort(st->id);
-            return false;
+            abort(*st);
+            record(*st, progress, p.request.n);
+            ex.abandon();
         };
-        if (!st->submitted) {
-            st->id = backend.submit(p.request, st->callbacks(st));
-            st->submitted = true;
-            for (int i = 0; i < p.request.n; ++i) {
-                if (p.chat) {
-                    if (!write(sse_event(chat_role_chunk(p.id, p.created, model, i, p.include_usage)))) return give_up();
-                } else if (!p.echo_prefix.empty() && !p.request.prompt_logprobs) {
-                    if (!write(sse_event(completion_chunk(p.id, p.created, model, i, p.echo_prefix, nullptr, "",
-                                                          p.include_usage))))
-                        return give_up();
-                }
-            }
+        auto write = [&](const std::string& s) { return !st->client_gone && ex.write(s); };
+        for (int i = 0; i < p.request.n; ++i) {
+            bool ok = true;
+            if (p.chat) ok = write(sse_event(chat_role_chunk(p.id, p.created, model, i, p.include_usage)));
+            else if (!p.echo_prefix.empty() && !p.request.prompt_logprobs)
+                ok = write(sse_event(completion_chunk(p.id, p.created, model, i, p.echo_prefix, nullptr, "", p.include_usage)));
+            if (!ok) return give_up();
         }
-        std::vector<int> offsets(size_t(p.request.n), int(p.echo_prefix.size()));
-        Usage usage;
-        std::vector<std::string> reasons;
         for (;;) {
             std::deque<Event> events;
             bool done = false;
@@ -565,38 +410,26 @@ struct HttpServer::Impl {
                 done = st->done;
                 error = st->error;
             }
-            if (events.empty() && !done && sink.is_writable && !sink.is_writable()) return give_up();
+            if (events.empty() && !done && ex.client_closed()) return give_up();
             for (auto& e : events) {
                 if (e.prompt) {  // echo with logprobs: the prompt text and its logprobs open each choice
-                    std::vector<TokenLogprob> lps;
                     int off = 0;
-                    for (const auto& lp : e.logprobs) {
-                        lps.push_back(to_protocol(lp, off));
-                        off += int(backend.tokenizer().token_bytes(lp.token).size());
-                    }
+                    const std::vector<TokenLogprob> lps = to_protocol(e.logprobs, off);
                     const std::vector<TokenLogprob>* lp_ptr = p.with_logprobs ? &lps : nullptr;
                     for (int i = 0; i < p.request.n; ++i)
-                        if (!write(sse_event(completion_chunk(p.id, p.created, model, i, p.echo_prefix, lp_ptr, "",
-                                                              p.include_usage))))
+                        if (!write(sse_event(completion_chunk(p.id, p.created, model, i, p.echo_prefix, lp_ptr, "", p.include_usage))))
                             return give_up();
                     continue;
                 }
-                std::vector<TokenLogprob> lps;
-                for (const auto& lp : e.logprobs) {
-                    lps.push_back(to_protocol(lp, offsets[size_t(e.index)]));
-                    offsets[size_t(e.index)] += int(backend.tokenizer().token_bytes(lp.token).size());
-                }
+                const std::vector<TokenLogprob> lps = to_protocol(e.logprobs, progress.offsets[size_t(e.index)]);
                 const std::vector<TokenLogprob>* lp_ptr = p.with_logprobs ? &lps : nullptr;
                 std::string chunk;
                 if (e.finish) {
-                    usage.prompt_tokens = e.result.prompt_tokens;
-                    usage.completion_tokens += int64_t(e.result.tokens.size());
-                    reasons.push_back(e.result.finish_reason);
+                    progress.finish(e);
                     if (p.chat) {
                         if (!lps.empty())
                             chunk += sse_event(chat_content_chunk(p.id, p.created, model, e.index, "", lp_ptr, p.include_usage));
-                        chunk += sse_event(chat_finish_chunk(p.id, p.created, model, e.index, e.result.finish_reason,
-                                                             p.include_usage));
+                        chunk += sse_event(chat_finish_chunk(p.id, p.created, model, e.index, e.result.finish_reason, p.include_usage));
                     } else {
                         chunk += sse_event(completion_chunk(p.id, p.created, model, e.index, "", lp_ptr,
                                                             e.result.finish_reason, p.include_usage));
@@ -608,103 +441,64 @@ struct HttpServer::Impl {
                 }
                 if (!write(chunk)) return give_up();
             }
-            if (done) {
-                if (!error.empty()) {
-                    record(*st, {""}, usage.completion_tokens, p.request.n);
-                    const int status = (error == "aborted" || error == "shutting down") ? 503 : 500;
-                    write(sse_event(error_json(status, status == 503 ? "the request was aborted" : "generation failed: " + error)));
-                    write(sse_done());
-                    sink.done();
-                    return true;
-                }
-                record(*st, reasons, usage.completion_tokens, p.request.n);
-                if (p.include_usage)
-                    if (!write(sse_event(usage_chunk(p.id, p.created, model, p.chat ? "chat.completion.chunk" : "text_completion", usage))))
-                        return false;
-                if (!write(sse_done())) return false;
-                sink.done();
-                return true;
+            if (!done) continue;
+            record(*st, progress, p.request.n);
+            if (!error.empty()) {
+                const int status = (error == "aborted" || error == "shutting down") ? 503 : 500;
+                write(sse_event(error_json(status, status == 503 ? "the request was aborted" : "generation failed: " + error)));
+            } else if (p.include_usage) {
+                write(sse_event(usage_chunk(p.id, p.created, model, p.chat ? "chat.completion.chunk" : "text_completion",
+                                            progress.usage)));
             }
+            write(sse_done());
+            return ex.finish_stream();
         }
     }
 
     // -- routes -------------------------------------------------------------------------------
 
+    // Every failure of a handler becomes an OpenAI error answer (a handler never lets one escape).
     template <class F>
-    httplib::Server::Handler guarded(F f) {
-        return [this, f](const httplib::Request& req, httplib::Response& res) {
+    HttpTransport::Handler guarded(F f) {
+        return [f](const HttpRequest& req, HttpExchange& ex) {
             try {
-                f(req, res);
+                f(req, ex);
             } catch (const ProtocolError& e) {
-                res.set_content(dump_json(e.to_json()), "application/json");
-                res.status = e.status;
+                ex.respond(e.status, "application/json", dump_json(e.to_json()));
             } catch (const std::bad_alloc&) {
-                set_error(res, 500, "out of memory");
+                respond_json(ex, 503, error_json(503, "out of memory: try a smaller request"));
             } catch (const std::exception& e) {
-                set_error(res, 500, std::string("internal error: ") + e.what());
+                respond_json(ex, 500, error_json(500, std::string("internal error: ") + e.what()));
             } catch (...) {
-                set_error(res, 500, "internal error");
+                respond_json(ex, 500, error_json(500, "internal error"));
             }
         };
     }
 
     void setup() {
-        svr.new_task_queue = [n = opt.http_threads] { return new httplib::ThreadPool(size_t(std::max(n, 1))); };
-        svr.set_payload_max_length(opt.max_body_bytes);
-        svr.set_read_timeout(opt.read_timeout_s, 0);
-        svr.set_write_timeout(opt.write_timeout_s, 0);
-        svr.set_keep_alive_timeout(opt.keep_alive_timeout_s);
-
-        svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-            if (opt.api_key.empty() || !is_protected_path(req.path)) return httplib::Server::HandlerResponse::Unhandled;
-            const std::string auth = req.get_header_value("Authorization");
-            if (auth == "Bearer " + opt.api_key) return httplib::Server::HandlerResponse::Unhandled;
-            set_error(res, 401, auth.empty() ? "missing API key: send Authorization: Bearer <key>"
-                                             : "Incorrect API key provided.", "", "invalid_api_key");
-            return httplib::Server::HandlerResponse::Handled;
+        transport.set_header_check([this](const HttpRequest& req) -> std::optional<HttpError> {
+            if (opt.api_key.empty() || !is_protected_path(req.path)) return std::nullopt;
+            const auto auth = req.header("Authorization");
+            if (auth && bearer_matches(*auth, opt.api_key)) return std::nullopt;
+            return HttpError{401, auth ? "Incorrect API key provided." : "missing API key: send Authorization: Bearer <key>"};
         });
-        svr.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
-            if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-            if (res.status == 404) {
-                auto it = routes.find(req.path);
-                if (it != routes.end()) {
-                    res.set_header("Allow", it->second);
-                    set_error(res, 405, "method " + req.method + " is not allowed for " + req.path + "; use " + it->second);
-                } else {
-                    set_error(res, 404, "no such endpoint: " + req.method + " " + req.path);
-                }
-            } else if (res.status == 413) {
-                set_error(res, 413, "the request body is larger than the limit of " + std::to_string(opt.max_body_bytes) + " bytes");
-            } else {
-                set_error(res, res.status, "HTTP error " + std::to_string(res.status));
-            }
-            return httplib::Server::HandlerResponse::Handled;
+        transport.route("POST", "/v1/completions", guarded([this](const HttpRequest& req, HttpExchange& ex) {
+            handle_generate(req, ex, false);
         }));
-        svr.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-            std::string msg = "internal error";
-            try {
-                if (ep) std::rethrow_exception(ep);
-            } catch (const std::exception& e) {
-                msg += std::string(": ") + e.what();
-            } catch (...) {
-            }
-            set_error(res, 500, msg);
-        });
-
-        svr.Post("/v1/completions", guarded([this](const auto& req, auto& res) { handle_generate(req, res, false); }));
-        svr.Post("/v1/chat/completions", guarded([this](const auto& req, auto& res) { handle_generate(req, res, true); }));
-        svr.Get("/v1/models", guarded([this](const auto&, auto& res) {
-            set_json(res, 200, models_response(opt.served_model_name, created, backend.model_info().context_length));
+        transport.route("POST", "/v1/chat/completions", guarded([this](const HttpRequest& req, HttpExchange& ex) {
+            handle_generate(req, ex, true);
         }));
-        svr.Get("/health", guarded([this](const auto&, auto& res) {
-            if (stopping) set_error(res, 503, "the server is shutting down");
-            else set_json(res, 200, json::object());
+        transport.route("GET", "/v1/models", guarded([this](const HttpRequest&, HttpExchange& ex) {
+            respond_json(ex, 200, models_response(opt.served_model_name, created, backend.model_info().context_length));
         }));
-        svr.Get("/metrics", guarded([this](const auto&, auto& res) {
-            res.status = 200;
-            res.set_content(metrics_text(), "text/plain; version=0.0.4; charset=utf-8");
+        transport.route("GET", "/health", guarded([this](const HttpRequest&, HttpExchange& ex) {
+            if (stopping) respond_json(ex, 503, error_json(503, "the server is shutting down"));
+            else respond_json(ex, 200, json::object());
         }));
-        svr.Post("/tokenize", guarded([this](const auto& req, auto& res) {
+        transport.route("GET", "/metrics", guarded([this](const HttpRequest&, HttpExchange& ex) {
+            ex.respond(200, "text/plain; version=0.0.4; charset=utf-8", metrics_text());
+        }));
+        transport.route("POST", "/tokenize", guarded([this](const HttpRequest& req, HttpExchange& ex) {
             TokenizeRequest r = parse_tokenize_request(parse_json_body(req.body));
             check_model(r.model);
             std::vector<int32_t> tokens;
@@ -720,18 +514,20 @@ struct HttpServer::Impl {
             } else {
                 tokens = encode(r.prompt.value_or(""), r.add_special_tokens);
             }
-            set_json(res, 200, tokenize_response(tokens, backend.model_info().context_length));
+            respond_json(ex, 200, tokenize_response(tokens, backend.model_info().context_length));
         }));
-        svr.Post("/detokenize", guarded([this](const auto& req, auto& res) {
+        transport.route("POST", "/detokenize", guarded([this](const HttpRequest& req, HttpExchange& ex) {
             DetokenizeRequest r = parse_detokenize_request(parse_json_body(req.body));
             check_model(r.model);
             const int64_t vocab = backend.model_info().vocab;
             for (int32_t t : r.tokens)
                 if (t < 0 || t >= vocab)
                     throw ProtocolError(400, "token id " + std::to_string(t) + " is outside the vocabulary", "tokens");
-            set_json(res, 200, detokenize_response(backend.tokenizer().decode(r.tokens)));
+            respond_json(ex, 200, detokenize_response(backend.tokenizer().decode(r.tokens)));
         }));
     }
+
+    std::string metrics_text() const { return metrics.text(backend.stats(), opt.served_model_name); }
 };
 
 HttpServer::HttpServer(ServingBackend& backend, HttpServerOptions options)
@@ -739,35 +535,19 @@ HttpServer::HttpServer(ServingBackend& backend, HttpServerOptions options)
 
 HttpServer::~HttpServer() { stop(); }
 
-bool HttpServer::bind() {
-    if (impl_->opt.port == 0) {
-        impl_->bound_port = impl_->svr.bind_to_any_port(impl_->opt.host);
-        if (impl_->bound_port < 0) {
-            impl_->error = "cannot bind to " + impl_->opt.host;
-            return false;
-        }
-        return true;
-    }
-    if (!impl_->svr.bind_to_port(impl_->opt.host, impl_->opt.port)) {
-        impl_->error = "cannot bind to " + impl_->opt.host + ":" + std::to_string(impl_->opt.port) +
-                       " (address in use or not available)";
-        return false;
-    }
-    impl_->bound_port = impl_->opt.port;
-    return true;
-}
+bool HttpServer::bind() { return impl_->transport.bind(impl_->opt.host, impl_->opt.port); }
 
-int HttpServer::port() const { return impl_->bound_port; }
+int HttpServer::port() const { return impl_->transport.port(); }
 
-bool HttpServer::listen() { return impl_->svr.listen_after_bind(); }
+bool HttpServer::listen() { return impl_->transport.serve(); }
 
 void HttpServer::stop() {
     if (impl_->stopping.exchange(true)) return;
     impl_->backend.shutdown();
-    impl_->svr.stop();
+    impl_->transport.stop();
 }
 
-const std::string& HttpServer::error() const { return impl_->error; }
+const std::string& HttpServer::error() const { return impl_->transport.error(); }
 
 std::string HttpServer::metrics_text() const { return impl_->metrics_text(); }
 

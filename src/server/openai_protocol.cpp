@@ -1,5 +1,6 @@
 #include "server/openai_protocol.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -222,7 +223,38 @@ json error_json(int status, std::string_view message, std::string_view param, st
     return ProtocolError(status, std::string(message), std::string(param), {}, std::string(code)).to_json();
 }
 
+namespace {
+
+// The deepest nesting of arrays and objects in a JSON text (brackets inside strings do not count). Only
+// exact for valid JSON, which is all it must be: anything else fails to parse anyway.
+size_t json_nesting_depth(std::string_view text) {
+    size_t depth = 0, deepest = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < text.size(); ++i) {
+        const char c = text[i];
+        if (in_string) {
+            if (c == '\\') ++i;
+            else if (c == '"') in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{') {
+            deepest = std::max(deepest, ++depth);
+        } else if ((c == ']' || c == '}') && depth > 0) {
+            --depth;
+        }
+    }
+    return deepest;
+}
+
+}  // namespace
+
 json parse_json_body(std::string_view body) {
+    // nlohmann parses and destroys without recursion, but copying, comparing or dumping a value recurses
+    // once per level: a body of a few hundred KB of "[[[[..." in chat_template_kwargs overflowed the stack
+    // when the chat request copied it. No OpenAI request nests anywhere near this deep.
+    if (const size_t depth = json_nesting_depth(body); depth > kMaxJsonNesting)
+        throw ProtocolError(400, fmt::format("the request body nests arrays and objects {} levels deep; at most {} "
+                                             "are allowed", depth, kMaxJsonNesting));
     json j = json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded()) throw ProtocolError(400, "the request body is not valid JSON");
     if (!j.is_object()) throw ProtocolError(400, "the request body must be a JSON object");
@@ -354,8 +386,9 @@ ChatCompletionRequest parse_chat_completion_request(const json& body) {
     r.messages = parse_chat_messages(*m);
 
     const int64_t max_limit = int64_t(1) << 24;
-    if (auto v = opt_int(body, "max_completion_tokens", 0, max_limit)) r.max_tokens = v;
-    else r.max_tokens = opt_int(body, "max_tokens", 0, max_limit);
+    // A chat answer has no echo, so 0 tokens would ask for nothing (vLLM and OpenAI refuse it too).
+    if (auto v = opt_int(body, "max_completion_tokens", 1, max_limit)) r.max_tokens = v;
+    else r.max_tokens = opt_int(body, "max_tokens", 1, max_limit);
     parse_sampling(body, r);
 
     r.logprobs = opt_bool(body, "logprobs").value_or(false);

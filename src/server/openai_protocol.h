@@ -55,7 +55,9 @@ std::string error_type_for_status(int status);
 nlohmann::json error_json(int status, std::string_view message, std::string_view param = {},
                           std::string_view code = {});
 
-// Parses a request body; invalid JSON or a non-object top level: ProtocolError 400.
+// Parses a request body; invalid JSON, a non-object top level or arrays and objects nested deeper than
+// kMaxJsonNesting: ProtocolError 400.
+inline constexpr size_t kMaxJsonNesting = 256;
 nlohmann::json parse_json_body(std::string_view body);
 
 // ---------------------------------------------------------------------------------------------
@@ -103,7 +105,7 @@ struct ChatCompletionRequest : SamplingFields {
     // Normalized messages for Engine::apply_chat_template: [{"role", "content": string, "name"?}];
     // text parts joined, "developer" mapped to "system", assistant null content to "".
     nlohmann::json messages = nlohmann::json::array();
-    std::optional<int64_t> max_tokens;        // max_completion_tokens (preferred) or max_tokens; unset:
+    std::optional<int64_t> max_tokens;        // max_completion_tokens (preferred) or max_tokens, >= 1; unset:
                                               // up to the context limit
     bool logprobs = false;
     int top_logprobs = 0;                     // [0, 20], needs logprobs

@@ -228,7 +228,7 @@ void BatchEngineBackend::on_event(uint64_t id, const ChoiceEvent& e) {
         lps.clear();
     }
     if (e.finished) {
-        r.finish_reason = e.finish_reason == "abort" ? "stop" : e.finish_reason;
+        r.finish_reason = e.finish_reason;  // "abort" stays: metrics count aborted sequences
         if (l.callbacks.on_finish) l.callbacks.on_finish(e.index, r, std::move(lps));
         if (--l.remaining == 0) {
             const bool was_aborted = e.finish_reason == "abort";

@@ -201,6 +201,16 @@ void write_model_dir(const ModelSource& student, const std::string& student_dir,
         fs::copy_file(entry.path(), fs::path(out) / fname, fs::copy_options::overwrite_existing, ec);
         SKV_CHECK(!ec, "cannot copy '{}' into '{}': {}", entry.path().string(), out, ec.message());
     }
+    // The student may say "swiftkv": false (its directory doubles as the teacher); the distilled model is
+    // a student and must load as one.
+    if (student.hf_config().value("swiftkv", nlohmann::json(true)) != true) {
+        nlohmann::json config = student.hf_config();
+        config["swiftkv"] = true;
+        const fs::path path = fs::path(out) / "config.json";
+        std::ofstream f(path);
+        f << config.dump(2) << "\n";
+        SKV_CHECK(f.good(), "writing '{}' failed", path.string());
+    }
     write_safetensors((fs::path(out) / "model.safetensors").string(), items, {{"format", "pt"}});
 }
 

@@ -6,12 +6,13 @@ must give a one-line `error:` message on stderr and exit status 1: never a crash
 a traceback-like dump, never a partial output file.
 """
 import json
+import shutil
 import struct
 import subprocess
 
 import pytest
 
-from testpaths import MODEL, SWIFTKV
+from testpaths import MODEL, ROOT, SWIFTKV
 
 pytestmark = pytest.mark.skipif(not SWIFTKV.exists(), reason=f"{SWIFTKV} not built")
 needs_model = pytest.mark.skipif(not MODEL.exists(), reason="default model not fetched")
@@ -223,3 +224,31 @@ def test_overlay_with_missing_base_is_a_clean_error(tmp_path):
                                 "tensors": "swiftkv_tensors.safetensors", "num_key_value_layers": 15,
                                 "key_value_group_size": 1}))
     assert_clean_error(run("run", "-m", desc, "-p", "hi"), "base model", "does not exist")
+
+
+def test_swiftkv_config_key_and_flag(tmp_path):
+    """A llama_swiftkv config's "swiftkv": false runs the checkpoint as its teacher (as Snowflake's modelling
+    code does); --swiftkv on|off overrides the key either way. The checkpoint is the independently written
+    tests/convert/data/tiny_swiftkv (N = 4, L = 2, g = 2, "swiftkv": true)."""
+    tiny = ROOT / "tests" / "convert" / "data" / "tiny_swiftkv"
+    off = tmp_path / "off"
+    shutil.copytree(tiny, off)
+    config = json.loads((off / "config.json").read_text())
+    config["swiftkv"] = False
+    (off / "config.json").write_text(json.dumps(config))
+
+    def score(model, *flags):
+        out = tmp_path / "score.json"
+        proc = run("score", "-m", model, "--tokens", "5,17,42,99,3,250", "--all-positions", "-o", out, *flags)
+        assert proc.returncode == 0, proc.stderr.decode()
+        res = json.loads(out.read_text())
+        return res["swiftkv_layers"], res["logits"]
+
+    student, teacher = score(tiny), score(tiny, "--swiftkv", "off")
+    assert student[0] == 2 and teacher[0] == 4 and student[1] != teacher[1]
+    assert score(off) == teacher
+    assert score(off, "--swiftkv", "on") == student
+    assert score(off, "--swiftkv", "off") == teacher
+    proc = run("inspect", off)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert '"swiftkv": false' in proc.stdout.decode() and "runs as its teacher by default" in proc.stdout.decode()

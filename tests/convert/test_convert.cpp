@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -96,7 +97,9 @@ std::vector<int32_t> prompt_tokens(const Engine& e) {
         false, true);
 }
 
-std::vector<float> logits_of(const std::string& model, bool swiftkv, const std::vector<int32_t>* tokens = nullptr) {
+// swiftkv unset: as the checkpoint's config says.
+std::vector<float> logits_of(const std::string& model, std::optional<bool> swiftkv,
+                             const std::vector<int32_t>* tokens = nullptr) {
     EngineOptions o;
     o.model_path = model;
     o.context_length = 128;
@@ -190,6 +193,7 @@ TEST_F(ConvertSmolLM, ConfigHasThePublishedKeys) {
         EXPECT_EQ(src->config().swiftkv_layers, 15);
         EXPECT_EQ(src->config().kv_group_size, g);
         EXPECT_EQ(src->config().kv_cache_layers(), 15 + 15 / g);
+        EXPECT_TRUE(src->config().swiftkv_enabled);  // "swiftkv": true: the student loads as the student
     }
     EXPECT_EQ(half_->weight_files, std::vector<std::string>{"model.safetensors"});
 }
@@ -535,6 +539,62 @@ TEST(Convert, IndependentTinyCheckpointRuns) {
     }
     // Random SwiftKV tensors: the student and the teacher differ.
     EXPECT_GT(max_abs_diff(on, off), 1e-3);
+}
+
+// Snowflake's `swiftkv` config key: false runs the checkpoint as its teacher (the original q/k/v of every
+// layer, no prefill skipping), true or absent as the SwiftKV student; EngineOptions::swiftkv (the CLI's
+// --swiftkv on|off) overrides it either way.
+TEST(Convert, SwiftKVConfigKeyPicksTheDefaultRunMode) {
+    const fs::path original = kData / "convert/data/tiny_swiftkv";
+    const fs::path root = fs::temp_directory_path() / ("swiftkv_test_swiftkv_key_" + std::to_string(::getpid()));
+    fs::remove_all(root);
+    auto copy_with_key = [&](const std::string& name, const nlohmann::json& value) {
+        const fs::path dir = root / name;
+        fs::create_directories(dir);
+        for (const auto& e : fs::directory_iterator(original)) fs::copy_file(e.path(), dir / e.path().filename());
+        nlohmann::json config = read_json(original / "config.json");
+        if (value.is_null()) {
+            config.erase("swiftkv");
+        } else {
+            config["swiftkv"] = value;
+        }
+        std::ofstream(dir / "config.json") << config.dump(2);
+        return dir.string();
+    };
+    const std::string off = copy_with_key("off", false), absent = copy_with_key("absent", nullptr);
+    ASSERT_EQ(read_json(original / "config.json")["swiftkv"], true);
+
+    const std::vector<int32_t> tokens = load_tokenizer(*ModelSource::open(original.string()))
+                                            .encode("<|im_start|>user\nThe cat sat on the mat.<|im_end|>\n", false, true);
+    ASSERT_GT(tokens.size(), 5u);
+    const std::vector<float> student = logits_of(original.string(), true, &tokens);
+    const std::vector<float> teacher = logits_of(original.string(), false, &tokens);
+    ASSERT_GT(max_abs_diff(student, teacher), 1e-3);  // the two modes are distinguishable
+
+    EXPECT_EQ(max_abs_diff(logits_of(original.string(), std::nullopt, &tokens), student), 0.0);  // "swiftkv": true
+    EXPECT_EQ(max_abs_diff(logits_of(absent, std::nullopt, &tokens), student), 0.0);             // no key
+    EXPECT_EQ(max_abs_diff(logits_of(off, std::nullopt, &tokens), teacher), 0.0);                // "swiftkv": false
+    EXPECT_EQ(max_abs_diff(logits_of(off, true, &tokens), student), 0.0);                        // --swiftkv on
+    EXPECT_EQ(max_abs_diff(logits_of(off, false, &tokens), teacher), 0.0);                       // --swiftkv off
+
+    // What the engine reports runs: the teacher is the plain base model (L = N, no AcrossKV groups).
+    EngineOptions o;
+    o.model_path = off;
+    o.context_length = 64;
+    {
+        Engine e(o);
+        EXPECT_FALSE(e.config().is_swiftkv());
+        EXPECT_EQ(e.config().swiftkv_layers, 4);
+        EXPECT_EQ(e.config().kv_cache_layers(), 4);
+    }
+    o.swiftkv = true;
+    {
+        Engine e(o);
+        EXPECT_TRUE(e.config().is_swiftkv());
+        EXPECT_EQ(e.config().swiftkv_layers, 2);
+        EXPECT_EQ(e.config().kv_cache_layers(), 3);
+    }
+    fs::remove_all(root);
 }
 
 // The tiny checkpoint's teacher as a llama.cpp-style GGUF (Q/K rows permuted by llama.cpp's own

@@ -43,6 +43,33 @@ TEST(ModelConfig, ParsesSwiftKVAndCountsCacheLayers) {
     EXPECT_EQ(c.kv_cache_layer_of(7), 5);
 }
 
+// Snowflake's llama_swiftkv config key `swiftkv`: false asks for the teacher. It is the default run mode
+// only; the structure (L, g) stays what the checkpoint holds, so --swiftkv on can still run the student.
+TEST(ModelConfig, SwiftKVKeyIsTheDefaultRunMode) {
+    auto j = base_config();
+    j["model_type"] = "llama_swiftkv";
+    j["num_key_value_layers"] = 4;
+    j["key_value_group_size"] = 2;
+    EXPECT_TRUE(ModelConfig::from_hf_json(j, "config.json").swiftkv_enabled);  // absent: SwiftKV
+    j["swiftkv"] = nullptr;
+    EXPECT_TRUE(ModelConfig::from_hf_json(j, "config.json").swiftkv_enabled);
+    j["swiftkv"] = true;
+    EXPECT_TRUE(ModelConfig::from_hf_json(j, "config.json").swiftkv_enabled);
+
+    j["swiftkv"] = false;
+    const auto c = ModelConfig::from_hf_json(j, "config.json");
+    EXPECT_FALSE(c.swiftkv_enabled);
+    EXPECT_TRUE(c.is_swiftkv());
+    EXPECT_EQ(c.swiftkv_layers, 4);
+    EXPECT_EQ(c.kv_group_size, 2);
+    EXPECT_EQ(c.to_hf_json()["swiftkv"], false);  // inspect and convert write back what was read
+
+    j["swiftkv"] = "false";
+    expect_error_mentions(j, "'swiftkv'");
+    j["swiftkv"] = 0;
+    expect_error_mentions(j, "'swiftkv'");
+}
+
 TEST(ModelConfig, RejectsBadValuesWithTheKeyName) {
     auto j = base_config();
     j.erase("hidden_size");

@@ -490,6 +490,32 @@ TEST(Errors, ParseJsonBody) {
     }
 }
 
+// Copying a JSON value recurses once per nesting level: a chat request whose chat_template_kwargs nested
+// 100,000 arrays (a 200 KB body, far below the body limit) overflowed the stack when
+// parse_chat_completion_request copied it. Bodies deeper than kMaxJsonNesting are refused up front.
+TEST(Errors, DeeplyNestedBodyIsA400) {
+    // {"messages": [...], "chat_template_kwargs": {"a": [[...]]}}: the arrays start at depth 3.
+    auto chat_with_kwargs_depth = [](size_t depth) {
+        return R"({"messages": [{"role": "user", "content": "Hi"}], "chat_template_kwargs": {"a": )" +
+               std::string(depth - 2, '[') + std::string(depth - 2, ']') + "}}";
+    };
+    const ChatCompletionRequest r =
+        parse_chat_completion_request(parse_json_body(chat_with_kwargs_depth(kMaxJsonNesting)));
+    EXPECT_TRUE(r.chat_template_kwargs.contains("a"));
+    // Brackets inside strings (and escaped quotes) are text, not nesting.
+    const std::string text = "\\\"" + std::string(100000, '[');
+    EXPECT_EQ(parse_json_body(R"({"prompt": ")" + text + R"("})")["prompt"].get<std::string>().size(), 100001u);
+    for (size_t depth : {kMaxJsonNesting + 1, size_t(100000)}) {
+        try {
+            parse_chat_completion_request(parse_json_body(chat_with_kwargs_depth(depth)));
+            ADD_FAILURE() << depth;
+        } catch (const ProtocolError& e) {
+            EXPECT_EQ(e.status, 400);
+            EXPECT_NE(e.message.find(std::to_string(depth) + " levels deep"), std::string::npos) << e.message;
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Responses
 

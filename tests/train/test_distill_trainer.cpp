@@ -358,6 +358,45 @@ TEST(DistillTrainer, OutputsLoadAsFullDirectoryAndAsOverlay) {
     fs::remove_all(f.root);
 }
 
+// A student whose config.json says "swiftkv": false (Snowflake's key for "run as the teacher") still
+// trains as the student: the key is a run-time default, not structure, so the run is bit-identical to
+// one on the same student saying "swiftkv": true, and the distilled directory says true (it loads as the
+// student). The overlay, whose base is that student directory, runs as the student too.
+TEST(DistillTrainer, StudentConfigSayingSwiftKVFalseStillDistillsAStudent) {
+    const Fixture f = make_fixture("swiftkv_key", 2);
+    const std::string off_student = f.root + "/student_off";
+    fs::create_directories(off_student);
+    for (const auto& e : fs::directory_iterator(f.student))
+        fs::copy_file(e.path(), fs::path(off_student) / e.path().filename());
+    nlohmann::json config = nlohmann::json::parse(read_all(f.student + "/config.json"));
+    config["swiftkv"] = false;
+    std::ofstream(off_student + "/config.json") << config.dump(2);
+    ASSERT_FALSE(ModelSource::open(off_student)->config().swiftkv_enabled);
+
+    DistillOptions on_opts = base_options(f, "out_on");
+    on_opts.tokens = 2 * 3 * 64 * 2;
+    DistillOptions off_opts = on_opts;
+    off_opts.model = off_student;
+    off_opts.out = f.root + "/out_off";
+    const DistillResult on = run_distill(on_opts, byte_codec());
+    const DistillResult off = run_distill(off_opts, byte_codec());
+    ASSERT_TRUE(on.finished && off.finished);
+    EXPECT_EQ(off.first_loss, on.first_loss);
+    EXPECT_EQ(off.last_loss, on.last_loss);
+
+    EXPECT_EQ(nlohmann::json::parse(read_all(off_opts.out + "/config.json"))["swiftkv"], true);
+    auto full = ModelSource::open(off_opts.out);
+    auto overlay = ModelSource::open(off.overlay_path);
+    EXPECT_EQ(overlay->overlay_base_path(), fs::path(off_student).lexically_normal().string());
+    auto backend = make_cpu_backend(2);
+    for (const ModelSource* src : {full.get(), overlay.get()}) {
+        EXPECT_TRUE(src->config().swiftkv_enabled) << src->path();
+        LlamaModel m(*src, *backend, LoadOptions{});
+        EXPECT_TRUE(m.config().is_swiftkv()) << src->path();
+    }
+    fs::remove_all(f.root);
+}
+
 // --synthetic: random weights of a named shape on random tokens, for speed benchmarks. It trains (finite,
 // logged steps), honours --max-steps and writes nothing but the log; bad combinations are refused.
 TEST(DistillTrainer, SyntheticBenchmarkRunsAndWritesOnlyTheLog) {
