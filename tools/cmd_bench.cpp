@@ -106,7 +106,7 @@ int cmd_bench(const cli::ModelArgs& model_args, const BenchArgs& args) {
         opts.context_length = std::max<int64_t>(needed + 16, 256);
         Engine engine(opts);
         const ModelConfig& c = engine.config();
-        const int64_t kv_bytes = PagedKvCache::bytes_per_token(c);
+        const int64_t kv_bytes = c.kv_bytes_per_token();
         std::mt19937 rng(1234);
         std::vector<int32_t> ordinary;
         for (int32_t i = 0; i < engine.tokenizer().vocab_size(); ++i) {

@@ -188,7 +188,7 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
         lo.weight_dtype = wdt;
         lo.graphs = !model_args.no_graphs;
         LlamaModel model(c, *backend, lo, 1234);
-        const int64_t kv_bpt = PagedKvCache::bytes_per_token(c, backend->act_dtype());
+        const int64_t kv_bpt = c.kv_bytes_per_token(backend->act_dtype());
         const int64_t bs = 16;
         size_t free_b = 0, total_b = 0;
         backend->memory_info(&free_b, &total_b);
@@ -197,8 +197,7 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
                       (std::max(max_prompt, decode_capacity) + bs - 1) / bs);
         backend->memory_info(&free_b, &total_b);
         const int64_t pool_budget = int64_t(double(free_b) * model_args.gpu_memory_fraction) - (int64_t(1) << 30);
-        const int64_t pool_blocks_max = PagedKvCache::blocks_for_bytes(c, std::max<int64_t>(pool_budget, 0), bs,
-                                                                      backend->act_dtype());
+        const int64_t pool_blocks_max = std::max<int64_t>(pool_budget, 0) / (kv_bpt * bs);
         const int64_t decode_blocks = (decode_capacity + bs - 1) / bs;
         const int64_t max_decode_batch_fit = pool_blocks_max / decode_blocks;
         nlohmann::json jres = nlohmann::json::array();

@@ -90,7 +90,7 @@ int cmd_convert(const ConvertArgs& args) {
     ModelConfig base = c;
     base.swiftkv_layers = base.n_layers;
     base.kv_group_size = 1;
-    const double before = double(PagedKvCache::bytes_per_token(base)), after = double(PagedKvCache::bytes_per_token(c));
+    const double before = double(base.kv_bytes_per_token()), after = double(c.kv_bytes_per_token());
     fmt::print("  KV cache per token: {:.0f} -> {:.0f} bytes ({:.1f}% less)\n", before, after,
                before > 0 ? 100.0 * (1.0 - after / before) : 0.0);
     if (!r.skipped_tensors.empty()) {

@@ -13,7 +13,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
-#include "engine/engine.h"
+#include "model/model_loader.h"
 #include "model/model_source.h"
 #include "train/distill_checkpoint.h"
 

@@ -5,7 +5,7 @@
 #include <fmt/ranges.h>
 
 #include "cli_common.h"
-#include "engine/engine.h"
+#include "model/model_loader.h"
 #include "io/gguf_reader.h"
 #include "kv/paged_kv_cache.h"
 #include "model/model_source.h"
@@ -25,7 +25,7 @@ int cmd_inspect(const std::string& path, bool all_tensors) {
             fmt::print("runs as its teacher by default: the config says \"swiftkv\": false "
                        "(--swiftkv on runs SwiftKV)\n");
     }
-    fmt::print("KV cache: {} bytes per token (f32)\n", PagedKvCache::bytes_per_token(c));
+    fmt::print("KV cache: {} bytes per token (f32)\n", c.kv_bytes_per_token());
 
     BpeTokenizer tok = load_tokenizer(*source);
     const auto& spec = tok.spec();

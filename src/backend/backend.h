@@ -171,7 +171,7 @@ public:
     //   - float* tensors are always f32: the residual stream and its gradient, norm weights, logits,
     //     log-sum-exps, losses, and every parameter, parameter gradient and optimizer state (the f32
     //     master copies of the trainable weights).
-    // The CPU (backend/cpu/cpu_train_ops.cpp) and CUDA (backend/cuda/cuda_train_ops.cu) backends implement
+    // The CPU (backend/cpu/cpu_train_ops.cpp) and CUDA (backend/cuda/cuda_train_*.cu) backends implement
     // all of them; the base class throws swiftkv::Error for a backend that does not. Unless said
     // otherwise an op overwrites its outputs; "accumulate" outputs are added to (+=).
 

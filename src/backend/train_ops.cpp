@@ -1,6 +1,6 @@
 // The base-class defaults of the training ops (backend/backend.h, "training ops"): every op throws until
 // a backend implements it, so a backend without them stops a training run with a clear message instead
-// of a missing symbol. The CPU (cpu/cpu_train_ops.cpp) and CUDA (cuda/cuda_train_ops.cu) backends
+// of a missing symbol. The CPU (cpu/cpu_train_ops.cpp) and CUDA (cuda/cuda_train_*.cu) backends
 // implement all of them.
 #include "backend/backend.h"
 #include "core/error.h"

@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "engine/engine.h"
+#include "model/model_loader.h"
 #include "io/gguf_reader.h"
 
 namespace swiftkv::convert_detail {

@@ -25,7 +25,7 @@
 #include "convert/gguf_export.h"
 #include "convert/safetensors_stream_writer.h"
 #include "core/error.h"
-#include "engine/engine.h"
+#include "model/model_loader.h"
 #include "io/gguf_reader.h"
 #include "model/model_source.h"
 #include "tokenizer/tokenizer_json_writer.h"

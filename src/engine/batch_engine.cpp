@@ -9,7 +9,6 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "model/model_source.h"
 
 namespace swiftkv {
 
@@ -46,48 +45,19 @@ BatchEngine::BatchEngine(const BatchEngineOptions& options) : options_(options) 
     SKV_CHECK(eo.block_size > 0 && eo.block_size <= 1024, "KV block size {} is out of range (1..1024)", eo.block_size);
     if (eo.threads > 0) ThreadPool::set_global_threads(eo.threads);
     backend_ = make_backend(eo.device, eo.threads);
-    LoadOptions lo;
-    lo.weight_dtype =
-        eo.weight_dtype.value_or(backend_->supports_weight_dtype(DType::F32) ? DType::F32 : DType::BF16);
-    lo.swiftkv = eo.swiftkv;
-    lo.graphs = eo.graphs;
-    if (!eo.synthetic.empty()) {
-        const ModelConfig c = ModelConfig::synthetic(eo.synthetic, eo.synthetic_swiftkv);
-        model_ = std::make_unique<LlamaModel>(c, *backend_, lo, /*seed=*/1234);
-        tokenizer_ = std::make_unique<BpeTokenizer>(synthetic_tokenizer_spec(c.vocab));
-    } else {
-        SKV_CHECK(eo.synthetic_swiftkv.empty(), "a SwiftKV cut for a random-weight model needs --synthetic");
-        auto source = ModelSource::open(eo.model_path);
-        model_ = std::make_unique<LlamaModel>(*source, *backend_, lo);
-        tokenizer_ = std::make_unique<BpeTokenizer>(load_tokenizer(*source));
-        chat_ = load_chat_format(*source, *tokenizer_);
-        generation_defaults_ = source->generation_config();
-    }
-    if (!generation_defaults_.is_object()) generation_defaults_ = nlohmann::json::object();
-    const ModelConfig& c = model_->config();
-    context_length_ = eo.context_length > 0 ? eo.context_length : std::min<int64_t>(c.max_position, 8192);
-    SKV_CHECK(context_length_ > 0 && context_length_ <= c.max_position, "context length {} is out of range (1..{})",
-              context_length_, c.max_position);
+    OpenModelOptions oo = eo.open_options();
+    oo.load_tokenizer = true;  // serving and teacher data decode text
+    model_ = open_model(oo, *backend_);
+    const ModelConfig& c = model_.config();
+    context_length_ = model_.context_length(eo.context_length);
     const int64_t bs = eo.block_size;
-    const int64_t blocks_per_seq = (context_length_ + bs - 1) / bs;
-    model_->reserve(options_.max_batched_tokens, options_.max_num_seqs, blocks_per_seq);
-    int64_t blocks = 0;
-    if (eo.kv_cache_tokens > 0) {
-        blocks = (eo.kv_cache_tokens + bs - 1) / bs;
-    } else if (backend_->supports_graphs()) {
-        SKV_CHECK(eo.gpu_memory_fraction > 0.0 && eo.gpu_memory_fraction <= 1.0,
-                  "gpu memory fraction {} must be in (0, 1]", eo.gpu_memory_fraction);
-        size_t free_b = 0, total_b = 0;
-        backend_->memory_info(&free_b, &total_b);
-        const int64_t budget = int64_t(double(free_b) * eo.gpu_memory_fraction) - (int64_t(256) << 20);
-        blocks = PagedKvCache::blocks_for_bytes(c, std::max<int64_t>(budget, 0), bs, backend_->act_dtype());
-    } else {
-        // CPU: room for several full contexts (serving shares the pool between requests).
-        blocks = (std::max<int64_t>(context_length_, 16384) + bs - 1) / bs;
-    }
-    SKV_CHECK(blocks >= blocks_per_seq,
-              "the KV cache ({} tokens) cannot hold one sequence of {} tokens; lower --ctx or raise --kv-cache-tokens",
-              blocks * bs, context_length_);
+    model_.model->reserve(options_.max_batched_tokens, options_.max_num_seqs, (context_length_ + bs - 1) / bs);
+    KvCacheSizing kv;
+    kv.block_size = bs;
+    kv.kv_cache_tokens = eo.kv_cache_tokens;
+    kv.gpu_memory_fraction = eo.gpu_memory_fraction;
+    kv.host_tokens = std::max<int64_t>(context_length_, 16384);  // serving shares the pool between requests
+    const int64_t blocks = kv_cache_blocks(c, *backend_, context_length_, kv);
     kv_cache_ = std::make_unique<PagedKvCache>(*backend_, c, blocks, bs);
     SchedulerConfig sc;
     sc.max_num_seqs = options_.max_num_seqs;
@@ -129,7 +99,7 @@ uint64_t BatchEngine::add_request(BatchRequest request, ChoiceCallback callback)
         sp.seed = base_seed + uint64_t(i);
         ch.seed = *sp.seed;
         ch.sampler = std::make_unique<Sampler>(sp, request.prompt);
-        ch.decoder = std::make_unique<StreamDecoder>(*tokenizer_);
+        ch.decoder = std::make_unique<StreamDecoder>(*model_.tokenizer);
         ch.filter = std::make_unique<StopStringFilter>(request.stop);
         r.choices.push_back(std::move(ch));
     }
@@ -154,7 +124,7 @@ bool BatchEngine::abort(uint64_t request_id) {
     if (inflight_ && !scheduler_->has_work()) {
         // Every sequence of the launched step is gone: wait for it and drop its tokens.
         std::vector<int32_t> unused;
-        model_->forward_sample_wait(unused);
+        model_.model->forward_sample_wait(unused);
         inflight_.reset();
     }
     return true;
@@ -208,7 +178,7 @@ void BatchEngine::deliver(Request& r, int index, int32_t token, const TokenLogpr
     ChoiceEvent ev;
     ev.tokens.push_back(token);
     const bool stop_token =
-        (!r.req.ignore_eos && tokenizer_->is_eos(token)) ||
+        (!r.req.ignore_eos && model_.tokenizer->is_eos(token)) ||
         std::find(r.req.stop_token_ids.begin(), r.req.stop_token_ids.end(), token) != r.req.stop_token_ids.end();
     if (lp) ev.logprobs.push_back(*lp);  // a stop token too: one entry per generated token
     if (stop_token) {
@@ -308,10 +278,10 @@ void BatchEngine::sample_entries(const ScheduleOutput& out, std::vector<int32_t>
             const SamplingParams& sp = targets[i].r->req.sampling;
             params[i] = SampleParams{sp.temperature, sp.top_k, sp.top_p, sp.min_p, ch.seed, uint64_t(ch.sampled)};
         }
-        model_->forward_sample(batch, kv_cache_->view(), params, sampled);
+        model_.model->forward_sample(batch, kv_cache_->view(), params, sampled);
         return;
     }
-    model_->forward(batch, kv_cache_->view(), logits_);
+    model_.model->forward(batch, kv_cache_->view(), logits_);
     std::vector<float> scratch(static_cast<size_t>(V));
     size_t i = 0, row = 0;
     for (const auto& e : out.seqs) {
@@ -419,7 +389,7 @@ void BatchEngine::finish_step(const ScheduleOutput& out, std::vector<std::pair<u
             if (c.done || c.seq_id == 0 || scheduler_->find(c.seq_id) == nullptr) continue;
             const int32_t tok = sampled[i];
             const bool ends = r.max_new == 0 || c.sampled >= r.max_new ||
-                              (!r.req.ignore_eos && tokenizer_->is_eos(tok)) ||
+                              (!r.req.ignore_eos && model_.tokenizer->is_eos(tok)) ||
                               std::find(r.req.stop_token_ids.begin(), r.req.stop_token_ids.end(), tok) !=
                                   r.req.stop_token_ids.end();
             if (ends) scheduler_->finish(c.seq_id, kPendingOutput);
@@ -453,7 +423,7 @@ bool BatchEngine::step() {
     if (inflight_) {
         const auto t0 = Clock::now();
         std::vector<int32_t> sampled;
-        model_->forward_sample_wait(sampled);
+        model_.model->forward_sample_wait(sampled);
         const auto t1 = Clock::now();
         counters_.device_wait_s += secs(t0, t1);
         InFlight f = std::move(*inflight_);
@@ -470,7 +440,7 @@ bool BatchEngine::step() {
             auto targets = sample_targets(out);
             if (options_.overlap && device_sampling(out)) {
                 const ForwardBatch batch = scheduler_->to_forward_batch(out);
-                model_->forward_sample_launch(batch, kv_cache_->view(), sample_params(targets));
+                model_.model->forward_sample_launch(batch, kv_cache_->view(), sample_params(targets));
                 inflight_ = InFlight{std::move(out), std::move(targets)};
                 counters_.overlapped_steps++;
                 counters_.host_schedule_s += secs(t0, Clock::now());

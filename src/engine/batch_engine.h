@@ -97,13 +97,13 @@ public:
     bool has_work() const { return scheduler_->has_work() || inflight_.has_value(); }
 
     BatchEngineStats stats() const;
-    const ModelConfig& config() const { return model_->config(); }
-    const BpeTokenizer& tokenizer() const { return *tokenizer_; }
-    bool has_chat_template() const { return chat_.tmpl != nullptr; }
+    const ModelConfig& config() const { return model_.config(); }
+    const BpeTokenizer& tokenizer() const { return *model_.tokenizer; }
+    bool has_chat_template() const { return model_.chat.tmpl != nullptr; }
     std::string apply_chat_template(const nlohmann::json& messages, bool add_generation_prompt = true) const {
-        return chat_.render(messages, add_generation_prompt);
+        return model_.chat.render(messages, add_generation_prompt);
     }
-    const nlohmann::json& generation_defaults() const { return generation_defaults_; }
+    const nlohmann::json& generation_defaults() const { return model_.generation_defaults; }
     const BatchEngineOptions& options() const { return options_; }
     int64_t context_length() const { return context_length_; }
     Backend& backend() { return *backend_; }
@@ -158,10 +158,7 @@ private:
 
     BatchEngineOptions options_;
     std::unique_ptr<Backend> backend_;
-    std::unique_ptr<LlamaModel> model_;
-    std::unique_ptr<BpeTokenizer> tokenizer_;
-    ChatFormat chat_;
-    nlohmann::json generation_defaults_ = nlohmann::json::object();
+    OpenedModel model_;
     std::unique_ptr<PagedKvCache> kv_cache_;
     std::unique_ptr<Scheduler> scheduler_;
     int64_t context_length_ = 0;

@@ -49,110 +49,39 @@ ForwardBatch single_sequence_batch(const std::vector<int32_t>& tokens, int64_t s
 
 }  // namespace
 
-BpeTokenizer load_tokenizer(const ModelSource& source) {
-    if (source.is_gguf()) return BpeTokenizer(tokenizer_spec_from_gguf(*source.gguf()));
-    SKV_CHECK(!source.tokenizer_json().empty(), "{}: tokenizer.json is missing", source.path());
-    // tokenizer_config.json names BOS/EOS and whether BOS is added.
-    const auto& tc = source.tokenizer_config();
-    return BpeTokenizer::from_tokenizer_json(source.tokenizer_json(), tc.empty() ? nullptr : &tc);
-}
-
-std::optional<std::string> load_chat_template(const ModelSource& source) {
-    if (source.is_gguf()) return chat_template_from_gguf(*source.gguf());
-    const auto& tc = source.tokenizer_config();
-    if (tc.contains("chat_template")) {
-        const auto& t = tc["chat_template"];
-        if (t.is_string()) return t.get<std::string>();
-        if (t.is_array()) {  // named templates: use "default"
-            for (const auto& item : t) {
-                if (item.value("name", "") == "default") return item.value("template", "");
-            }
-        }
-    }
-    return std::nullopt;
+OpenModelOptions EngineOptions::open_options() const {
+    OpenModelOptions o;
+    o.path = model_path;
+    o.synthetic = synthetic;
+    o.synthetic_swiftkv = synthetic_swiftkv;
+    o.weight_dtype = weight_dtype;
+    o.swiftkv = swiftkv;
+    o.graphs = graphs;
+    o.load_tokenizer = load_tokenizer;
+    return o;
 }
 
 Engine::Engine(const EngineOptions& options) : options_(options) {
     SKV_CHECK(options_.synthetic.empty(), "random-weight (--synthetic) models run with continuous batching only");
     if (options_.threads > 0) ThreadPool::set_global_threads(options_.threads);
-    auto source = ModelSource::open(options_.model_path);
     backend_ = make_backend(options_.device, options_.threads);
-    LoadOptions lo;
-    lo.weight_dtype = options_.weight_dtype.value_or(backend_->supports_weight_dtype(DType::F32) ? DType::F32
-                                                                                                 : DType::BF16);
-    lo.swiftkv = options_.swiftkv;
-    lo.graphs = options_.graphs;
-    model_ = std::make_unique<LlamaModel>(*source, *backend_, lo);
-    if (options_.load_tokenizer) {
-        tokenizer_ = std::make_unique<BpeTokenizer>(load_tokenizer(*source));
-        SKV_CHECK(tokenizer_->vocab_size() <= model_->config().vocab,
-                  "{}: the tokenizer has {} tokens but the model's vocabulary is {}", options_.model_path,
-                  tokenizer_->vocab_size(), model_->config().vocab);
-        chat_ = load_chat_format(*source, *tokenizer_);
-    }
-    generation_defaults_ = source->generation_config();
-
-    context_length_ = options_.context_length > 0 ? options_.context_length
-                                                  : std::min<int64_t>(model_->config().max_position, 8192);
-    SKV_CHECK(context_length_ > 0 && context_length_ <= model_->config().max_position,
-              "context length {} is out of range (1..{})", context_length_, model_->config().max_position);
-    SKV_CHECK(options_.block_size > 0 && options_.block_size <= 1024, "KV block size {} is out of range (1..1024)",
-              options_.block_size);
+    model_ = open_model(options_.open_options(), *backend_);
+    context_length_ = model_.context_length(options_.context_length);
     SKV_CHECK(options_.prefill_chunk > 0, "prefill chunk must be positive, got {}", options_.prefill_chunk);
-    const int64_t blocks_per_seq = (context_length_ + options_.block_size - 1) / options_.block_size;
+    KvCacheSizing kv;
+    kv.block_size = options_.block_size;
+    kv.kv_cache_tokens = options_.kv_cache_tokens;
+    kv.gpu_memory_fraction = options_.gpu_memory_fraction;
     // The workspace, sized once: prefill chunks of up to prefill_chunk tokens, and evaluation batches.
-    model_->reserve(options_.prefill_chunk, 1, blocks_per_seq);
-    int64_t blocks = 0;
-    if (options_.kv_cache_tokens > 0) {
-        blocks = (options_.kv_cache_tokens + options_.block_size - 1) / options_.block_size;
-    } else if (backend_->supports_graphs()) {
-        // A device backend: the KV pool takes a fraction of what the weights and workspace left free.
-        SKV_CHECK(options_.gpu_memory_fraction > 0.0 && options_.gpu_memory_fraction <= 1.0,
-                  "gpu memory fraction {} must be in (0, 1]", options_.gpu_memory_fraction);
-        size_t free_b = 0, total_b = 0;
-        backend_->memory_info(&free_b, &total_b);
-        const int64_t budget = int64_t(double(free_b) * options_.gpu_memory_fraction) - (int64_t(256) << 20);
-        blocks = PagedKvCache::blocks_for_bytes(model_->config(), std::max<int64_t>(budget, 0), options_.block_size,
-                                                backend_->act_dtype());
-        SKV_CHECK(blocks >= blocks_per_seq,
-                  "the KV cache cannot hold one sequence of {} tokens: {:.0f} MiB of {} memory is free after the "
-                  "weights, room for {} tokens at {} bytes/token; lower --ctx or use a smaller model",
-                  context_length_, double(free_b) / (1 << 20), backend_->name(), blocks * options_.block_size,
-                  PagedKvCache::bytes_per_token(model_->config(), backend_->act_dtype()));
-    } else {
-        blocks = blocks_per_seq;
-    }
-    kv_cache_ = std::make_unique<PagedKvCache>(*backend_, model_->config(), blocks, options_.block_size);
+    model_.model->reserve(options_.prefill_chunk, 1, (context_length_ + kv.block_size - 1) / std::max<int64_t>(kv.block_size, 1));
+    const int64_t blocks = kv_cache_blocks(config(), *backend_, context_length_, kv);
+    kv_cache_ = std::make_unique<PagedKvCache>(*backend_, config(), blocks, options_.block_size);
 }
 
 Engine::~Engine() = default;
 
 std::string Engine::apply_chat_template(const nlohmann::json& messages, bool add_generation_prompt) const {
-    return chat_.render(messages, add_generation_prompt);
-}
-
-ChatFormat load_chat_format(const ModelSource& source, const BpeTokenizer& tokenizer) {
-    ChatFormat f;
-    f.model_path = source.path();
-    if (auto tmpl = load_chat_template(source)) f.tmpl = std::make_unique<ChatTemplate>(*tmpl);
-    const auto& spec = tokenizer.spec();
-    if (spec.bos_id >= 0) f.bos_text = tokenizer.token_bytes(spec.bos_id);
-    if (spec.eos_id >= 0) f.eos_text = tokenizer.token_bytes(spec.eos_id);
-    return f;
-}
-
-std::string ChatFormat::render(const nlohmann::json& messages, bool add_generation_prompt) const {
-    SKV_CHECK(tmpl != nullptr, "{} has no chat template", model_path);
-    nlohmann::json ctx = {{"messages", messages},
-                          {"add_generation_prompt", add_generation_prompt},
-                          {"bos_token", bos_text},
-                          {"eos_token", eos_text}};
-    return tmpl->render(ctx);
-}
-
-const BpeTokenizer& Engine::tokenizer() const {
-    SKV_CHECK(tokenizer_ != nullptr, "{}: this engine was opened without its tokenizer", options_.model_path);
-    return *tokenizer_;
+    return model_.chat.render(messages, add_generation_prompt);
 }
 
 namespace {
@@ -182,7 +111,7 @@ TokenLogprobs token_logprobs(const float* logits, int64_t vocab, int32_t token, 
 
 GenerationResult Engine::generate(const GenerationRequest& req, const std::function<bool(std::string_view)>& on_text,
                                   const std::function<void(const TokenLogprobs&)>& on_token) {
-    SKV_CHECK(tokenizer_ != nullptr, "{}: generation needs the tokenizer, which was not loaded", options_.model_path);
+    const BpeTokenizer& tok = tokenizer();
     req.sampling.validate();
     SKV_CHECK(!req.prompt.empty(), "the prompt is empty");
     SKV_CHECK(req.max_tokens >= 0, "max_tokens must be >= 0, got {}", req.max_tokens);
@@ -203,7 +132,7 @@ GenerationResult Engine::generate(const GenerationRequest& req, const std::funct
               n_prompt + max_new);
     std::vector<int32_t> tokens = req.prompt;
     Sampler sampler(req.sampling, req.prompt);
-    StreamDecoder decoder(*tokenizer_);
+    StreamDecoder decoder(tok);
     StopStringFilter stop_filter(req.stop);
     std::vector<float> logits;
     const int64_t vocab = config().vocab;
@@ -218,7 +147,7 @@ GenerationResult Engine::generate(const GenerationRequest& req, const std::funct
         if (last_chunk || options_.full_student) {
             for (int32_t r = first_row; r < count; ++r) batch.logits_indices.push_back(r);
         }
-        model_->forward(batch, kv_cache_->view(), logits);
+        model_.model->forward(batch, kv_cache_->view(), logits);
         if (last_chunk && options_.full_student) logits.erase(logits.begin(), logits.end() - config().vocab);
     }
     result.prefill_seconds = seconds_since(t0);
@@ -257,10 +186,10 @@ GenerationResult Engine::generate(const GenerationRequest& req, const std::funct
             batch.logits_indices.push_back(0);
             if (device_sampling) {
                 device_params[0].offset = uint64_t(step);
-                model_->forward_sample(batch, kv_cache_->view(), device_params, sampled);
+                model_.model->forward_sample(batch, kv_cache_->view(), device_params, sampled);
                 next = sampled[0];
             } else {
-                model_->forward(batch, kv_cache_->view(), logits);
+                model_.model->forward(batch, kv_cache_->view(), logits);
             }
         }
         TokenLogprobs lp;
@@ -278,7 +207,7 @@ GenerationResult Engine::generate(const GenerationRequest& req, const std::funct
         // clients such as lm-eval count on one entry per generated token).
         if (want_logprobs) on_token(lp);
         const bool is_stop_token =
-            (!req.ignore_eos && tokenizer_->is_eos(next)) ||
+            (!req.ignore_eos && tok.is_eos(next)) ||
             std::find(req.stop_token_ids.begin(), req.stop_token_ids.end(), next) != req.stop_token_ids.end();
         if (is_stop_token) {
             result.finish_reason = "stop";
@@ -316,12 +245,12 @@ std::vector<float> Engine::prompt_logits(const std::vector<int32_t>& tokens, con
             if (options_.full_student) {
                 for (int32_t r = 0; r < count; ++r) batch.logits_indices.push_back(r);
             }
-            model_->forward(batch, kv_cache_->view(), logits);
+            model_.model->forward(batch, kv_cache_->view(), logits);
             continue;
         }
         const int32_t first_row = options_.full_student ? 0 : *lo - int32_t(start);
         for (int32_t r = first_row; r < count; ++r) batch.logits_indices.push_back(r);
-        model_->forward(batch, kv_cache_->view(), logits);
+        model_.model->forward(batch, kv_cache_->view(), logits);
         for (auto it = lo; it != hi; ++it) {
             const int64_t row = *it - int32_t(start) - first_row;
             out.insert(out.end(), logits.begin() + row * config().vocab, logits.begin() + (row + 1) * config().vocab);
@@ -347,7 +276,7 @@ std::vector<std::vector<float>> Engine::batch_last_logits(const std::vector<std:
         batch.logits_indices.push_back(batch.query_start.back() - 1);
     }
     std::vector<float> logits;
-    model_->forward(batch, kv_cache_->view(), logits);
+    model_.model->forward(batch, kv_cache_->view(), logits);
     std::vector<std::vector<float>> out(prompts.size());
     const int64_t V = config().vocab;
     for (size_t i = 0; i < prompts.size(); ++i) out[i].assign(logits.begin() + i * V, logits.begin() + (i + 1) * V);

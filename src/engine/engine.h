@@ -18,6 +18,7 @@
 #include "engine/sampler.h"
 #include "kv/paged_kv_cache.h"
 #include "model/llama_model.h"
+#include "model/model_loader.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/chat_template.h"
 
@@ -53,6 +54,9 @@ struct EngineOptions {
     // Continuous batching (BatchEngine) only.
     std::string synthetic;
     std::string synthetic_swiftkv;
+
+    // What open_model needs of these.
+    OpenModelOptions open_options() const;
 };
 
 struct GenerationRequest {
@@ -84,28 +88,19 @@ struct GenerationResult {
     double decode_seconds = 0;      // time for the remaining tokens
 };
 
-// A model's chat template with the BOS/EOS text it may reference; shared by Engine and BatchEngine.
-struct ChatFormat {
-    std::unique_ptr<ChatTemplate> tmpl;  // null: the model has none
-    std::string bos_text, eos_text;
-    std::string model_path;
-    // Renders messages (OpenAI-style list of {role, content}); throws if there is no template.
-    std::string render(const nlohmann::json& messages, bool add_generation_prompt) const;
-};
-
 class Engine {
 public:
     explicit Engine(const EngineOptions& options);
     ~Engine();
 
-    const ModelConfig& config() const { return model_->config(); }
-    const BpeTokenizer& tokenizer() const;
-    bool has_chat_template() const { return chat_.tmpl != nullptr; }
+    const ModelConfig& config() const { return model_.config(); }
+    const BpeTokenizer& tokenizer() const { return model_.require_tokenizer(); }
+    bool has_chat_template() const { return model_.chat.tmpl != nullptr; }
     const EngineOptions& options() const { return options_; }
     int64_t context_length() const { return context_length_; }
-    LlamaModel& model() { return *model_; }
+    LlamaModel& model() { return *model_.model; }
     const PagedKvCache& kv_cache() const { return *kv_cache_; }
-    const nlohmann::json& generation_defaults() const { return generation_defaults_; }
+    const nlohmann::json& generation_defaults() const { return model_.generation_defaults; }
 
     // Renders the chat template: messages is a JSON array of {"role", "content"}.
     std::string apply_chat_template(const nlohmann::json& messages, bool add_generation_prompt = true) const;
@@ -128,19 +123,9 @@ public:
 private:
     EngineOptions options_;
     std::unique_ptr<Backend> backend_;
-    std::unique_ptr<LlamaModel> model_;
+    OpenedModel model_;
     std::unique_ptr<PagedKvCache> kv_cache_;
-    std::unique_ptr<BpeTokenizer> tokenizer_;
-    ChatFormat chat_;
-    nlohmann::json generation_defaults_ = nlohmann::json::object();
     int64_t context_length_ = 0;
 };
-
-// The tokenizer and chat template source text of a model on disk.
-class ModelSource;
-BpeTokenizer load_tokenizer(const ModelSource& source);
-
-ChatFormat load_chat_format(const ModelSource& source, const BpeTokenizer& tokenizer);
-std::optional<std::string> load_chat_template(const ModelSource& source);
 
 }  // namespace swiftkv

@@ -4,14 +4,6 @@
 
 namespace swiftkv {
 
-int64_t PagedKvCache::bytes_per_token(const ModelConfig& c, DType dtype) {
-    return 2 * c.kv_cache_layers() * c.kv_dim() * dtype_row_bytes(dtype, 1);
-}
-
-int64_t PagedKvCache::blocks_for_bytes(const ModelConfig& c, int64_t bytes, int64_t block_size, DType dtype) {
-    return bytes / (bytes_per_token(c, dtype) * block_size);
-}
-
 PagedKvCache::PagedKvCache(Backend& backend, const ModelConfig& c, int64_t num_blocks, int64_t block_size)
     : allocator_(int32_t(num_blocks)) {
     SKV_CHECK(block_size > 0 && block_size <= 1024, "KV block size {} is out of range (1..1024)", block_size);

@@ -19,12 +19,6 @@ public:
     // backend's activation dtype.
     PagedKvCache(Backend& backend, const ModelConfig& config, int64_t num_blocks, int64_t block_size = 16);
 
-    // Blocks that fit in `bytes` for this model (K and V, every physical layer, elements of `dtype`).
-    static int64_t blocks_for_bytes(const ModelConfig& config, int64_t bytes, int64_t block_size = 16,
-                                    DType dtype = DType::F32);
-    // KV cache bytes per token for this model: 2 * kv_cache_layers * kv_dim * sizeof(dtype).
-    static int64_t bytes_per_token(const ModelConfig& config, DType dtype = DType::F32);
-
     const KvCacheView& view() const { return view_; }
     BlockAllocator& allocator() { return allocator_; }
     const BlockAllocator& allocator() const { return allocator_; }

@@ -8,6 +8,8 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "core/dtype.h"
+
 namespace swiftkv {
 
 class GgufFile;
@@ -56,6 +58,10 @@ struct ModelConfig {
     }
     int64_t q_dim() const { return n_heads * head_dim; }
     int64_t kv_dim() const { return n_kv_heads * head_dim; }
+    // KV cache bytes per token: K and V of every physical cache layer in elements of `dtype`.
+    int64_t kv_bytes_per_token(DType dtype = DType::F32) const {
+        return 2 * kv_cache_layers() * kv_dim() * dtype_row_bytes(dtype, 1);
+    }
 
     // Matrix and attention FLOPs per prompt token when prefilling a prompt of prompt_len tokens from
     // an empty cache (2 FLOPs per multiply-add; causal attention averaged over the prompt; the LM head

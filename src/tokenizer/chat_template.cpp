@@ -640,4 +640,13 @@ std::string ChatTemplate::render(const nlohmann::json& context) const {
     return renderer.render(impl_->body);
 }
 
+std::string ChatFormat::render(const nlohmann::json& messages, bool add_generation_prompt) const {
+    SKV_CHECK(tmpl != nullptr, "{} has no chat template", model_path);
+    nlohmann::json ctx = {{"messages", messages},
+                          {"add_generation_prompt", add_generation_prompt},
+                          {"bos_token", bos_text},
+                          {"eos_token", eos_text}};
+    return tmpl->render(ctx);
+}
+
 }  // namespace swiftkv

@@ -32,4 +32,13 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
+// A model's chat template with the BOS/EOS text it may reference (model_loader.h builds one).
+struct ChatFormat {
+    std::unique_ptr<ChatTemplate> tmpl;  // null: the model has none
+    std::string bos_text, eos_text;
+    std::string model_path;
+    // Renders messages (OpenAI-style list of {role, content}); throws if there is no template.
+    std::string render(const nlohmann::json& messages, bool add_generation_prompt) const;
+};
+
 }  // namespace swiftkv

@@ -1,6 +1,7 @@
-// jinja_parser.h — turns chat-template source into a syntax tree, with jinja2's lexing rules as
-// transformers configures them (trim_blocks, lstrip_blocks, keep_trailing_newline off, the
-// loopcontrols extension and transformers' {% generation %} tag).
+// jinja_parser.h — turns chat-template source into a syntax tree (jinja_ast.h): the lexer
+// (jinja_lexer.h) with jinja2's lexing rules as transformers configures them (trim_blocks,
+// lstrip_blocks, keep_trailing_newline off), then jinja2's grammar with the loopcontrols extension
+// and transformers' {% generation %} tag.
 #pragma once
 
 #include <string>

@@ -31,7 +31,7 @@
 #include "cuda_test_util.h"
 
 namespace swiftkv::cuda::detail {
-void set_train_attention_simple_for_testing(bool simple);  // cuda_train_ops.cu
+void set_train_attention_simple_for_testing(bool simple);  // cuda_train_attention.cu
 }  // namespace swiftkv::cuda::detail
 
 namespace swiftkv::test {

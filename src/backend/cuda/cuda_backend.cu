@@ -263,7 +263,7 @@ public:
 
     // ==== training ops (issue 6: SwiftKV self-distillation) =====================================================
     // The Backend "training ops" and the two distillation support ops on the GPU. Kernels live in
-    // cuda_train_ops.cu; the linear layers' backward passes are cuBLASLt GEMMs (bf16 operands, f32
+    // cuda_train_*.cu; the linear layers' backward passes are cuBLASLt GEMMs (bf16 operands, f32
     // accumulation) planned by lt_gemm below. Everything here is stream-ordered; only grad_sq_norm
     // synchronises (it returns a host value). Workspaces grow on demand (outside graph capture).
     void rmsnorm_backward(const float* x, const float* weight, const void* dy, float* dx, float* dweight, int64_t rows,

@@ -1,5 +1,5 @@
 // Tensor-core building blocks shared by the attention kernels of inference (cuda_attention.cu) and
-// training (cuda_train_ops.cu); internal, included by .cu files only: PTX wrappers for cp.async,
+// training (cuda_train_attention.cu); internal, included by .cu files only: PTX wrappers for cp.async,
 // ldmatrix and mma.sync m16n8k16 (bf16 in, f32 accumulate), and the XOR swizzle of shared-memory tiles.
 #pragma once
 

@@ -1,8 +1,11 @@
-// Launchers of the CUDA backend's training-op kernels (cuda_train_ops.cu; the contracts are the
-// Backend "training ops" in backend/backend.h). cuda_backend.cu validates arguments on the host and
-// calls these; the GEMM-shaped ops (linear_backward_input / _weight) run on cuBLASLt there and have no
-// launcher here. Like cuda_kernels.h: launchers only enqueue work on `stream`, never synchronise or
-// allocate (workspaces come from the caller), and throw swiftkv::Error when a launch fails.
+// Launchers of the CUDA backend's training-op kernels, one .cu file per family: cuda_train_norm_loss.cu
+// (rmsnorm backward, losses), cuda_train_attention.cu (attention over packed sequences),
+// cuda_train_elementwise.cu (silu_mul backward, optimizer and vector ops) and, next to the forward rope,
+// cuda_elementwise.cu (rope_backward). The contracts are the Backend "training ops" in backend/backend.h.
+// cuda_backend.cu validates arguments on the host and calls these; the GEMM-shaped ops
+// (linear_backward_input / _weight) run on cuBLASLt there and have no launcher here. Like cuda_kernels.h:
+// launchers only enqueue work on `stream`, never synchronise or allocate (workspaces come from the
+// caller), and throw swiftkv::Error when a launch fails.
 // Activations (and their gradients) are bf16; residual stream, norm weights, logits, losses, parameters,
 // gradients and optimizer state are f32.
 #pragma once
