@@ -48,6 +48,7 @@ EngineOptions engine_options(const ModelArgs& a) {
     o.kv_cache_tokens = a.kv_cache_tokens;
     o.swiftkv = swiftkv_choice(a.swiftkv);
     o.full_student = a.full_student;
+    o.max_num_seqs = 1;  // one request at a time (run, chat, score, bench); serve and gen-data raise it
     return o;
 }
 

@@ -88,7 +88,6 @@ struct ServeArgs {
     int64_t max_header_bytes = int64_t(64) << 10;
     int read_timeout_s = 10;
     int keep_alive_timeout_s = 5;
-    std::string batching = "continuous";  // or "serial": one request at a time
     int64_t max_num_seqs = 256;
     int64_t max_batched_tokens = 2048;
     bool no_prefix_caching = false;

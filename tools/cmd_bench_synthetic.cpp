@@ -21,6 +21,7 @@
 
 #include "cli_common.h"
 #include "core/error.h"
+#include "kv/block_allocator.h"
 #include "kv/paged_kv_cache.h"
 #include "model/llama_model.h"
 
@@ -46,13 +47,13 @@ struct Sequences {
     int64_t blocks_per_seq = 0;
 };
 
-Sequences allocate_sequences(PagedKvCache& kv, int64_t seqs, int64_t capacity) {
+Sequences allocate_sequences(BlockAllocator& blocks, int64_t block_size, int64_t seqs, int64_t capacity) {
     Sequences s;
-    s.blocks_per_seq = (capacity + kv.block_size() - 1) / kv.block_size();
+    s.blocks_per_seq = (capacity + block_size - 1) / block_size;
     for (int64_t i = 0; i < seqs; ++i) {
         std::vector<int32_t> b;
         for (int64_t j = 0; j < s.blocks_per_seq; ++j) {
-            auto id = kv.allocator().allocate();
+            auto id = blocks.allocate();
             SKV_CHECK(id.has_value(), "bench: the KV cache cannot hold {} sequences of {} tokens", seqs, capacity);
             b.push_back(*id);
         }
@@ -61,9 +62,9 @@ Sequences allocate_sequences(PagedKvCache& kv, int64_t seqs, int64_t capacity) {
     return s;
 }
 
-void release_sequences(PagedKvCache& kv, Sequences& s) {
+void release_sequences(BlockAllocator& blocks, Sequences& s) {
     for (auto& b : s.blocks)
-        for (int32_t id : b) kv.allocator().release(id);
+        for (int32_t id : b) blocks.release(id);
     s.blocks.clear();
 }
 
@@ -217,6 +218,7 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
                                              max_batch_decode * ((decode_capacity + bs - 1) / bs));
         const int64_t pool_blocks = std::min(pool_blocks_max, need_blocks + 64);
         PagedKvCache kv(*backend, c, pool_blocks, bs);
+        BlockAllocator pool{int32_t(pool_blocks)};
         std::vector<float> logits;
         std::vector<int32_t> sampled;
 
@@ -228,7 +230,7 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
                     fmt::print("| {} | | | | {} | {} | skipped (over --max-step-tokens) | | | | |\n", var.label, test, B);
                     continue;
                 }
-                Sequences seqs = allocate_sequences(kv, B, n);
+                Sequences seqs = allocate_sequences(pool, bs, B, n);
                 std::vector<double> t;
                 for (int rep = -1; rep < args.reps; ++rep) {
                     ForwardBatch batch = make_step(seqs, 0, n, c.vocab, uint32_t(rep + 7));
@@ -237,7 +239,7 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
                     model.forward(batch, kv.view(), logits);
                     if (rep >= 0) t.push_back(seconds(t0));  // seconds; reported in ms below
                 }
-                release_sequences(kv, seqs);
+                release_sequences(pool, seqs);
                 const double sec = median(t);
                 const double tps = double(n * B) / sec;
                 const double flops = c.prefill_flops_per_token(n) * double(n * B);
@@ -260,7 +262,7 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
         // Decode: B sequences with a context of decode_context tokens, then decode_steps greedy steps.
         for (int64_t B : args.decode_batches) {
             const std::string test = fmt::format("decode@{}", args.decode_context);
-            Sequences seqs = allocate_sequences(kv, B, decode_capacity);
+            Sequences seqs = allocate_sequences(pool, bs, B, decode_capacity);
             // Fill the context in steps of at most max_step_tokens tokens.
             const int64_t per_step = std::max<int64_t>(1, std::min(args.decode_context, args.max_step_tokens / B));
             for (int64_t start = 0; start < args.decode_context; start += per_step) {
@@ -276,7 +278,7 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
                 model.forward_sample(batch, kv.view(), params, sampled);
                 if (step >= 3) t.push_back(seconds(t0));
             }
-            release_sequences(kv, seqs);
+            release_sequences(pool, seqs);
             const double sec = median(t);
             const std::string key = fmt::format("{}x{}", test, B);
             if (var.label == "base") base_decode[key] = sec;

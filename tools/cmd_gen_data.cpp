@@ -63,7 +63,7 @@ void add_gen_data_args(CLI::App& app, GenDataArgs& a) {
 
 int cmd_gen_data(const cli::ModelArgs& model, const GenDataArgs& a) {
     GenDataOptions o;
-    o.engine.engine = cli::engine_options(model);
+    o.engine = cli::engine_options(model);
     o.engine.max_num_seqs = a.max_num_seqs;
     o.engine.max_batched_tokens = a.max_batched_tokens;
     o.engine.prefix_caching = !a.no_prefix_caching;

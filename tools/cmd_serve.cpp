@@ -64,24 +64,13 @@ int cmd_serve(const cli::ModelArgs& model_args, const ServeArgs& args) {
 #endif
 
     std::fprintf(stderr, "loading %s ...\n", eopt.model_path.c_str());
-    std::unique_ptr<server::ServingBackend> backend_ptr;
-    int64_t ctx = 0;
-    if (args.batching == "serial") {
-        auto engine = std::make_unique<Engine>(eopt);
-        ctx = engine->context_length();
-        backend_ptr = std::make_unique<server::SerialEngineBackend>(std::move(engine));
-    } else {
-        BatchEngineOptions bo;
-        bo.engine = eopt;
-        bo.max_num_seqs = args.max_num_seqs;
-        bo.max_batched_tokens = args.max_batched_tokens;
-        bo.prefix_caching = !args.no_prefix_caching;
-        bo.overlap = !args.no_overlap;
-        auto engine = std::make_unique<BatchEngine>(bo);
-        ctx = engine->context_length();
-        backend_ptr = std::make_unique<server::BatchEngineBackend>(std::move(engine));
-    }
-    server::ServingBackend& backend = *backend_ptr;
+    eopt.max_num_seqs = args.max_num_seqs;
+    eopt.max_batched_tokens = args.max_batched_tokens;
+    eopt.prefix_caching = !args.no_prefix_caching;
+    eopt.overlap = !args.no_overlap;
+    auto engine = std::make_unique<Engine>(eopt);
+    const int64_t ctx = engine->context_length();
+    server::ServingEngine backend(std::move(engine));
     server::HttpServer http(backend, opt);
     if (g_signal.load() != 0) return 0;
     SKV_CHECK(http.bind(), "{}", http.error());

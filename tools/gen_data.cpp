@@ -1,4 +1,4 @@
-// swiftkv gen-data: the teacher answers prompt sets through one BatchEngine, keeping up to
+// swiftkv gen-data: the teacher answers prompt sets through one Engine, keeping up to
 // max_num_seqs requests in flight (new ones are admitted as others finish), and every finished prompt
 // is appended to the output at once (see gen_data.h for the records and resuming).
 #include "gen_data.h"
@@ -273,12 +273,12 @@ int run_gen_data(const GenDataOptions& o, const std::atomic<int>& stop) {
     }
     if (stop.load() != 0) return 130;
 
-    fmt::print(stderr, "loading {} ...\n", o.engine.engine.model_path);
-    BatchEngine engine(o.engine);
+    fmt::print(stderr, "loading {} ...\n", o.engine.model_path);
+    Engine engine(o.engine);
     if (stop.load() != 0) return 130;
     SKV_CHECK(engine.has_chat_template() || todo.empty(),
               "the teacher '{}' has no chat template; gen-data writes chat data and needs one",
-              o.engine.engine.model_path);
+              o.engine.model_path);
     const SamplingParams sampling = sampling_params(o, engine.generation_defaults());
     sampling.validate();
     OutputFile out(o.out);
@@ -319,7 +319,7 @@ int run_gen_data(const GenDataOptions& o, const std::atomic<int>& stop) {
     fmt::print(stderr,
                "teacher: {} (context {}, up to {} requests in flight, {} tokens a step); sampling: temperature {}, "
                "top_p {}, top_k {}, max_tokens {}, seed {} + prompt index\n",
-               o.engine.engine.model_path, engine.context_length(), o.engine.max_num_seqs, o.engine.max_batched_tokens,
+               o.engine.model_path, engine.context_length(), o.engine.max_num_seqs, o.engine.max_batched_tokens,
                sampling.temperature, sampling.top_p, sampling.top_k, o.max_tokens, o.seed);
 
     std::unordered_map<size_t, std::unique_ptr<Job>> jobs;  // in flight, by prompt index
@@ -335,7 +335,7 @@ int run_gen_data(const GenDataOptions& o, const std::atomic<int>& stop) {
         job.answer.clear();
         job.finish_reason.clear();
         try {
-            BatchRequest req;
+            GenerationRequest req;
             req.prompt = encode_prompt(tokenizer, engine.apply_chat_template(job.messages, true));
             req.sampling = sampling;
             req.sampling.seed = (o.seed + uint64_t(job.index)) ^ (uint64_t(job.turn) * 0x9E3779B97F4A7C15ull);
@@ -432,7 +432,7 @@ int run_gen_data(const GenDataOptions& o, const std::atomic<int>& stop) {
     progress.clear();
     std::string finish;
     for (const auto& [reason, n] : reasons) finish += fmt::format("{}{} {}", finish.empty() ? "" : ", ", reason, n);
-    const BatchEngineStats st = engine.stats();
+    const EngineStats st = engine.stats();
     fmt::print("gen-data: wrote {} records to {}{} in {:.1f} s: {:.2f} prompts/s, {:.1f} generated tokens/s ({} generated, "
                "{} prompt tokens, {} preemptions); finish: {}{}\n",
                written, o.out, text_written > 0 ? fmt::format(" (and {} text records)", text_written) : "", elapsed,

@@ -19,13 +19,13 @@
 #include <string>
 #include <vector>
 
-#include "engine/batch_engine.h"
+#include "engine/engine.h"
 #include "io/prompt_sets.h"
 
 namespace swiftkv {
 
 struct GenDataOptions {
-    BatchEngineOptions engine;                 // the teacher (model, device, context, batching)
+    EngineOptions engine;                      // the teacher (model, device, context, batching)
     std::vector<std::string> prompt_files;
     std::vector<std::string> text_files;       // raw text copied through as {"text"} chunks
     std::string out;                           // JSON-lines output, appended to (resumed)

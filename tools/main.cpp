@@ -128,9 +128,6 @@ int main(int argc, char** argv) {
     serve->add_option("--keep-alive-timeout", serve_args.keep_alive_timeout_s,
                       "seconds an idle keep-alive connection stays open (default 5)")
         ->check(CLI::Range(1, 3600));
-    serve->add_option("--batching", serve_args.batching,
-                      "continuous: every request advances in every step (default); serial: one at a time")
-        ->check(CLI::IsMember({"continuous", "serial"}));
     serve->add_option("--max-num-seqs", serve_args.max_num_seqs, "sequences in one step (default 256)")
         ->check(CLI::Range(int64_t(1), int64_t(1) << 16));
     serve->add_option("--max-batched-tokens", serve_args.max_batched_tokens,

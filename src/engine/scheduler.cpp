@@ -18,18 +18,20 @@ Scheduler::Scheduler(const SchedulerConfig& config, int64_t num_blocks, int64_t 
               config_.max_batched_tokens, config_.max_model_len);
 }
 
-uint64_t Scheduler::add(std::vector<int32_t> prompt, int n, bool prompt_logprobs) {
+uint64_t Scheduler::add(std::vector<int32_t> prompt, int n, int64_t logits_from) {
     SKV_CHECK(!prompt.empty(), "request has an empty prompt");
     SKV_CHECK(int64_t(prompt.size()) <= config_.max_model_len,
               "prompt of {} tokens is longer than the maximum context length {}", prompt.size(),
               config_.max_model_len);
     SKV_CHECK(n >= 1, "n must be at least 1, got {}", n);
     SKV_CHECK(n <= config_.max_num_seqs, "n = {} is more than max_num_seqs = {}", n, config_.max_num_seqs);
+    SKV_CHECK(logits_from < int64_t(prompt.size()), "logits from position {} of a prompt of {} tokens", logits_from,
+              prompt.size());
     Sequence s;
     s.id = next_id_++;
     s.group_id = s.id;
     s.fork_n = n;
-    s.prompt_logprobs = prompt_logprobs;
+    s.logits_from = std::max<int64_t>(logits_from, -1);
     s.num_prompt_tokens = int64_t(prompt.size());
     s.tokens = std::move(prompt);
     s.arrival = next_arrival_++;
@@ -146,9 +148,9 @@ bool Scheduler::reserve(Sequence& s, int64_t n, ScheduleOutput& out) {
 }
 
 int64_t Scheduler::chunk_cap(const Sequence& s, int64_t budget) const {
-    // Prompt-logprob chunks bring back a logits row per token: keep them bounded.
-    return s.prompt_logprobs && s.num_computed_tokens < s.num_prompt_tokens ? std::min(budget, kPromptLogprobsChunk)
-                                                                              : budget;
+    // Chunks that bring back a logits row per token are kept bounded.
+    const bool rows = config_.logits_for_every_row || (s.logits_from >= 0 && s.num_computed_tokens < s.num_prompt_tokens);
+    return rows ? std::min(budget, kPromptLogitsChunk) : budget;
 }
 
 void Scheduler::add_entry(Sequence& s, int64_t n, ScheduleOutput& out) {
@@ -161,7 +163,11 @@ void Scheduler::add_entry(Sequence& s, int64_t n, ScheduleOutput& out) {
         const bool forks = s.fork_n > 1 && int64_t(s.tokens.size()) == s.num_prompt_tokens;
         e.num_samples = forks ? s.fork_n : 1;
     }
-    e.all_logits = s.prompt_logprobs && e.start < s.num_prompt_tokens;
+    if (config_.logits_for_every_row) {
+        e.first_logit_row = 0;
+    } else if (s.logits_from >= 0 && e.start < s.num_prompt_tokens && e.start + n > s.logits_from) {
+        e.first_logit_row = std::max<int64_t>(s.logits_from - e.start, 0);
+    }
     e.block_table = s.block_table;
     out.num_batched_tokens += n;
     if (n == 1 && e.start > 0 && e.needs_logits) {
@@ -213,7 +219,7 @@ ScheduleOutput Scheduler::schedule() {
         // Waiting sequences hold no blocks (new, or preempted in recompute mode).
         s.cache_state = SequenceCacheState{};
         s.num_computed_tokens =
-            s.prompt_logprobs ? 0 : blocks_.match_prefix(s.tokens, s.block_table, &s.cache_state);
+            s.logits_from >= 0 ? 0 : blocks_.match_prefix(s.tokens, s.block_table, &s.cache_state);
         const int64_t remaining = int64_t(s.tokens.size()) - s.num_computed_tokens;
         int64_t n = 0;
         if (config_.enable_chunked_prefill) {
@@ -291,8 +297,8 @@ void Scheduler::update(const ScheduleOutput& out, const std::vector<int32_t>& sa
                       int64_t(s->block_table.size()) * blocks_.block_size() >= e.start + e.num_tokens,
                   "scheduler update: entry for sequence {} does not match it", e.id);
         s->num_computed_tokens += e.num_tokens;
-        // Prompt logprobs are delivered once: a later recompute (preemption) may reuse cached blocks.
-        if (s->num_computed_tokens >= s->num_prompt_tokens) s->prompt_logprobs = false;
+        // Prompt logits are delivered once: a later recompute (preemption) may reuse cached blocks.
+        if (s->num_computed_tokens >= s->num_prompt_tokens) s->logits_from = -1;
         blocks_.register_full_blocks(s->tokens, s->block_table, s->num_computed_tokens, s->cache_state);
         if (!e.needs_logits) continue;
 

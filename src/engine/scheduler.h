@@ -56,6 +56,9 @@ struct SchedulerConfig {
     int64_t max_model_len = 0;          // must be set: longest context (prompt + output) of a sequence
     // Off: a prompt is prefilled in one step (requires max_batched_tokens >= max_model_len).
     bool enable_chunked_prefill = true;
+    // The full-student path: every row of every entry returns logits (for a SwiftKV model every token
+    // then runs every layer); the engine samples from each entry's last row as usual.
+    bool logits_for_every_row = false;
 };
 
 enum class SequenceStatus { Waiting, Running, Finished };
@@ -65,7 +68,9 @@ struct Sequence {
     uint64_t group_id = 0;                 // id of the group's first sequence (what add() returned)
     int index = 0;                         // sibling index within the group, 0..n-1
     int fork_n = 1;                        // > 1: stands for a group of fork_n until its prompt completes
-    bool prompt_logprobs = false;          // logits at every prompt position (no prefix reuse for it)
+    // >= 0: logits rows at every prompt position from this one on (prompt logprobs: 0; scoring: the
+    // first scored position); no prefix reuse for such a sequence. -1: none.
+    int64_t logits_from = -1;
     std::vector<int32_t> tokens;           // prompt followed by the output tokens
     int64_t num_prompt_tokens = 0;
     int64_t num_computed_tokens = 0;       // tokens whose K/V is in the cache
@@ -88,11 +93,13 @@ struct ScheduledSequence {
     int64_t num_tokens = 0;      // tokens [start, start + num_tokens) run in this step
     bool needs_logits = false;   // the chunk reaches the last known token: a new token is sampled
     int num_samples = 0;         // tokens to sample from its logits row (n when a group forks, else 1; 0 without logits)
-    bool all_logits = false;     // prompt logprobs: logits at every row of the chunk (the last one samples)
+    // >= 0: rows [first_logit_row, num_tokens) of the chunk return logits (prompt logits, scoring, the
+    // full student; the last one samples when needs_logits). -1: only the sampling row, if any.
+    int64_t first_logit_row = -1;
     std::vector<int32_t> block_table;  // covers start + num_tokens tokens
 
     // Logits rows this entry contributes to the step's logits_indices (a suffix of its tokens).
-    int64_t logit_rows() const { return all_logits ? num_tokens : (needs_logits ? 1 : 0); }
+    int64_t logit_rows() const { return first_logit_row >= 0 ? num_tokens - first_logit_row : (needs_logits ? 1 : 0); }
 };
 
 struct ScheduleOutput {
@@ -115,12 +122,12 @@ public:
               bool enable_prefix_caching = true);
 
     // Enqueues a request of n completions; returns its group id (= the id of its first sequence).
-    // prompt_logprobs: every prompt chunk yields logits at all its rows (the prompt is computed in
-    // full, without prefix-cache reuse, in chunks of at most kPromptLogprobsChunk tokens).
-    // Throws swiftkv::Error for an empty prompt, a prompt longer than max_model_len, n < 1 or
-    // n > max_num_seqs.
-    uint64_t add(std::vector<int32_t> prompt, int n = 1, bool prompt_logprobs = false);
-    static constexpr int64_t kPromptLogprobsChunk = 512;
+    // logits_from >= 0: every prompt chunk reaching that position yields logits at its rows from it on
+    // (the prompt is computed in full, without prefix-cache reuse, in chunks of at most
+    // kPromptLogitsChunk tokens); prompt logprobs use 0. Throws swiftkv::Error for an empty prompt, a
+    // prompt longer than max_model_len, n < 1, n > max_num_seqs or logits_from past the prompt.
+    uint64_t add(std::vector<int32_t> prompt, int n = 1, int64_t logits_from = -1);
+    static constexpr int64_t kPromptLogitsChunk = 512;
 
     ScheduleOutput schedule();
     // The flattened batch of `out`; call between schedule() and update().

@@ -4,8 +4,7 @@
 
 namespace swiftkv {
 
-PagedKvCache::PagedKvCache(Backend& backend, const ModelConfig& c, int64_t num_blocks, int64_t block_size)
-    : allocator_(int32_t(num_blocks)) {
+PagedKvCache::PagedKvCache(Backend& backend, const ModelConfig& c, int64_t num_blocks, int64_t block_size) {
     SKV_CHECK(block_size > 0 && block_size <= 1024, "KV block size {} is out of range (1..1024)", block_size);
     SKV_CHECK(num_blocks > 0 && num_blocks < (int64_t(1) << 31) / block_size, "KV block count {} is out of range",
               num_blocks);
@@ -23,19 +22,6 @@ PagedKvCache::PagedKvCache(Backend& backend, const ModelConfig& c, int64_t num_b
         view_.k_layers.push_back(base + (2 * l) * layer_bytes);
         view_.v_layers.push_back(base + (2 * l + 1) * layer_bytes);
     }
-}
-
-bool SequenceBlocks::reserve(int64_t tokens) {
-    const int64_t needed = (tokens + block_size_ - 1) / block_size_ - int64_t(blocks_.size());
-    if (needed <= 0) return true;
-    if (needed > allocator_->num_free()) return false;
-    for (int64_t i = 0; i < needed; ++i) blocks_.push_back(*allocator_->allocate());
-    return true;
-}
-
-void SequenceBlocks::release_all() {
-    for (int32_t b : blocks_) allocator_->release(b);
-    blocks_.clear();
 }
 
 }  // namespace swiftkv

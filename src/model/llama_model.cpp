@@ -582,8 +582,9 @@ void LlamaModel::forward_sample_launch(const ForwardBatch& batch, const KvCacheV
     StepShape sh;
     prepare(batch, kv, sh);
     const int64_t k = (batch.num_tokens() == 0) ? 0 : sh.real_K;
+    // A step of prefill chunks alone samples nothing, but its K/V must still be written.
+    if (batch.num_tokens() > 0) run_step(sh, kv);
     if (k > 0) {
-        run_step(sh, kv);
         backend_.upload(sample_params_dev_.get(), params.data(), params.size() * sizeof(SampleParams));
         backend_.sample(logits_dev_.as<float>(), sh.real_K, config_.vocab, sample_params_dev_.as<SampleParams>(),
                         sampled_dev_.as<int32_t>());

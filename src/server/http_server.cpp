@@ -95,7 +95,7 @@ struct Prepared {
     bool chat = false;
     std::string id;
     int64_t created = 0;
-    ServingRequest request;
+    GenerationRequest request;
     bool stream = false;
     bool include_usage = false;
     bool with_logprobs = false;
@@ -170,14 +170,14 @@ struct Progress {
 // ---------------------------------------------------------------------------------------------
 
 struct HttpServer::Impl {
-    ServingBackend& backend;
+    ServingEngine& backend;
     HttpServerOptions opt;
     HttpTransport transport;
     ServingMetrics metrics;
     int64_t created = unix_time_now();
     std::atomic<bool> stopping{false};
 
-    Impl(ServingBackend& b, HttpServerOptions o)
+    Impl(ServingEngine& b, HttpServerOptions o)
         : backend(b), opt(std::move(o)), transport(opt.limits, [](int status, std::string_view message) {
               return std::pair<std::string, std::string>(
                   dump_json(error_json(status, message, "", status == 401 ? "invalid_api_key" : "")), "application/json");
@@ -251,21 +251,14 @@ struct HttpServer::Impl {
         if (prompt.empty()) throw ProtocolError(400, "the prompt is empty", "prompt");
         if (r.max_tokens == 0 && !r.echo)
             throw ProtocolError(400, "max_tokens must be at least 1 (0 is allowed only with echo)", "max_tokens");
-        if (r.echo) {
-            p.echo_prefix = r.prompt_is_tokens ? backend.tokenizer().decode(prompt) : r.prompt_text;
-            // Prompt logprobs: for a SwiftKV model every prompt token then runs every layer (the full
-            // student), so they are the model's real logprobs. max_tokens 0 rides the same path.
-            if (r.logprobs || r.max_tokens == 0) {
-                if (!backend.supports_prompt_logprobs())
-                    throw ProtocolError(400, "echo with logprobs (or max_tokens 0) needs --batching continuous", "echo");
-                p.request.prompt_logprobs = true;
-            }
-        }
+        if (r.echo) p.echo_prefix = r.prompt_is_tokens ? backend.tokenizer().decode(prompt) : r.prompt_text;
         check_context(int64_t(prompt.size()), r.max_tokens);
-        p.request.gen = r.to_generation_request(std::move(prompt), r.max_tokens, backend.model_info().generation_defaults);
-        if (r.logprobs) p.request.gen.logprobs = *r.logprobs;
+        p.request = r.to_generation_request(std::move(prompt), r.max_tokens, backend.model_info().generation_defaults);
+        if (r.logprobs) p.request.logprobs = *r.logprobs;
+        // Prompt logprobs: for a SwiftKV model every prompt token then runs every layer (the full
+        // student), so they are the model's real logprobs. max_tokens 0 rides the same path.
+        p.request.prompt_logprobs = r.echo && (r.logprobs || r.max_tokens == 0);
         p.with_logprobs = r.logprobs.has_value();
-        p.request.n = r.n;
         p.stream = r.stream;
         p.include_usage = r.include_usage;
         return p;
@@ -292,10 +285,9 @@ struct HttpServer::Impl {
         const int64_t n_prompt = int64_t(prompt.size());
         const int64_t max_tokens = r.max_tokens ? *r.max_tokens : std::max<int64_t>(ctx - n_prompt, 0);
         check_context(n_prompt, max_tokens);
-        p.request.gen = r.to_generation_request(std::move(prompt), max_tokens, backend.model_info().generation_defaults);
-        if (r.logprobs) p.request.gen.logprobs = r.top_logprobs;
+        p.request = r.to_generation_request(std::move(prompt), max_tokens, backend.model_info().generation_defaults);
+        if (r.logprobs) p.request.logprobs = r.top_logprobs;
         p.with_logprobs = r.logprobs;
-        p.request.n = r.n;
         p.stream = r.stream;
         p.include_usage = r.include_usage;
         return p;
@@ -530,7 +522,7 @@ struct HttpServer::Impl {
     std::string metrics_text() const { return metrics.text(backend.stats(), opt.served_model_name); }
 };
 
-HttpServer::HttpServer(ServingBackend& backend, HttpServerOptions options)
+HttpServer::HttpServer(ServingEngine& backend, HttpServerOptions options)
     : impl_(std::make_unique<Impl>(backend, std::move(options))) {}
 
 HttpServer::~HttpServer() { stop(); }

@@ -1,4 +1,4 @@
-// HttpServer — the OpenAI-compatible HTTP API over a ServingBackend (on HttpTransport, http_transport.h):
+// HttpServer — the OpenAI-compatible HTTP API over a ServingEngine (on HttpTransport, http_transport.h):
 //   POST /v1/completions, POST /v1/chat/completions (stream: true as server-sent events ending with
 //   "data: [DONE]"), GET /v1/models, GET /health, GET /metrics (Prometheus text 0.0.4),
 //   POST /tokenize, POST /detokenize.
@@ -32,7 +32,7 @@ struct HttpServerOptions {
 
 class HttpServer {
 public:
-    HttpServer(ServingBackend& backend, HttpServerOptions options);
+    HttpServer(ServingEngine& backend, HttpServerOptions options);
     ~HttpServer();
     HttpServer(const HttpServer&) = delete;
     HttpServer& operator=(const HttpServer&) = delete;

@@ -298,6 +298,7 @@ GenerationRequest SamplingFields::to_generation_request(std::vector<int32_t> pro
     r.stop = stop;
     r.stop_token_ids = stop_token_ids;
     r.ignore_eos = ignore_eos;
+    r.n = n;
     return r;
 }
 

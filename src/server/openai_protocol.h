@@ -84,7 +84,7 @@ struct SamplingFields {
     // Engine sampling parameters (validated; a failure is a ProtocolError 400). generation_defaults is
     // Engine::generation_defaults() (an object; may be empty or null).
     SamplingParams to_sampling_params(const nlohmann::json& generation_defaults = {}) const;
-    // The engine request for one choice; max_tokens as decided by the server (after the context cap).
+    // The engine request (n choices); max_tokens as decided by the server (after the context cap).
     GenerationRequest to_generation_request(std::vector<int32_t> prompt, int64_t max_tokens,
                                             const nlohmann::json& generation_defaults = {}) const;
 };

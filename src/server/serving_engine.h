@@ -1,8 +1,6 @@
-// ServingBackend — what the HTTP server needs from an engine: submit a request (n choices) with
-// streaming callbacks, abort it, read load statistics, and reach the tokenizer / chat template /
-// model info. SerialEngineBackend implements it over today's single-request swiftkv::Engine: a worker
-// thread runs requests one at a time in FIFO order. The continuous-batching scheduler will implement
-// the same interface.
+// ServingEngine — the engine as the HTTP server uses it: a thread runs the one Engine (engine.h) step
+// after step; HTTP threads submit requests (n choices) with streaming callbacks, abort them and read
+// load statistics, and reach the tokenizer, chat template and model info.
 #pragma once
 
 #include <atomic>
@@ -20,19 +18,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/batch_engine.h"
 #include "engine/engine.h"
 
 namespace swiftkv::server {
 
-struct ServingRequest {
-    GenerationRequest gen;   // gen.logprobs >= 0 asks for per-token logprobs
-    int n = 1;               // choices; choice i uses seed gen.sampling.seed + i (when a seed is set)
-    // Logprobs of the prompt's tokens (echo); gen.max_tokens may then be 0. Continuous batching only.
-    bool prompt_logprobs = false;
-};
-
-// Called on the backend's worker thread; must not block for long. Per choice, on_text calls come in
+// Called on the engine thread; must not block for long. Per choice, on_text calls come in
 // order, then one on_finish; after every choice (or on an error / abort), exactly one on_done.
 struct StreamCallbacks {
     // Text of choice `index` and the logprobs of the tokens generated since the last call (empty
@@ -64,78 +54,29 @@ struct ModelInfo {
     nlohmann::json generation_defaults = nlohmann::json::object();
 };
 
-class ServingBackend {
+// The engine behind the HTTP server: one engine thread runs Engine steps; every request in flight
+// advances in each step (decodes first, prefill chunks after), sharing the paged KV cache and its
+// prefix cache. HTTP threads submit requests and abort them; callbacks run on the engine thread.
+class ServingEngine {
 public:
-    virtual ~ServingBackend() = default;
-    // Queues a request; returns its id (> 0). Callbacks run on a backend thread.
-    virtual uint64_t submit(ServingRequest request, StreamCallbacks callbacks) = 0;
+    explicit ServingEngine(std::unique_ptr<Engine> engine);
+    ~ServingEngine();
+    ServingEngine(const ServingEngine&) = delete;
+    ServingEngine& operator=(const ServingEngine&) = delete;
+
+    // Queues a request; returns its id (> 0). Callbacks run on the engine thread.
+    uint64_t submit(GenerationRequest request, StreamCallbacks callbacks);
     // Stops a request: a waiting one is dropped, a running one stops at its next token. on_done("aborted")
     // follows. Unknown or finished ids are ignored.
-    virtual void abort(uint64_t id) = 0;
+    void abort(uint64_t id);
     // Aborts everything and refuses new work (submit then calls on_done("shutting down")).
-    virtual void shutdown() = 0;
-    virtual ServingStats stats() const = 0;
-    virtual const BpeTokenizer& tokenizer() const = 0;
-    virtual std::string apply_chat_template(const nlohmann::json& messages, bool add_generation_prompt) const = 0;
-    virtual const ModelInfo& model_info() const = 0;
-    // Whether ServingRequest::prompt_logprobs (echo with logprobs) is served.
-    virtual bool supports_prompt_logprobs() const { return false; }
-};
-
-class SerialEngineBackend : public ServingBackend {
-public:
-    explicit SerialEngineBackend(std::unique_ptr<Engine> engine);
-    ~SerialEngineBackend() override;
-
-    uint64_t submit(ServingRequest request, StreamCallbacks callbacks) override;
-    void abort(uint64_t id) override;
-    void shutdown() override;
-    ServingStats stats() const override;
-    const BpeTokenizer& tokenizer() const override { return engine_->tokenizer(); }
-    std::string apply_chat_template(const nlohmann::json& messages, bool add_generation_prompt) const override;
-    const ModelInfo& model_info() const override { return info_; }
-
-private:
-    struct Job {
-        uint64_t id = 0;
-        ServingRequest request;
-        StreamCallbacks callbacks;
-        std::atomic<bool> cancelled{false};
-    };
-    void worker_loop();
-    void run_job(Job& job);
-
-    std::unique_ptr<Engine> engine_;
-    ModelInfo info_;
-    mutable std::mutex mu_;
-    std::condition_variable cv_;
-    std::deque<std::shared_ptr<Job>> queue_;
-    std::shared_ptr<Job> running_;
-    bool stopping_ = false;
-    uint64_t next_id_ = 1;
-    std::atomic<int64_t> prompt_tokens_{0};
-    std::atomic<int64_t> generation_tokens_{0};
-    std::atomic<int64_t> kv_used_{0};
-    std::thread worker_;
-};
-
-// Continuous batching: one engine thread runs BatchEngine steps; every request in flight advances in
-// each step (decodes first, prefill chunks after), sharing the paged KV cache and its prefix cache.
-class BatchEngineBackend : public ServingBackend {
-public:
-    explicit BatchEngineBackend(std::unique_ptr<BatchEngine> engine);
-    ~BatchEngineBackend() override;
-
-    uint64_t submit(ServingRequest request, StreamCallbacks callbacks) override;
-    void abort(uint64_t id) override;
-    void shutdown() override;
-    ServingStats stats() const override;
-    const BpeTokenizer& tokenizer() const override { return engine_->tokenizer(); }
-    std::string apply_chat_template(const nlohmann::json& messages, bool add_generation_prompt) const override {
+    void shutdown();
+    ServingStats stats() const;
+    const BpeTokenizer& tokenizer() const { return engine_->tokenizer(); }
+    std::string apply_chat_template(const nlohmann::json& messages, bool add_generation_prompt) const {
         return engine_->apply_chat_template(messages, add_generation_prompt);
     }
-    const ModelInfo& model_info() const override { return info_; }
-    bool supports_prompt_logprobs() const override { return true; }
+    const ModelInfo& model_info() const { return info_; }
 
 private:
     struct Live {
@@ -149,11 +90,11 @@ private:
     void loop();
     void on_event(uint64_t id, const ChoiceEvent& e);
 
-    std::unique_ptr<BatchEngine> engine_;
+    std::unique_ptr<Engine> engine_;
     ModelInfo info_;
     mutable std::mutex mu_;
     std::condition_variable cv_;
-    std::deque<std::pair<uint64_t, std::pair<ServingRequest, StreamCallbacks>>> incoming_;
+    std::deque<std::pair<uint64_t, std::pair<GenerationRequest, StreamCallbacks>>> incoming_;
     std::vector<uint64_t> aborts_;
     bool stopping_ = false;
     uint64_t next_id_ = 1;

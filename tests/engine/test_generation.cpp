@@ -23,7 +23,7 @@ protected:
         o.context_length = 1024;
         engine_ = new Engine(o);
         EngineOptions chunked = o;
-        chunked.prefill_chunk = 7;
+        chunked.max_batched_tokens = 7;
         chunked_ = new Engine(chunked);
     }
     static void TearDownTestSuite() {
@@ -147,7 +147,7 @@ TEST_F(EngineTest, RejectsBadRequestsWithoutSideEffects) {
     req.prompt = {100};
     req.sampling.top_p = 0;
     EXPECT_THROW(engine_->generate(req), Error);
-    EXPECT_EQ(engine_->kv_cache().allocator().num_used(), 0);  // nothing leaked
+    EXPECT_EQ(engine_->stats().kv_blocks_used, 0);  // nothing leaked
     req.sampling.top_p = 1;
     req.max_tokens = 3;
     EXPECT_EQ(engine_->generate(req).tokens.size(), 3u);

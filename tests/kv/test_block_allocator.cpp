@@ -33,18 +33,3 @@ TEST(BlockAllocator, ReferenceCountsKeepSharedBlocks) {
     EXPECT_THROW(a.retain(7), Error);
 }
 
-TEST(SequenceBlocks, ReservesWholeBlocksAndReleasesOnDestruction) {
-    BlockAllocator a(5);
-    {
-        SequenceBlocks s(a, 16);
-        EXPECT_TRUE(s.reserve(1));
-        EXPECT_EQ(s.blocks().size(), 1u);
-        EXPECT_TRUE(s.reserve(16));
-        EXPECT_EQ(s.blocks().size(), 1u);
-        EXPECT_TRUE(s.reserve(17));
-        EXPECT_EQ(s.blocks().size(), 2u);
-        EXPECT_FALSE(s.reserve(16 * 6));  // needs 6 blocks in all: refused, nothing taken
-        EXPECT_EQ(a.num_free(), 3);
-    }
-    EXPECT_EQ(a.num_free(), 5);
-}

@@ -175,7 +175,7 @@ TEST_P(SwiftKVExactness, FullStudentSwitchGeneratesTheSameTokens) {
     EngineOptions eo;
     eo.model_path = converted(cut);
     eo.context_length = 512;
-    eo.prefill_chunk = 16;  // several chunks: non-final chunks run the later layers too
+    eo.max_batched_tokens = 16;  // several chunks: non-final chunks run the later layers too
     Engine survivors(eo);
     eo.full_student = true;
     Engine full(eo);

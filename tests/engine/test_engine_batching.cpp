@@ -1,4 +1,4 @@
-// BatchEngine on the real default model: continuous batching must not change what a request gets.
+// Engine on the real default model: continuous batching must not change what a request gets.
 // Each request's greedy continuation equals the single-request Engine's, however requests are mixed,
 // chunked, prefix-cached or preempted; n > 1, seeds, stops and aborts behave as the API promises;
 // the KV pool is empty again when idle.
@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "engine/batch_engine.h"
+#include "engine/engine.h"
 
 using namespace swiftkv;
 
@@ -37,7 +37,14 @@ struct Collected {
     }
 };
 
-class BatchEngineTest : public ::testing::Test {
+const char* kTexts[] = {
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "List three colors of the rainbow:",
+};
+
+class EngineBatchingTest : public ::testing::Test {
 protected:
     static void SetUpTestSuite() {
         if (!std::filesystem::exists(kModel)) return;
@@ -45,6 +52,9 @@ protected:
         o.model_path = kModel;
         o.threads = 2;
         o.context_length = 512;
+        o.max_num_seqs = 1;  // one request at a time, nothing cached or overlapped: the reference
+        o.prefix_caching = false;
+        o.overlap = false;
         reference_ = new Engine(o);
     }
     static void TearDownTestSuite() {
@@ -54,18 +64,18 @@ protected:
     void SetUp() override {
         if (!reference_) GTEST_SKIP() << "default model not fetched";
     }
-    static std::unique_ptr<BatchEngine> make(int64_t budget, int64_t kv_tokens, bool prefix = true, int64_t ctx = 512,
+    static std::unique_ptr<Engine> make(int64_t budget, int64_t kv_tokens, bool prefix = true, int64_t ctx = 512,
                                              bool overlap = true) {
-        BatchEngineOptions o;
-        o.engine.model_path = kModel;
-        o.engine.threads = 2;
-        o.engine.context_length = ctx;
-        o.engine.kv_cache_tokens = kv_tokens;
+        EngineOptions o;
+        o.model_path = kModel;
+        o.threads = 2;
+        o.context_length = ctx;
+        o.kv_cache_tokens = kv_tokens;
         o.max_batched_tokens = budget;
         o.max_num_seqs = 8;
         o.prefix_caching = prefix;
         o.overlap = overlap;
-        return std::make_unique<BatchEngine>(o);
+        return std::make_unique<Engine>(o);
     }
     static std::vector<int32_t> greedy_reference(const std::vector<int32_t>& prompt, int64_t n) {
         GenerationRequest r;
@@ -75,33 +85,33 @@ protected:
         return reference_->generate(r).tokens;
     }
     static std::vector<int32_t> prompt(const std::string& text) { return reference_->tokenizer().encode(text, true, true); }
+    // Queues a greedy request of max_tokens for each of kTexts; returns their ids (prompts: theirs).
+    static std::vector<uint64_t> add_greedy_texts(Engine& eng, Collected& got, int64_t max_tokens,
+                                                  std::vector<std::vector<int32_t>>& prompts) {
+        std::vector<uint64_t> ids;
+        for (const char* t : kTexts) {
+            GenerationRequest r;
+            r.prompt = prompt(t);
+            r.max_tokens = max_tokens;
+            r.ignore_eos = true;
+            prompts.push_back(r.prompt);
+            ids.push_back(eng.add_request(r, got.callback()));
+        }
+        return ids;
+    }
     static Engine* reference_;
 };
-Engine* BatchEngineTest::reference_ = nullptr;
+Engine* EngineBatchingTest::reference_ = nullptr;
 
-const char* kTexts[] = {
-    "The capital of France is",
-    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-    "List three colors of the rainbow:",
-};
 
 }  // namespace
 
-TEST_F(BatchEngineTest, ConcurrentGreedyEqualsSingleRequests) {
+TEST_F(EngineBatchingTest, ConcurrentGreedyEqualsSingleRequests) {
     // A budget of 24 tokens forces chunked prefill mixed with decodes.
     auto eng = make(24, 0);
     Collected got;
-    std::vector<uint64_t> ids;
     std::vector<std::vector<int32_t>> prompts;
-    for (const char* t : kTexts) {
-        BatchRequest r;
-        r.prompt = prompt(t);
-        r.max_tokens = 12;
-        r.ignore_eos = true;
-        prompts.push_back(r.prompt);
-        ids.push_back(eng->add_request(r, got.callback()));
-    }
+    const std::vector<uint64_t> ids = add_greedy_texts(*eng, got, 12, prompts);
     eng->run_until_idle();
     for (size_t i = 0; i < ids.size(); ++i) {
         EXPECT_EQ(got.toks(ids[i], 0), greedy_reference(prompts[i], 12)) << kTexts[i];
@@ -111,11 +121,11 @@ TEST_F(BatchEngineTest, ConcurrentGreedyEqualsSingleRequests) {
     EXPECT_GT(eng->stats().steps, 8);
 }
 
-TEST_F(BatchEngineTest, PrefixCacheHitsGiveTheSameOutput) {
+TEST_F(EngineBatchingTest, PrefixCacheHitsGiveTheSameOutput) {
     auto eng = make(256, 0);
     const std::string shared = "You are a helpful assistant. Answer briefly and precisely, in one sentence. ";
     Collected got;
-    BatchRequest a, b;
+    GenerationRequest a, b;
     a.prompt = prompt(shared + "What is the boiling point of water?");
     b.prompt = prompt(shared + "What is the largest planet?");
     a.max_tokens = b.max_tokens = 8;
@@ -129,31 +139,23 @@ TEST_F(BatchEngineTest, PrefixCacheHitsGiveTheSameOutput) {
     EXPECT_EQ(got.toks(ib, 0), greedy_reference(b.prompt, 8));
 }
 
-TEST_F(BatchEngineTest, PreemptionWhenTheKvPoolRunsOut) {
+TEST_F(EngineBatchingTest, PreemptionWhenTheKvPoolRunsOut) {
     // 12 blocks of 16 tokens for four requests of ~20-token prompts + 40 tokens each: some must wait
     // or be preempted and recomputed; outputs stay the same.
     auto eng = make(64, 12 * 16, false, 128);
     Collected got;
-    std::vector<uint64_t> ids;
     std::vector<std::vector<int32_t>> prompts;
-    for (const char* t : kTexts) {
-        BatchRequest r;
-        r.prompt = prompt(t);
-        r.max_tokens = 40;
-        r.ignore_eos = true;
-        prompts.push_back(r.prompt);
-        ids.push_back(eng->add_request(r, got.callback()));
-    }
+    const std::vector<uint64_t> ids = add_greedy_texts(*eng, got, 40, prompts);
     eng->run_until_idle();
     for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ(got.toks(ids[i], 0), greedy_reference(prompts[i], 40));
     EXPECT_GT(eng->stats().preemptions, 0);
     EXPECT_EQ(eng->stats().kv_blocks_used, 0);
 }
 
-TEST_F(BatchEngineTest, NChoicesSeedsStopsAndAbort) {
+TEST_F(EngineBatchingTest, NChoicesSeedsStopsAndAbort) {
     auto eng = make(128, 0);
     Collected got;
-    BatchRequest r;
+    GenerationRequest r;
     r.prompt = prompt(kTexts[1]);
     r.max_tokens = 10;
     r.ignore_eos = true;
@@ -170,14 +172,14 @@ TEST_F(BatchEngineTest, NChoicesSeedsStopsAndAbort) {
     EXPECT_NE(got.toks(a, 0), got.toks(a, 1)) << "choices use different seeds";
 
     // Stop string: cut before it, reason stop. Stop token id: included in tokens, reason stop.
-    BatchRequest s;
+    GenerationRequest s;
     s.prompt = prompt(kTexts[0]);
     s.max_tokens = 30;
     const auto ref = greedy_reference(s.prompt, 30);
     const std::string ref_text = reference_->tokenizer().decode(ref);
     s.stop = {ref_text.substr(3, 4)};
     const uint64_t is = eng->add_request(s, got.callback());
-    BatchRequest t = s;
+    GenerationRequest t = s;
     t.stop.clear();
     t.stop_token_ids = {ref[2]};
     const uint64_t it = eng->add_request(t, got.callback());
@@ -188,7 +190,7 @@ TEST_F(BatchEngineTest, NChoicesSeedsStopsAndAbort) {
     EXPECT_EQ(got.toks(it, 0), std::vector<int32_t>(ref.begin(), ref.begin() + 3));
 
     // Abort mid-generation: the callback hears it, blocks are released at once.
-    BatchRequest l = s;
+    GenerationRequest l = s;
     l.stop.clear();
     l.max_tokens = 200;
     l.ignore_eos = true;
@@ -202,9 +204,9 @@ TEST_F(BatchEngineTest, NChoicesSeedsStopsAndAbort) {
     EXPECT_FALSE(eng->has_work());
 }
 
-TEST_F(BatchEngineTest, BadRequestsAreErrors) {
+TEST_F(EngineBatchingTest, BadRequestsAreErrors) {
     auto eng = make(64, 0);
-    BatchRequest r;
+    GenerationRequest r;
     EXPECT_THROW(eng->add_request(r, {}), Error);  // empty prompt
     r.prompt = std::vector<int32_t>(600, 1);
     EXPECT_THROW(eng->add_request(r, {}), Error);  // over the context
@@ -221,7 +223,7 @@ TEST_F(BatchEngineTest, BadRequestsAreErrors) {
 // Q4_1 weights dequantized). Requests are mixed with ordinary ones and the prompt logprobs run in
 // several chunks (budget 64), so row bookkeeping across entries is exercised; max_tokens 0 returns
 // the prompt logprobs only, max_tokens 4 also generates, with the same tokens as a plain request.
-TEST_F(BatchEngineTest, PromptLogprobsMatchLlamaCpp) {
+TEST_F(EngineBatchingTest, PromptLogprobsMatchLlamaCpp) {
     std::ifstream in(std::string(SWIFTKV_SOURCE_DIR) + "/tests/oracle/data/oracle_refs.json");
     ASSERT_TRUE(in.good());
     const nlohmann::json refs = nlohmann::json::parse(in);
@@ -234,12 +236,12 @@ TEST_F(BatchEngineTest, PromptLogprobsMatchLlamaCpp) {
     int k = 0;
     for (const auto& p : refs["prompts"]) {
         if (!p.contains("position_stats") || p["position_stats"].is_null()) continue;
-        BatchRequest other;  // an ordinary request beside each one
+        GenerationRequest other;  // an ordinary request beside each one
         other.prompt = prompt(kTexts[k % 4]);
         other.max_tokens = 6;
         other.ignore_eos = true;
         eng->add_request(other, plain.callback());
-        BatchRequest r;
+        GenerationRequest r;
         r.prompt = p["prompt_ids"].get<std::vector<int32_t>>();
         r.prompt_logprobs = true;
         r.logprobs = 2;
@@ -282,23 +284,37 @@ TEST_F(BatchEngineTest, PromptLogprobsMatchLlamaCpp) {
         }
     }
     EXPECT_EQ(eng->stats().kv_blocks_used, 0);
-    BatchRequest bad;
+    GenerationRequest bad;
     bad.prompt = {1, 2, 3};
     bad.max_tokens = 0;  // 0 needs prompt_logprobs
     EXPECT_THROW(eng->add_request(bad, {}), Error);
 }
 
+// A prompt longer than the step budget, alone: its first chunks sample nothing, so with overlap they
+// are launched as sample-free steps, and their K/V must still be written (it once was not).
+TEST_F(EngineBatchingTest, LonePromptLongerThanTheBudget) {
+    const auto p = prompt(kTexts[1]);
+    ASSERT_GT(p.size(), 16u);
+    auto engine = make(/*budget=*/8, /*kv_tokens=*/2048);
+    GenerationRequest r;
+    r.prompt = p;
+    r.max_tokens = 12;
+    r.ignore_eos = true;
+    EXPECT_EQ(engine->generate(r).tokens, greedy_reference(p, 12));
+    EXPECT_GT(engine->stats().overlapped_steps, 0);
+}
+
 // Overlapped steps (step k+1 launched before step k's tokens are delivered) change nothing a request
 // sees: same tokens, text and finish reasons as synchronous steps, with sampling, stop strings that
 // end a choice while the next step is in flight, stop tokens and length limits.
-TEST_F(BatchEngineTest, OverlapChangesNothing) {
+TEST_F(EngineBatchingTest, OverlapChangesNothing) {
     std::map<int, Collected> got;
     std::map<int, std::vector<uint64_t>> ids;
-    std::map<int, BatchEngineStats> stats;
+    std::map<int, EngineStats> stats;
     for (int overlap = 0; overlap < 2; ++overlap) {
         auto eng = make(96, 0, true, 512, overlap == 1);
         for (int i = 0; i < 6; ++i) {
-            BatchRequest r;
+            GenerationRequest r;
             r.prompt = prompt(kTexts[i % 4]);
             r.max_tokens = 8 + 5 * i;
             r.sampling.temperature = i % 2 ? 0.8f : 0.0f;
