@@ -70,20 +70,15 @@ void release_sequences(BlockAllocator& blocks, Sequences& s) {
 
 // One step: `count` tokens of each sequence starting at position `start`, logits at each last token.
 ForwardBatch make_step(const Sequences& seqs, int64_t start, int64_t count, int64_t vocab, uint32_t salt) {
-    ForwardBatch b;
-    b.query_start.push_back(0);
-    b.max_blocks_per_seq = int32_t(seqs.blocks_per_seq);
+    ForwardBatch b = ForwardBatch::with_block_table_width(seqs.blocks_per_seq);
     uint32_t x = 2463534242u ^ salt;
+    std::vector<int32_t> tokens(static_cast<size_t>(count));
     for (const auto& blocks : seqs.blocks) {
-        for (int64_t i = 0; i < count; ++i) {
+        for (auto& t : tokens) {
             x ^= x << 13, x ^= x >> 17, x ^= x << 5;
-            b.tokens.push_back(int32_t(x % uint32_t(vocab)));
-            b.positions.push_back(int32_t(start + i));
+            t = int32_t(x % uint32_t(vocab));
         }
-        b.query_start.push_back(int32_t(b.tokens.size()));
-        b.seq_lens.push_back(int32_t(start + count));
-        b.block_tables.insert(b.block_tables.end(), blocks.begin(), blocks.end());
-        b.logits_indices.push_back(int32_t(b.tokens.size()) - 1);
+        b.add_sequence(tokens.data(), start, count, blocks, count - 1);
     }
     return b;
 }

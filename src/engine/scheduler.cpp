@@ -255,12 +255,10 @@ ScheduleOutput Scheduler::schedule() {
 }
 
 ForwardBatch Scheduler::to_forward_batch(const ScheduleOutput& out) const {
-    ForwardBatch b;
     const int64_t bs = blocks_.block_size();
     int64_t max_blocks = 0;
     for (const auto& e : out.seqs) max_blocks = std::max<int64_t>(max_blocks, int64_t(e.block_table.size()));
-    b.max_blocks_per_seq = int32_t(max_blocks);
-    b.query_start.push_back(0);
+    ForwardBatch b = ForwardBatch::with_block_table_width(max_blocks);
     for (const auto& e : out.seqs) {
         const Sequence* s = find(e.id);
         SKV_CHECK(s != nullptr && s->status == SequenceStatus::Running, "to_forward_batch: sequence {} is not running",
@@ -269,17 +267,7 @@ ForwardBatch Scheduler::to_forward_batch(const ScheduleOutput& out) const {
                   "to_forward_batch: sequence {} has changed since schedule() (call it before update())", e.id);
         SKV_CHECK(int64_t(e.block_table.size()) * bs >= e.start + e.num_tokens,
                   "to_forward_batch: block table of sequence {} is too short", e.id);
-        for (int64_t i = 0; i < e.num_tokens; ++i) {
-            b.tokens.push_back(s->tokens[size_t(e.start + i)]);
-            b.positions.push_back(int32_t(e.start + i));
-        }
-        b.query_start.push_back(int32_t(b.tokens.size()));
-        b.seq_lens.push_back(int32_t(e.start + e.num_tokens));
-        const int32_t pad = e.block_table.empty() ? 0 : e.block_table.back();
-        for (int64_t j = 0; j < max_blocks; ++j) {
-            b.block_tables.push_back(j < int64_t(e.block_table.size()) ? e.block_table[size_t(j)] : pad);
-        }
-        for (int64_t r = e.logit_rows(); r > 0; --r) b.logits_indices.push_back(int32_t(b.tokens.size() - r));
+        b.add_sequence(s->tokens.data() + e.start, e.start, e.num_tokens, e.block_table, e.num_tokens - e.logit_rows());
     }
     return b;
 }

@@ -74,29 +74,22 @@ void BatchScorer::score(const std::vector<ScoreRequest>& requests, const RowsCal
         }
         ensure_cache(blocks);
 
-        ForwardBatch batch;
+        ForwardBatch batch = ForwardBatch::with_block_table_width(max_blocks);
         batch.tokens.reserve(size_t(tokens));
         batch.positions.reserve(size_t(tokens));
-        batch.query_start.push_back(0);
-        batch.max_blocks_per_seq = int32_t(max_blocks);
         std::vector<int64_t> row_offset;  // index of each request's first handed-on row in the logits
         int32_t block = 0;
         int64_t rows = 0;
+        std::vector<int32_t> table;
         for (size_t i = begin; i < next; ++i) {
             const auto& r = requests[i];
             const int32_t n = int32_t(r.tokens.size());
-            const int32_t start = batch.query_start.back();
-            for (int32_t p = 0; p < n; ++p) {
-                batch.tokens.push_back(r.tokens[size_t(p)]);
-                batch.positions.push_back(p);
-            }
-            batch.query_start.push_back(start + n);
-            batch.seq_lens.push_back(n);
             const int32_t nb = (n + int32_t(bs) - 1) / int32_t(bs);
-            for (int32_t b = 0; b < max_blocks; ++b) batch.block_tables.push_back(b < nb ? block + b : 0);
+            table.resize(size_t(nb));
+            for (int32_t b = 0; b < nb; ++b) table[size_t(b)] = block + b;
             block += nb;
             const int32_t first = options_.all_rows ? 0 : r.first_row;
-            for (int32_t p = first; p < n; ++p) batch.logits_indices.push_back(start + p);
+            batch.add_sequence(r.tokens.data(), 0, n, table, first);
             row_offset.push_back(rows + (r.first_row - first));
             rows += n - first;
         }

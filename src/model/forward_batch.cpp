@@ -4,6 +4,29 @@
 
 namespace swiftkv {
 
+ForwardBatch ForwardBatch::with_block_table_width(int64_t max_blocks_per_seq) {
+    ForwardBatch b;
+    b.query_start.push_back(0);
+    b.max_blocks_per_seq = int32_t(max_blocks_per_seq);
+    return b;
+}
+
+void ForwardBatch::add_sequence(const int32_t* seq_tokens, int64_t start, int64_t count,
+                                const std::vector<int32_t>& block_table, int64_t first_logit_row) {
+    SKV_CHECK(!query_start.empty(), "ForwardBatch::add_sequence on a batch not made by with_block_table_width");
+    SKV_CHECK(int64_t(block_table.size()) <= max_blocks_per_seq, "a block table of {} entries in a batch {} wide",
+              block_table.size(), max_blocks_per_seq);
+    const int32_t first_row = int32_t(tokens.size());
+    tokens.insert(tokens.end(), seq_tokens, seq_tokens + count);
+    for (int64_t i = 0; i < count; ++i) positions.push_back(int32_t(start + i));
+    query_start.push_back(int32_t(tokens.size()));
+    seq_lens.push_back(int32_t(start + count));
+    const int32_t pad = block_table.empty() ? 0 : block_table.back();
+    block_tables.insert(block_tables.end(), block_table.begin(), block_table.end());
+    block_tables.insert(block_tables.end(), size_t(max_blocks_per_seq) - block_table.size(), pad);
+    for (int64_t r = std::max<int64_t>(first_logit_row, 0); r < count; ++r) logits_indices.push_back(first_row + int32_t(r));
+}
+
 void ForwardBatch::validate(int64_t block_size, int64_t num_blocks) const {
     const int64_t T = num_tokens();
     SKV_CHECK(positions.size() == tokens.size(), "batch: {} positions for {} tokens", positions.size(), T);

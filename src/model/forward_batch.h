@@ -24,6 +24,15 @@ struct ForwardBatch {
     // Sorted rows of `tokens` whose logits are wanted; each sequence contributes a suffix of its rows.
     std::vector<int32_t> logits_indices;
 
+    // The one way to build a batch: starts an empty batch whose block tables hold max_blocks_per_seq
+    // entries per sequence, then appends each sequence's step.
+    static ForwardBatch with_block_table_width(int64_t max_blocks_per_seq);
+    // Appends `count` tokens of one sequence, tokens[i] at position start + i, so its context holds
+    // start + count tokens after the step; its KV block table (padded with its last entry, or 0); and
+    // logits at its rows [first_logit_row, count) (first_logit_row >= count: none).
+    void add_sequence(const int32_t* tokens, int64_t start, int64_t count, const std::vector<int32_t>& block_table,
+                      int64_t first_logit_row);
+
     int64_t num_tokens() const { return int64_t(tokens.size()); }
     int64_t num_seqs() const { return query_start.empty() ? 0 : int64_t(query_start.size()) - 1; }
 

@@ -43,21 +43,21 @@ struct Workload {
     int64_t blocks_per_seq = 0;
     int64_t vocab = 0;
     ForwardBatch step(int64_t start, int64_t count) const {
-        ForwardBatch b;
-        b.query_start.push_back(0);
-        b.max_blocks_per_seq = int32_t(blocks_per_seq);
+        ForwardBatch b = ForwardBatch::with_block_table_width(blocks_per_seq);
         for (size_t s = 0; s < lengths.size(); ++s) {
             const int64_t end = std::min(lengths[s], start + count);
-            for (int64_t p = start; p < end; ++p) {
-                b.tokens.push_back(int32_t((p * 131 + s * 17 + 5) % vocab));
-                b.positions.push_back(int32_t(p));
-            }
-            b.query_start.push_back(int32_t(b.tokens.size()));
-            b.seq_lens.push_back(int32_t(std::max<int64_t>(end, 0)));
-            for (int64_t k = 0; k < blocks_per_seq; ++k) b.block_tables.push_back(int32_t(s * blocks_per_seq + k));
-            if (end > start) b.logits_indices.push_back(int32_t(b.tokens.size()) - 1);
+            std::vector<int32_t> tokens;
+            for (int64_t p = start; p < end; ++p) tokens.push_back(int32_t((p * 131 + s * 17 + 5) % vocab));
+            // A sequence already past its length takes part with no tokens (its context stays at `end`).
+            const int64_t from = std::min(start, std::max<int64_t>(end, 0));
+            b.add_sequence(tokens.data(), from, int64_t(tokens.size()), table(s), int64_t(tokens.size()) - 1);
         }
         return b;
+    }
+    std::vector<int32_t> table(size_t s) const {
+        std::vector<int32_t> t(static_cast<size_t>(blocks_per_seq));
+        for (int64_t k = 0; k < blocks_per_seq; ++k) t[size_t(k)] = int32_t(int64_t(s) * blocks_per_seq + k);
+        return t;
     }
 };
 
@@ -103,16 +103,10 @@ TEST_P(CudaForward, GraphedStepsMatchTheCpu) {
     // Decode 40 steps for all sequences: every step a recorded graph after the first of its shape.
     std::vector<int64_t> lens = w.lengths;
     for (int step = 0; step < 40; ++step) {
-        ForwardBatch b;
-        b.query_start.push_back(0);
-        b.max_blocks_per_seq = int32_t(w.blocks_per_seq);
+        ForwardBatch b = ForwardBatch::with_block_table_width(w.blocks_per_seq);
         for (size_t s = 0; s < lens.size(); ++s) {
-            b.tokens.push_back(int32_t((step * 7 + s) % c.vocab));
-            b.positions.push_back(int32_t(lens[s]));
-            b.query_start.push_back(int32_t(s + 1));
-            b.seq_lens.push_back(int32_t(++lens[s]));
-            for (int64_t k = 0; k < w.blocks_per_seq; ++k) b.block_tables.push_back(int32_t(s * w.blocks_per_seq + k));
-            b.logits_indices.push_back(int32_t(s));
+            const int32_t token = int32_t((step * 7 + s) % c.vocab);
+            b.add_sequence(&token, lens[s]++, 1, w.table(s), 0);
         }
         mc.forward(b, kc.view(), lc);
         mg.forward(b, kg.view(), lg);

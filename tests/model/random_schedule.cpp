@@ -26,11 +26,9 @@ void run_random_schedule(LlamaModel& model, PagedKvCache& cache, const std::vect
     const int64_t V = model.config().vocab;
     std::vector<float> logits;
     while (true) {
-        ForwardBatch batch;
-        batch.query_start.push_back(0);
         int64_t max_blocks = 0;
         for (auto& b : blocks) max_blocks = std::max<int64_t>(max_blocks, int64_t(b.size()));
-        batch.max_blocks_per_seq = int32_t(max_blocks);
+        ForwardBatch batch = ForwardBatch::with_block_table_width(max_blocks);
         std::vector<std::pair<size_t, int64_t>> wanted;
         bool all_done = true;
         for (size_t i = 0; i < sequences.size(); ++i) {
@@ -38,22 +36,10 @@ void run_random_schedule(LlamaModel& model, PagedKvCache& cache, const std::vect
             all_done &= left == 0;
             if (left == 0 || rng() % 3 == 0) continue;
             const int64_t n = std::min<int64_t>(left, 1 + rng() % options.max_step_tokens);
-            const int32_t first_row = int32_t(batch.tokens.size());
-            for (int64_t k = 0; k < n; ++k) {
-                batch.tokens.push_back(sequences[i][done[i] + k]);
-                batch.positions.push_back(int32_t(done[i] + k));
-            }
-            batch.query_start.push_back(int32_t(batch.tokens.size()));
-            batch.seq_lens.push_back(int32_t(done[i] + n));
-            for (int64_t b = 0; b < max_blocks; ++b) {
-                batch.block_tables.push_back(b < int64_t(blocks[i].size()) ? blocks[i][b] : 0);
-            }
             int64_t keep = rng() % (n + 1);
             if (options.always_last_logits) keep = std::max<int64_t>(keep, 1);
-            for (int64_t k = n - keep; k < n; ++k) {
-                batch.logits_indices.push_back(first_row + int32_t(k));
-                wanted.push_back({i, done[i] + k});
-            }
+            batch.add_sequence(sequences[i].data() + done[i], done[i], n, blocks[i], n - keep);
+            for (int64_t k = n - keep; k < n; ++k) wanted.push_back({i, done[i] + k});
             done[i] += n;
         }
         if (all_done) break;
