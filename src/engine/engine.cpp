@@ -284,6 +284,9 @@ void Engine::sample_entries(const ScheduleOutput& out, std::vector<int32_t>& sam
     std::vector<Target> targets;
     bool device_ok = backend_->supports_graphs();
     for (const auto& e : out.seqs) {
+        // Logits rows beyond the sampled ones (prompt logits, scoring, the full student) come back to
+        // the host, a non-final chunk's too.
+        if (e.first_logit_row >= 0) device_ok = false;
         if (!e.needs_logits) continue;
         auto sc = seq_choice_.find(e.id);
         Request* r = nullptr;
@@ -297,7 +300,6 @@ void Engine::sample_entries(const ScheduleOutput& out, std::vector<int32_t>& sam
             if (e.num_samples > 1) device_ok = false;
         }
         if (r && (r->req.sampling.needs_history() || r->req.logprobs >= 0)) device_ok = false;
-        if (e.first_logit_row >= 0) device_ok = false;
     }
     sampled.assign(targets.size(), 0);
     logprobs.assign(targets.size(), {});
