@@ -80,13 +80,13 @@ int cmd_bench(const cli::ModelArgs& model_args, const BenchArgs& args) {
         const size_t colon = v.find(':');
         ConvertOptions co;
         co.model_path = base_opts.model_path;
-        co.swiftkv_layers = v.substr(0, colon);
+        co.num_kv_layers = v.substr(0, colon);
         co.group_size = colon == std::string::npos ? 1 : std::stoll(v.substr(colon + 1));
         co.out_dir = (fs::temp_directory_path() / fmt::format("swiftkv-bench-{}-{}", ::getpid(), temps.dirs.size())).string();
         temps.dirs.push_back(co.out_dir);
-        fmt::print(stderr, "converting to SwiftKV {} (group {}) ...\n", co.swiftkv_layers, co.group_size);
+        fmt::print(stderr, "converting to SwiftKV {} (group {}) ...\n", co.num_kv_layers, co.group_size);
         convert_to_swiftkv(co);
-        candidates.push_back({fmt::format("SwiftKV {} g{}", co.swiftkv_layers, co.group_size), co.out_dir, true});
+        candidates.push_back({fmt::format("SwiftKV {} g{}", co.num_kv_layers, co.group_size), co.out_dir, true});
     }
 
     int64_t needed = 0;
@@ -123,7 +123,7 @@ int cmd_bench(const cli::ModelArgs& model_args, const BenchArgs& args) {
             const Stats s = stats(rates);
             if (ci == 0) baseline[test] = s.mean;
             const double speedup = baseline.count(test) ? s.mean / baseline[test] : 0.0;
-            fmt::print("| {} | {}/{} | {} | {} | {} | {} | {:.1f} | {:.1f} | {} | {:.2f}x |\n", cand.label, c.swiftkv_layers,
+            fmt::print("| {} | {}/{} | {} | {} | {} | {} | {:.1f} | {:.1f} | {} | {:.2f}x |\n", cand.label, c.num_kv_layers,
                        c.n_layers, c.kv_group_size, kv_bytes, test, flops > 0 ? fmt::format("{:.3f}", flops / 1e9) : "",
                        s.mean, s.stddev, ttft_ms > 0 ? fmt::format("{:.1f}", ttft_ms) : "", speedup);
             std::fflush(stdout);
@@ -158,7 +158,7 @@ int cmd_bench(const cli::ModelArgs& model_args, const BenchArgs& args) {
         }
         models.push_back({{"label", cand.label},
                           {"path", cand.temporary ? std::string("(converted from ") + base_opts.model_path + ")" : cand.path},
-                          {"swiftkv_layers", c.swiftkv_layers},
+                          {"swiftkv_layers", c.num_kv_layers},
                           {"n_layers", c.n_layers},
                           {"kv_group_size", c.kv_group_size},
                           {"kv_bytes_per_token", kv_bytes},

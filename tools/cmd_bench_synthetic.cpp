@@ -177,7 +177,7 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
                "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
     for (const Variant& var : variants) {
         ModelConfig c = base;
-        c.swiftkv_layers = var.L;
+        c.num_kv_layers = var.L;
         c.kv_group_size = var.g;
         if (c.is_swiftkv()) c.architecture = "llama_swiftkv";
         LoadOptions lo;
@@ -197,12 +197,12 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
         const int64_t decode_blocks = (decode_capacity + bs - 1) / bs;
         const int64_t max_decode_batch_fit = pool_blocks_max / decode_blocks;
         nlohmann::json jres = nlohmann::json::array();
-        nlohmann::json jvar = {{"label", var.label},       {"swiftkv_layers", c.swiftkv_layers},
+        nlohmann::json jvar = {{"label", var.label},       {"swiftkv_layers", c.num_kv_layers},
                                {"n_layers", c.n_layers},   {"kv_group_size", c.kv_group_size},
                                {"kv_bytes_per_token", kv_bpt}, {"weight_bytes", model.weight_bytes()},
                                {"max_decode_batch_at_context", max_decode_batch_fit},
                                {"decode_context", args.decode_context}};
-        fmt::print("| {} | {}/{} | {} | {} | fits | {} seqs of {} tokens | | | | | |\n", var.label, c.swiftkv_layers,
+        fmt::print("| {} | {}/{} | {} | {} | fits | {} seqs of {} tokens | | | | | |\n", var.label, c.num_kv_layers,
                    c.n_layers, c.kv_group_size, kv_bpt, max_decode_batch_fit, decode_capacity);
         if (!var.timed) {
             jvar["results"] = jres;
@@ -243,7 +243,7 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
                 if (var.label == "base") base_prefill[key] = sec;
                 const double speedup = base_prefill.count(key) ? base_prefill[key] / sec : 0.0;
                 fmt::print("| {} | {}/{} | {} | {} | {} | {} | {:.2f} | {:.0f} | {} | {:.1f}% | {:.2f}x |\n", var.label,
-                           c.swiftkv_layers, c.n_layers, c.kv_group_size, kv_bpt, test, B, sec * 1e3, tps,
+                           c.num_kv_layers, c.n_layers, c.kv_group_size, kv_bpt, test, B, sec * 1e3, tps,
                            B == 1 ? fmt::format("{:.2f}", sec * 1e3) : "", mfu * 100, speedup);
                 std::fflush(stdout);
                 std::vector<double> t_ms;
@@ -282,7 +282,7 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
             const double bytes = double(model.weight_bytes()) + double(B) * double(args.decode_context) * double(kv_bpt);
             const double bw = bytes / sec / 1e9;
             fmt::print("| {} | {}/{} | {} | {} | {} | {} | {:.3f} | {:.0f} | | {:.1f}% of copy BW | {:.2f}x |\n",
-                       var.label, c.swiftkv_layers, c.n_layers, c.kv_group_size, kv_bpt, test, B, sec * 1e3,
+                       var.label, c.num_kv_layers, c.n_layers, c.kv_group_size, kv_bpt, test, B, sec * 1e3,
                        double(B) / sec, 100.0 * bw / ceil.copy_gbps, speedup);
             std::fflush(stdout);
             std::vector<double> t_ms;

@@ -18,7 +18,7 @@ using namespace swiftkv;
 
 void add_convert_args(CLI::App& app, ConvertArgs& args) {
     app.add_option("--model", args.model, "base model: GGUF file or Hugging Face directory (default: the bundled model)");
-    app.add_option("--swiftkv-layers", args.swiftkv_layers,
+    app.add_option("--swiftkv-layers", args.num_kv_layers,
                    "the cut L: layers 0..L-1 stay unchanged, later layers take K/V from layer L's input; a layer "
                    "index (15) or a share of the layers (50%)")
         ->required();
@@ -46,7 +46,7 @@ void add_convert_args(CLI::App& app, ConvertArgs& args) {
 int cmd_convert(const ConvertArgs& args) {
     ConvertOptions o;
     o.model_path = args.model.empty() ? cli::default_model_path() : args.model;
-    o.swiftkv_layers = args.swiftkv_layers;
+    o.num_kv_layers = args.num_kv_layers;
     o.group_size = args.group;
     o.out_dir = args.out;
     o.format = args.format == "gguf" ? ConvertFormat::Gguf : ConvertFormat::HuggingFace;
@@ -82,13 +82,13 @@ int cmd_convert(const ConvertArgs& args) {
 
     const ModelConfig& c = r.config;
     fmt::print("wrote {}\n", r.out_dir);
-    fmt::print("  {}: {} layers, cut L = {}, AcrossKV group g = {}\n", c.architecture, c.n_layers, c.swiftkv_layers,
+    fmt::print("  {}: {} layers, cut L = {}, AcrossKV group g = {}\n", c.architecture, c.n_layers, c.num_kv_layers,
                c.kv_group_size);
     fmt::print("  {} tensors, {} ({:.1f} MB) in {}\n", r.tensors, dtype_name(r.dtype), double(r.tensor_bytes) / 1e6,
                fmt::join(r.weight_files, ", "));
     if (!r.other_files.empty()) fmt::print("  {}\n", fmt::join(r.other_files, ", "));
     ModelConfig base = c;
-    base.swiftkv_layers = base.n_layers;
+    base.num_kv_layers = base.n_layers;
     base.kv_group_size = 1;
     const double before = double(base.kv_bytes_per_token()), after = double(c.kv_bytes_per_token());
     fmt::print("  KV cache per token: {:.0f} -> {:.0f} bytes ({:.1f}% less)\n", before, after,

@@ -7,7 +7,7 @@
 
 struct ConvertArgs {
     std::string model;           // empty: the bundled default model
-    std::string swiftkv_layers;  // "15" or "50%"
+    std::string num_kv_layers;  // "15" or "50%"
     int64_t group = 1;
     std::string out;
     std::string format = "hf";   // "hf" (directory) or "gguf" (one file)

@@ -55,7 +55,7 @@ nlohmann::json model_json(const EvalModel& m, const std::string& device, bool fu
             {"device", device},
             {"weight_dtype", dtype_name(m.weight_dtype())},
             {"swiftkv", m.config().swiftkv_enabled},
-            {"swiftkv_layers", m.config().swiftkv_layers},
+            {"swiftkv_layers", m.config().num_kv_layers},
             {"n_layers", m.config().n_layers},
             {"kv_group_size", m.config().kv_group_size},
             {"full_student", full_student}};
@@ -74,7 +74,7 @@ std::string describe(const EvalModel& m) {
     const auto& c = m.config();
     std::string s = fmt::format("{} ({} weights", m.path(), dtype_name(m.weight_dtype()));
     if (c.is_swiftkv()) {
-        s += fmt::format(", SwiftKV L={}/{} g={}", c.swiftkv_layers, c.n_layers, c.kv_group_size);
+        s += fmt::format(", SwiftKV L={}/{} g={}", c.num_kv_layers, c.n_layers, c.kv_group_size);
     } else if (c.architecture == "llama_swiftkv" && !c.swiftkv_enabled) {
         s += ", SwiftKV off (--swiftkv off or the config's \"swiftkv\": false): the checkpoint runs as its "
              "teacher";

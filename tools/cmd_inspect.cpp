@@ -19,7 +19,7 @@ int cmd_inspect(const std::string& path, bool all_tensors) {
                                                                       : std::string("Hugging Face directory"));
     fmt::print("\n[config]\n{}\n", c.to_hf_json().dump(2));
     if (c.is_swiftkv()) {
-        fmt::print("SwiftKV: cut L = {} of {} layers, AcrossKV group g = {}, {} physical KV layers\n", c.swiftkv_layers,
+        fmt::print("SwiftKV: cut L = {} of {} layers, AcrossKV group g = {}, {} physical KV layers\n", c.num_kv_layers,
                    c.n_layers, c.kv_group_size, c.kv_cache_layers());
         if (!c.swiftkv_enabled)
             fmt::print("runs as its teacher by default: the config says \"swiftkv\": false "

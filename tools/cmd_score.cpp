@@ -88,7 +88,7 @@ int cmd_score(const cli::ModelArgs& model_args, const ScoreArgs& args) {
         rows.push_back(std::vector<float>(logits.begin() + int64_t(i) * V, logits.begin() + int64_t(i + 1) * V));
     }
     nlohmann::json out = {{"model", engine.options().model_path},
-                          {"swiftkv_layers", engine.config().swiftkv_layers},
+                          {"swiftkv_layers", engine.config().num_kv_layers},
                           {"kv_group_size", engine.config().kv_group_size},
                           {"full_student", model_args.full_student},
                           {"tokens", tokens},

@@ -178,7 +178,7 @@ void write_gguf(const ModelSource& source, const ModelConfig& config, const std:
         w.add_f32(p + "rope.scaling.factor", float(config.rope_scaling.factor));
     }
     if (swiftkv) {
-        w.add_u32(p + "swiftkv.num_key_value_layers", uint32_t(config.swiftkv_layers));
+        w.add_u32(p + "swiftkv.num_key_value_layers", uint32_t(config.num_kv_layers));
         w.add_u32(p + "swiftkv.key_value_group_size", uint32_t(config.kv_group_size));
     }
     if (src_gguf) {

@@ -15,7 +15,7 @@
 namespace swiftkv::convert_detail {
 
 // Writes options.out_dir as a GGUF file holding `plan` (plus rope_freqs for Llama-3 RoPE scaling).
-// config is the student's (swiftkv_layers == n_layers writes a plain "llama" model). Fills
+// config is the student's (num_kv_layers == n_layers writes a plain "llama" model). Fills
 // result's out_dir, config, weight_files, tensors and tensor_bytes. Throws swiftkv::Error; on
 // error no file is left behind.
 void write_gguf(const ModelSource& source, const ModelConfig& config, const std::vector<PlannedTensor>& plan,

@@ -367,7 +367,7 @@ ConvertResult convert_to_swiftkv(const ConvertOptions& options) {
                   "'{}' is already a SwiftKV model (it has '{}'); convert its base model instead", src_path, name);
     }
     const int64_t N = config.n_layers;
-    const int64_t L = parse_swiftkv_layers(options.swiftkv_layers, N);
+    const int64_t L = parse_swiftkv_layers(options.num_kv_layers, N);
     const int64_t g = options.group_size;
     validate_swiftkv_cut(L, g, N);
 
@@ -454,7 +454,7 @@ ConvertResult convert_to_swiftkv(const ConvertOptions& options) {
     }
 
     config.architecture = "llama_swiftkv";
-    config.swiftkv_layers = L;
+    config.num_kv_layers = L;
     config.kv_group_size = g;
     config.swiftkv_enabled = true;  // written as "swiftkv": true: the student loads as the student
     config.validate("the converted config");

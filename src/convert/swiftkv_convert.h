@@ -51,7 +51,7 @@ struct ConvertProgress {
 
 struct ConvertOptions {
     std::string model_path;      // base model: .gguf file or Hugging Face directory
-    std::string swiftkv_layers;  // the cut L: a layer index ("15") or a share of the layers ("50%")
+    std::string num_kv_layers;  // the cut L: a layer index ("15") or a share of the layers ("50%")
     int64_t group_size = 1;      // AcrossKV group g; must divide N - L
     std::string out_dir;         // the output directory, or the .gguf file for ConvertFormat::Gguf
     ConvertFormat format = ConvertFormat::HuggingFace;
@@ -86,7 +86,7 @@ int64_t parse_swiftkv_layers(std::string_view spec, int64_t n_layers);
 
 // Checks 0 < L <= N (L == N is the base model), g >= 1 and (N - L) % g == 0; the error for a
 // group size that does not divide names the valid cuts nearest to L.
-void validate_swiftkv_cut(int64_t swiftkv_layers, int64_t group_size, int64_t n_layers);
+void validate_swiftkv_cut(int64_t num_kv_layers, int64_t group_size, int64_t n_layers);
 
 // llama.cpp stores Llama-3 rope scaling as a rope_freqs tensor of per-frequency divisors; Hugging
 // Face needs rope_scaling parameters. Returns the llama3 scaling that reproduces the divisors on

@@ -45,7 +45,7 @@ void LlamaModel::check_load_options(const LoadOptions& options) {
     // The run mode: the caller's choice, else the checkpoint's `swiftkv` key. Off, the model is its
     // teacher: config() then describes the plain base model that runs (L = N, no AcrossKV groups).
     config_.swiftkv_enabled = options.swiftkv.value_or(config_.swiftkv_enabled);
-    if (!config_.swiftkv_enabled) config_.swiftkv_layers = config_.n_layers, config_.kv_group_size = 1;
+    if (!config_.swiftkv_enabled) config_.num_kv_layers = config_.n_layers, config_.kv_group_size = 1;
 }
 
 WeightMatrix LlamaModel::upload_matrix(const ModelSource& source, const std::vector<std::string>& names,
@@ -99,7 +99,7 @@ void LlamaModel::load(const ModelSource& source, const LoadOptions& options) {
     const DType dt = options.weight_dtype;
     const ModelConfig& c = config_;
     const int64_t H = c.hidden, qd = c.q_dim(), kvd = c.kv_dim(), F = c.ffn, V = c.vocab;
-    const int64_t L = c.swiftkv_layers;
+    const int64_t L = c.num_kv_layers;
 
     embedding_ = upload_matrix(source, {"model.embed_tokens.weight"}, {{V, H}}, H, dt);
     if (c.tie_embeddings || source.find("lm_head.weight") == nullptr) {
@@ -178,7 +178,7 @@ void LlamaModel::init_random(const LoadOptions& options, uint64_t seed) {
     const DType dt = options.weight_dtype;
     const ModelConfig& c = config_;
     const int64_t H = c.hidden, qd = c.q_dim(), kvd = c.kv_dim(), F = c.ffn, V = c.vocab;
-    const int64_t L = c.swiftkv_layers;
+    const int64_t L = c.num_kv_layers;
     uint64_t next = seed * 1000003u;
     embedding_ = random_matrix(V, H, dt, ++next);
     lm_head_ = c.tie_embeddings ? embedding_ : random_matrix(V, H, dt, ++next);
@@ -237,7 +237,7 @@ void LlamaModel::reserve(int64_t max_tokens, int64_t max_seqs, int64_t max_block
 
 void LlamaModel::ensure_scratch(int64_t T, int64_t K) {
     const ModelConfig& c = config_;
-    const int64_t groups = (c.n_layers - c.swiftkv_layers) / c.kv_group_size;
+    const int64_t groups = (c.n_layers - c.num_kv_layers) / c.kv_group_size;
     const int64_t seqs = std::max({reserved_seqs_, T, int64_t(16)});
     const int64_t blocks = std::max<int64_t>(reserved_blocks_, 1);
     if (T > scratch_tokens_) {
@@ -478,7 +478,7 @@ void LlamaModel::run_front(const StepShape& sh, const KvCacheView& kv) {
     const ModelConfig& c = config_;
     const int64_t T = sh.T;
     float* residual = residual_.as<float>();
-    const int64_t L = c.swiftkv_layers;
+    const int64_t L = c.num_kv_layers;
     backend_.embedding(embedding_, tokens_dev_.as<int32_t>(), T, residual);
     for (int64_t l = 0; l < L; ++l) {
         run_layer(l, T, false, sh.all, positions_dev_.as<int32_t>(), kv, residual, delta_.get(), l == 0);
@@ -510,7 +510,7 @@ void LlamaModel::run_front(const StepShape& sh, const KvCacheView& kv) {
 void LlamaModel::run_back(const StepShape& sh, const KvCacheView& kv) {
     const ModelConfig& c = config_;
     const int64_t K = sh.K;
-    const int64_t L = c.swiftkv_layers;
+    const int64_t L = c.num_kv_layers;
     const float eps = float(c.rms_eps);
     if (K == 0) return;
     void* out_rows;

@@ -60,8 +60,8 @@ double ModelConfig::prefill_flops_per_token(int64_t prompt_len) const {
     const double avg_context = (double(prompt_len) + 1.0) / 2.0;
     const double layer_matmul = 2.0 * (H * (qd + 2 * kvd) + qd * H + 3.0 * H * F);
     const double layer_attention = 2.0 * 2.0 * avg_context * qd;  // QK^T and PV
-    const double groups = double(n_layers - swiftkv_layers) / double(kv_group_size);
-    return double(swiftkv_layers) * (layer_matmul + layer_attention) + groups * 2.0 * H * 2.0 * kvd;
+    const double groups = double(n_layers - num_kv_layers) / double(kv_group_size);
+    return double(num_kv_layers) * (layer_matmul + layer_attention) + groups * 2.0 * H * 2.0 * kvd;
 }
 
 void ModelConfig::validate(const std::string& source) const {
@@ -81,12 +81,12 @@ void ModelConfig::validate(const std::string& source) const {
     SKV_CHECK(head_dim % 2 == 0, "{}: head_dim ({}) must be even for RoPE", source, head_dim);
     SKV_CHECK(rms_eps > 0 && rms_eps < 1, "{}: rms_norm_eps = {} is out of range", source, rms_eps);
     SKV_CHECK(rope_theta > 0, "{}: rope_theta = {} must be positive", source, rope_theta);
-    SKV_CHECK(swiftkv_layers > 0 && swiftkv_layers <= n_layers,
-              "{}: num_key_value_layers = {} must be in 1..num_hidden_layers ({})", source, swiftkv_layers, n_layers);
+    SKV_CHECK(num_kv_layers > 0 && num_kv_layers <= n_layers,
+              "{}: num_key_value_layers = {} must be in 1..num_hidden_layers ({})", source, num_kv_layers, n_layers);
     SKV_CHECK(kv_group_size >= 1, "{}: key_value_group_size = {} must be >= 1", source, kv_group_size);
-    SKV_CHECK((n_layers - swiftkv_layers) % kv_group_size == 0,
+    SKV_CHECK((n_layers - num_kv_layers) % kv_group_size == 0,
               "{}: key_value_group_size = {} must divide the {} layers after num_key_value_layers = {}", source,
-              kv_group_size, n_layers - swiftkv_layers, swiftkv_layers);
+              kv_group_size, n_layers - num_kv_layers, num_kv_layers);
 }
 
 ModelConfig ModelConfig::from_hf_json(const nlohmann::json& j, const std::string& source) {
@@ -139,9 +139,9 @@ ModelConfig ModelConfig::from_hf_json(const nlohmann::json& j, const std::string
         }
         SKV_CHECK(c.rope_scaling.factor > 0, "{}: rope_scaling factor must be positive", source);
     }
-    c.swiftkv_layers = c.n_layers;
+    c.num_kv_layers = c.n_layers;
     if (model_type == "llama_swiftkv") {
-        c.swiftkv_layers = json_int(j, "num_key_value_layers", source);
+        c.num_kv_layers = json_int(j, "num_key_value_layers", source);
         c.kv_group_size = j.contains("key_value_group_size") ? json_int(j, "key_value_group_size", source) : 1;
         // Absent counts as true, unlike the default of Snowflake's config class (false): swiftkv has always
         // run such checkpoints as SwiftKV, and the published ones and `convert`'s output carry the key.
@@ -184,9 +184,9 @@ ModelConfig ModelConfig::from_gguf(const GgufFile& g) {
     }
     // Llama-3 style scaling arrives as a rope_freqs tensor in GGUF; the loader applies it.
     c.tie_embeddings = g.find_tensor("output.weight") == nullptr;
-    c.swiftkv_layers = c.n_layers;
+    c.num_kv_layers = c.n_layers;
     if (arch == "llama_swiftkv") {
-        c.swiftkv_layers = g.get_int(p + "swiftkv.num_key_value_layers");
+        c.num_kv_layers = g.get_int(p + "swiftkv.num_key_value_layers");
         c.kv_group_size = g.find_int(p + "swiftkv.key_value_group_size").value_or(1);
     }
     c.validate(source);
@@ -223,7 +223,7 @@ nlohmann::json ModelConfig::to_hf_json() const {
         j["rope_scaling"] = nullptr;
     }
     if (architecture == "llama_swiftkv") {
-        j["num_key_value_layers"] = swiftkv_layers;
+        j["num_key_value_layers"] = num_kv_layers;
         j["key_value_group_size"] = kv_group_size;
         j["swiftkv"] = swiftkv_enabled;
     }
@@ -258,18 +258,18 @@ ModelConfig ModelConfig::synthetic(const std::string& spec, const std::string& s
         return int64_t(v);
     };
     if (colon != std::string::npos) c.n_layers = parse_int(spec.substr(colon + 1), "layer count");
-    c.swiftkv_layers = c.n_layers;
+    c.num_kv_layers = c.n_layers;
     if (!swiftkv_cut.empty()) {
         const size_t gc = swiftkv_cut.find(':');
         const std::string cut = swiftkv_cut.substr(0, gc);
         SKV_CHECK(!cut.empty(), "synthetic model: empty SwiftKV cut");
-        c.swiftkv_layers = cut.back() == '%'
+        c.num_kv_layers = cut.back() == '%'
                                ? int64_t(std::llround(double(c.n_layers) * double(parse_int(cut.substr(0, cut.size() - 1),
                                                                                               "SwiftKV share")) / 100.0))
                                : parse_int(cut, "SwiftKV cut");
         if (gc != std::string::npos) c.kv_group_size = parse_int(swiftkv_cut.substr(gc + 1), "AcrossKV group size");
-        SKV_CHECK(c.swiftkv_layers >= 1 && c.swiftkv_layers <= c.n_layers, "synthetic model: SwiftKV cut {} is outside 1..{}",
-                  c.swiftkv_layers, c.n_layers);
+        SKV_CHECK(c.num_kv_layers >= 1 && c.num_kv_layers <= c.n_layers, "synthetic model: SwiftKV cut {} is outside 1..{}",
+                  c.num_kv_layers, c.n_layers);
         if (c.is_swiftkv()) c.architecture = "llama_swiftkv";
     }
     c.validate("synthetic " + spec + (swiftkv_cut.empty() ? "" : " @" + swiftkv_cut));

@@ -37,10 +37,11 @@ struct ModelConfig {
     RopeScaling rope_scaling;
     bool tie_embeddings = false;
 
-    // SwiftKV (DESIGN.md section 1): layers >= swiftkv_layers take K/V from norm_swiftkv(h_L);
-    // later layers form groups of kv_group_size sharing one KV cache. swiftkv_layers == n_layers is
-    // the base model.
-    int64_t swiftkv_layers = 0;
+    // SwiftKV (DESIGN.md section 1). num_kv_layers is the cut L (config.json's `num_key_value_layers`):
+    // layers 0..L-1 compute their own K/V as usual; every later layer takes its K/V from
+    // norm_swiftkv(h_L), h_L being the residual entering layer L, and later layers form groups of
+    // kv_group_size sharing one KV cache (AcrossKV). num_kv_layers == n_layers is the base model.
+    int64_t num_kv_layers = 0;
     int64_t kv_group_size = 1;
     // The checkpoint's own choice of run mode: the `swiftkv` key of a llama_swiftkv config.json
     // (Snowflake's modelling code runs `"swiftkv": false` as the teacher: the original q/k/v of every
@@ -49,12 +50,12 @@ struct ModelConfig {
     // --swiftkv on|off) says otherwise.
     bool swiftkv_enabled = true;
 
-    bool is_swiftkv() const { return swiftkv_layers < n_layers; }
+    bool is_swiftkv() const { return num_kv_layers < n_layers; }
     // Physical KV cache layers: L + (N - L) / g.
-    int64_t kv_cache_layers() const { return swiftkv_layers + (n_layers - swiftkv_layers) / kv_group_size; }
+    int64_t kv_cache_layers() const { return num_kv_layers + (n_layers - num_kv_layers) / kv_group_size; }
     // The physical cache layer a transformer layer reads.
     int64_t kv_cache_layer_of(int64_t layer) const {
-        return layer < swiftkv_layers ? layer : swiftkv_layers + (layer - swiftkv_layers) / kv_group_size;
+        return layer < num_kv_layers ? layer : num_kv_layers + (layer - num_kv_layers) / kv_group_size;
     }
     int64_t q_dim() const { return n_heads * head_dim; }
     int64_t kv_dim() const { return n_kv_heads * head_dim; }

@@ -213,7 +213,7 @@ void ModelSource::open_overlay(const std::string& descriptor) {
                   desc["base_fingerprint"].get<std::string>());
     }
 
-    config_.swiftkv_layers = desc["num_key_value_layers"].get<int64_t>();
+    config_.num_kv_layers = desc["num_key_value_layers"].get<int64_t>();
     config_.kv_group_size = desc["key_value_group_size"].get<int64_t>();
     config_.architecture = config_.is_swiftkv() ? "llama_swiftkv" : "llama";
     // An overlay is a distilled student: it runs as SwiftKV whatever the base's config.json says (distill
@@ -223,7 +223,7 @@ void ModelSource::open_overlay(const std::string& descriptor) {
     if (!hf_config_.empty()) {
         hf_config_["model_type"] = config_.architecture;
         hf_config_["architectures"] = {config_.is_swiftkv() ? "LlamaSwiftKVForCausalLM" : "LlamaForCausalLM"};
-        hf_config_["num_key_value_layers"] = config_.swiftkv_layers;
+        hf_config_["num_key_value_layers"] = config_.num_kv_layers;
         hf_config_["key_value_group_size"] = config_.kv_group_size;
         hf_config_["swiftkv"] = true;
     }

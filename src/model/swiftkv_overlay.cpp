@@ -62,7 +62,7 @@ std::string model_fingerprint(const ModelSource& source) {
 
 std::vector<OverlayTensorSpec> swiftkv_tensor_specs(const ModelConfig& c) {
     std::vector<OverlayTensorSpec> out;
-    const int64_t L = c.swiftkv_layers;
+    const int64_t L = c.num_kv_layers;
     out.push_back({"model.norm_swiftkv.weight", {c.hidden}});
     for (int64_t j = L; j < c.n_layers; ++j) {
         out.push_back({fmt::format("model.layers.{}.self_attn.q_proj_swiftkv.weight", j), {c.q_dim(), c.hidden}});
@@ -124,7 +124,7 @@ std::string write_swiftkv_overlay(const std::string& dir, const std::string& ste
                                  {"version", 1},
                                  {"base", base_rel},
                                  {"tensors", tensors_file},
-                                 {"num_key_value_layers", config.swiftkv_layers},
+                                 {"num_key_value_layers", config.num_kv_layers},
                                  {"key_value_group_size", config.kv_group_size},
                                  {"base_config", overlay_base_config(base.config())},
                                  {"base_fingerprint", model_fingerprint(base)}};

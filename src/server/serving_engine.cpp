@@ -112,8 +112,9 @@ void ServingEngine::loop() {
             l.remaining = std::max(1, req.n);
             try {
                 live_[id] = std::move(l);
+                const uint64_t rid = id;  // structured bindings cannot be captured before C++20 in clang 14
                 const uint64_t eid =
-                    engine_->add_request(std::move(req), [this, id](const ChoiceEvent& e) { on_event(id, e); });
+                    engine_->add_request(std::move(req), [this, rid](const ChoiceEvent& e) { on_event(rid, e); });
                 live_[id].engine_id = eid;
             } catch (const std::exception& e) {
                 StreamCallbacks c = std::move(live_[id].callbacks);

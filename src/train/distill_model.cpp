@@ -31,7 +31,7 @@ struct WorkspacePlan {
 
     WorkspacePlan(const ModelConfig& c, size_t act_bytes, int64_t T, int64_t C, bool hidden_mse) {
         const size_t t = size_t(std::max<int64_t>(T, 1));
-        const int64_t groups = (c.n_layers - c.swiftkv_layers) / c.kv_group_size;
+        const int64_t groups = (c.n_layers - c.num_kv_layers) / c.kv_group_size;
         ints_T = t * 4;
         ints_S = (t + 1) * 4;
         f32_T = t * 4;
@@ -45,7 +45,7 @@ struct WorkspacePlan {
         act_Tkv = t * size_t(2 * groups * c.kv_dim()) * act_bytes;
         f32_CV = size_t(C) * size_t(c.vocab) * 4;
         act_CV = act_bytes == 4 ? 0 : size_t(C) * size_t(c.vocab) * act_bytes;
-        later = c.n_layers - c.swiftkv_layers;
+        later = c.n_layers - c.num_kv_layers;
         mse = hidden_mse;
         act_is_f32 = act_bytes == 4;
     }
@@ -195,7 +195,7 @@ DistillModel::DistillModel(const ModelSource& source, Backend& backend, const Di
     SKV_CHECK(c.is_swiftkv(), "{} is not a SwiftKV student (num_key_value_layers = num_hidden_layers = {}); make one "
               "with `swiftkv convert --swiftkv-layers 50% ...` first", source.path(), c.n_layers);
     // The teacher is the same weights with SwiftKV off: the original q/k/v_proj of every later layer.
-    for (int64_t j = c.swiftkv_layers; j < c.n_layers; ++j) {
+    for (int64_t j = c.num_kv_layers; j < c.n_layers; ++j) {
         for (const char* which : {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"}) {
             SKV_CHECK(source.find(layer_name(j, which)) != nullptr,
                       "{} has no teacher weights: '{}' is missing. Distillation needs the original q/k/v_proj of the "
@@ -223,7 +223,7 @@ void DistillModel::init(const ModelSource* source, uint64_t seed) {
     act_dtype_ = backend.act_dtype();
     act_bytes_ = size_t(dtype_row_bytes(act_dtype_, 1));
     compute_dtype_ = options.weight_dtype;
-    later_ = c.n_layers - c.swiftkv_layers;
+    later_ = c.n_layers - c.num_kv_layers;
     groups_ = later_ / c.kv_group_size;
     logits_chunk_ = options.logits_chunk > 0 ? options.logits_chunk : default_logits_chunk(c);
 
@@ -234,7 +234,7 @@ void DistillModel::init(const ModelSource* source, uint64_t seed) {
     teacher_ = source ? std::make_unique<LlamaModel>(*source, backend, lo)
                       : std::make_unique<LlamaModel>(c, backend, lo, seed);
     // Trainable tensors: norm_swiftkv, the fused K/V block, q_proj_swiftkv of every later layer.
-    const int64_t H = c.hidden, kvd = c.kv_dim(), qd = c.q_dim(), L = c.swiftkv_layers;
+    const int64_t H = c.hidden, kvd = c.kv_dim(), qd = c.q_dim(), L = c.num_kv_layers;
     int64_t off = 0;
     auto place = [&](int64_t n) {
         const int64_t at = off;
@@ -352,7 +352,7 @@ void DistillModel::run_frozen_layer(int64_t l, int64_t T, bool first) {
     } else {
         backend_.add_rmsnorm(res, w.delta.get(), lw.attn_norm, w.normed.get(), T, c.hidden, eps);
     }
-    if (l == c.swiftkv_layers) backend_.copy(w.h_L.get(), res, size_t(T * c.hidden) * 4);
+    if (l == c.num_kv_layers) backend_.copy(w.h_L.get(), res, size_t(T * c.hidden) * 4);
     if (l == c.n_layers - 1 && options_.hidden_mse) backend_.copy(w.t_last_in.get(), res, size_t(T * c.hidden) * 4);
     char* qkv = w.qkv.as<char>();
     const int64_t stride = lw.qkv.rows;
@@ -381,7 +381,7 @@ void DistillModel::run_front_and_teacher(int64_t T) {
 void DistillModel::run_student_forward(int64_t T) {
     const ModelConfig& c = config_;
     Workspace& w = *ws_;
-    const int64_t H = c.hidden, qd = c.q_dim(), kvd = c.kv_dim(), L = c.swiftkv_layers;
+    const int64_t H = c.hidden, qd = c.q_dim(), kvd = c.kv_dim(), L = c.num_kv_layers;
     const float eps = float(c.rms_eps);
     const float scale = 1.0f / std::sqrt(float(c.head_dim));
     const int64_t kv_stride = 2 * groups_ * kvd;
@@ -466,7 +466,7 @@ LossParts DistillModel::loss_and_head_backward(int64_t T, const LossOptions& los
 void DistillModel::run_student_backward(int64_t T, bool with_mse) {
     const ModelConfig& c = config_;
     Workspace& w = *ws_;
-    const int64_t H = c.hidden, qd = c.q_dim(), kvd = c.kv_dim(), F = c.ffn, L = c.swiftkv_layers;
+    const int64_t H = c.hidden, qd = c.q_dim(), kvd = c.kv_dim(), F = c.ffn, L = c.num_kv_layers;
     const float eps = float(c.rms_eps);
     const float scale = 1.0f / std::sqrt(float(c.head_dim));
     const int64_t kv_stride = 2 * groups_ * kvd;

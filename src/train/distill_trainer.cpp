@@ -135,7 +135,7 @@ size_t frozen_weight_bytes(const ModelConfig& c, DType dtype) {
 
 // Trainable parameters (their exact count is DistillModel's; this is for planning).
 size_t trainable_bytes(const ModelConfig& c, DType compute) {
-    const int64_t later = c.n_layers - c.swiftkv_layers, groups = later / c.kv_group_size;
+    const int64_t later = c.n_layers - c.num_kv_layers, groups = later / c.kv_group_size;
     const double n = double(c.hidden) * (1.0 + double(later * c.q_dim() + 2 * groups * c.kv_dim()));
     return size_t(n * (16.0 + (compute == DType::F32 ? 0.0 : double(dtype_row_bytes(compute, 1)))));  // p, g, m, v
 }
@@ -338,7 +338,7 @@ DistillResult run_distill(const DistillOptions& opts, const DistillTextCodec& co
     DistillModel& model = *model_holder;
     const int64_t P = model.num_params();
     say(fmt::format("student: {} layers, cut L = {}, group g = {}; {} trainable parameters in {} tensors; teacher = the "
-                    "same weights with SwiftKV off", cfg.n_layers, cfg.swiftkv_layers, cfg.kv_group_size, P,
+                    "same weights with SwiftKV off", cfg.n_layers, cfg.num_kv_layers, cfg.kv_group_size, P,
                     model.trainables().size()));
     say(fmt::format("schedule: {} steps of {} tokens ({} x {} x {} accumulation), warmup {} steps, lr {:g}", total_steps,
                     tokens_per_step, opts.batch_size, opts.seq_len, opts.grad_accum, warmup_steps, opts.lr));

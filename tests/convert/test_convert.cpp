@@ -125,11 +125,11 @@ protected:
     static void convert_both() {
         ConvertOptions o;
         o.model_path = kModel;
-        o.swiftkv_layers = "50%";
+        o.num_kv_layers = "50%";
         o.out_dir = (root_ / "half").string();
         half_ = new ConvertResult(convert_to_swiftkv(o));
         // L = 15, g = 3, in shards of at most 200 MB.
-        o.swiftkv_layers = "15";
+        o.num_kv_layers = "15";
         o.group_size = 3;
         o.out_dir = (root_ / "g3").string();
         o.max_shard_bytes = 200'000'000;
@@ -190,7 +190,7 @@ TEST_F(ConvertSmolLM, ConfigHasThePublishedKeys) {
 
         auto src = ModelSource::open(r->out_dir);
         EXPECT_EQ(src->config().architecture, "llama_swiftkv");
-        EXPECT_EQ(src->config().swiftkv_layers, 15);
+        EXPECT_EQ(src->config().num_kv_layers, 15);
         EXPECT_EQ(src->config().kv_group_size, g);
         EXPECT_EQ(src->config().kv_cache_layers(), 15 + 15 / g);
         EXPECT_TRUE(src->config().swiftkv_enabled);  // "swiftkv": true: the student loads as the student
@@ -330,7 +330,7 @@ TEST_F(ConvertSmolLM, GeneratedTokenizerMatchesTheGguf) {
 TEST_F(ConvertSmolLM, BaseCutBf16AndHuggingFaceSource) {
     ConvertOptions o;
     o.model_path = kModel;
-    o.swiftkv_layers = "30";
+    o.num_kv_layers = "30";
     o.dtype = ConvertDType::BF16;
     o.out_dir = (root_ / "full_bf16").string();
     const ConvertResult full = convert_to_swiftkv(o);
@@ -349,7 +349,7 @@ TEST_F(ConvertSmolLM, BaseCutBf16AndHuggingFaceSource) {
 
     ConvertOptions again;
     again.model_path = full.out_dir;
-    again.swiftkv_layers = "50%";
+    again.num_kv_layers = "50%";
     again.group_size = 5;
     again.out_dir = (root_ / "from_hf").string();
     const ConvertResult r = convert_to_swiftkv(again);
@@ -371,9 +371,9 @@ TEST_F(ConvertSmolLM, BaseCutBf16AndHuggingFaceSource) {
 
     // --force replaces a previous conversion.
     again.force = true;
-    again.swiftkv_layers = "20";
+    again.num_kv_layers = "20";
     const ConvertResult replaced = convert_to_swiftkv(again);
-    EXPECT_EQ(ModelSource::open(replaced.out_dir)->config().swiftkv_layers, 20);
+    EXPECT_EQ(ModelSource::open(replaced.out_dir)->config().num_kv_layers, 20);
     expect_no_staging_left(root_);
 
     // A SwiftKV model is not a base model.
@@ -388,7 +388,7 @@ TEST_F(ConvertSmolLM, BadInputFailsCleanly) {
     o.model_path = kModel;
     o.out_dir = (root_ / "bad").string();
     auto expect_error = [&](const std::string& layers, int64_t group, const std::string& fragment) {
-        o.swiftkv_layers = layers;
+        o.num_kv_layers = layers;
         o.group_size = group;
         const std::string e = error_of(o);
         EXPECT_NE(e.find(fragment), std::string::npos) << layers << " g=" << group << ": " << e;
@@ -407,7 +407,7 @@ TEST_F(ConvertSmolLM, BadInputFailsCleanly) {
     // Existing output without --force: refused, untouched.
     fs::create_directories(root_ / "exists");
     { std::ofstream(root_ / "exists" / "keep.txt") << "mine"; }
-    o.swiftkv_layers = "50%";
+    o.num_kv_layers = "50%";
     o.group_size = 1;
     o.out_dir = (root_ / "exists").string();
     EXPECT_NE(error_of(o).find("already exists; pass --force"), std::string::npos);
@@ -515,7 +515,7 @@ TEST(Convert, IndependentTinyCheckpointRuns) {
     const ModelConfig& c = src->config();
     EXPECT_EQ(c.architecture, "llama_swiftkv");
     EXPECT_EQ(c.n_layers, 4);
-    EXPECT_EQ(c.swiftkv_layers, 2);
+    EXPECT_EQ(c.num_kv_layers, 2);
     EXPECT_EQ(c.kv_group_size, 2);
     EXPECT_FALSE(c.tie_embeddings);
     EXPECT_EQ(src->find("model.layers.3.self_attn.k_proj_swiftkv.weight"), nullptr);
@@ -584,14 +584,14 @@ TEST(Convert, SwiftKVConfigKeyPicksTheDefaultRunMode) {
     {
         Engine e(o);
         EXPECT_FALSE(e.config().is_swiftkv());
-        EXPECT_EQ(e.config().swiftkv_layers, 4);
+        EXPECT_EQ(e.config().num_kv_layers, 4);
         EXPECT_EQ(e.config().kv_cache_layers(), 4);
     }
     o.swiftkv = true;
     {
         Engine e(o);
         EXPECT_TRUE(e.config().is_swiftkv());
-        EXPECT_EQ(e.config().swiftkv_layers, 2);
+        EXPECT_EQ(e.config().num_kv_layers, 2);
         EXPECT_EQ(e.config().kv_cache_layers(), 3);
     }
     fs::remove_all(root);
@@ -606,7 +606,7 @@ TEST(Convert, TinyGgufTeacherRoundTripsToHuggingFaceLayout) {
     fs::remove_all(root);
     ConvertOptions o;
     o.model_path = (data / "tiny_teacher.gguf").string();
-    o.swiftkv_layers = "50%";
+    o.num_kv_layers = "50%";
     o.group_size = 2;
     o.out_dir = (root / "student").string();
     const ConvertResult r = convert_to_swiftkv(o);
@@ -615,7 +615,7 @@ TEST(Convert, TinyGgufTeacherRoundTripsToHuggingFaceLayout) {
     auto original = ModelSource::open((data / "tiny_swiftkv").string());
     auto converted = ModelSource::open(r.out_dir);
     EXPECT_FALSE(converted->config().tie_embeddings);
-    EXPECT_EQ(converted->config().swiftkv_layers, 2);
+    EXPECT_EQ(converted->config().num_kv_layers, 2);
     EXPECT_EQ(converted->config().kv_group_size, 2);
     EXPECT_EQ(converted->tensors().size(), original->tensors().size());
     int64_t compared = 0;

@@ -364,7 +364,7 @@ void expect_same_config(const ModelConfig& a, const ModelConfig& b) {
     EXPECT_EQ(a.rope_theta, b.rope_theta);
     EXPECT_EQ(a.rope_scaling.type, b.rope_scaling.type);
     EXPECT_EQ(a.tie_embeddings, b.tie_embeddings);
-    EXPECT_EQ(a.swiftkv_layers, b.swiftkv_layers);
+    EXPECT_EQ(a.num_kv_layers, b.num_kv_layers);
     EXPECT_EQ(a.kv_group_size, b.kv_group_size);
 }
 
@@ -424,7 +424,7 @@ protected:
             for (const Cut& cut : cuts()) {
                 ConvertOptions o;
                 o.model_path = kModel;
-                o.swiftkv_layers = cut.layers;
+                o.num_kv_layers = cut.layers;
                 o.group_size = cut.group;
                 o.out_dir = (root_ / (cut.name + "_hf")).string();
                 convert_to_swiftkv(o);
@@ -572,7 +572,7 @@ TEST_F(ConvertGguf, HuggingFaceSourceAndFullCut) {
     // L = N: a plain "llama" GGUF, bitwise the base model.
     ConvertOptions o;
     o.model_path = kModel;
-    o.swiftkv_layers = "30";
+    o.num_kv_layers = "30";
     o.format = ConvertFormat::Gguf;
     o.out_dir = (root_ / "base.gguf").string();
     const ConvertResult base = convert_to_swiftkv(o);
@@ -589,7 +589,7 @@ TEST_F(ConvertGguf, HuggingFaceSourceAndFullCut) {
     o.out_dir = (root_ / "base_hf").string();
     convert_to_swiftkv(o);
     o.model_path = o.out_dir;
-    o.swiftkv_layers = "15";
+    o.num_kv_layers = "15";
     o.group_size = 3;
     o.format = ConvertFormat::Gguf;
     o.out_dir = (root_ / "from_hf.gguf").string();
@@ -610,7 +610,7 @@ TEST_F(ConvertGguf, HuggingFaceSourceAndFullCut) {
 TEST_F(ConvertGguf, Bf16AndQ8_0) {
     ConvertOptions o;
     o.model_path = kModel;
-    o.swiftkv_layers = "50%";
+    o.num_kv_layers = "50%";
     o.format = ConvertFormat::Gguf;
     const std::vector<float> reference = logits_of(gguf(cuts()[0]), true);
     for (const auto& [dtype, stored, tolerance] :
@@ -643,7 +643,7 @@ TEST_F(ConvertGguf, BadOutputFailsCleanly) {
     fs::create_directories(dir);
     ConvertOptions o;
     o.model_path = kModel;
-    o.swiftkv_layers = "50%";
+    o.num_kv_layers = "50%";
     o.format = ConvertFormat::Gguf;
     o.out_dir = (dir / "x.gguf").string();
     std::ofstream(o.out_dir) << "keep me";
@@ -659,7 +659,7 @@ TEST_F(ConvertGguf, BadOutputFailsCleanly) {
     expect_only(dir, {"x.gguf"});
     o.on_progress = nullptr;
     EXPECT_EQ(convert_to_swiftkv(o).tensors, 318);
-    EXPECT_EQ(ModelSource::open(o.out_dir)->config().swiftkv_layers, 15);
+    EXPECT_EQ(ModelSource::open(o.out_dir)->config().num_kv_layers, 15);
     expect_only(dir, {"x.gguf"});
     // The base model itself is never the output (checked before --force would matter).
     o.force = false;
@@ -679,7 +679,7 @@ TEST(ConvertGgufTiny, Llama3RopeScalingAndTokenizerFromHuggingFace) {
     const fs::path root = fresh_dir("tiny");
     ConvertOptions o;
     o.model_path = (data / "tiny_teacher.gguf").string();
-    o.swiftkv_layers = "4";
+    o.num_kv_layers = "4";
     o.out_dir = (root / "base").string();
     convert_to_swiftkv(o);
     nlohmann::json config;
@@ -695,7 +695,7 @@ TEST(ConvertGgufTiny, Llama3RopeScalingAndTokenizerFromHuggingFace) {
     std::ofstream(root / "base" / "config.json") << config.dump(2);
 
     o.model_path = (root / "base").string();
-    o.swiftkv_layers = "50%";
+    o.num_kv_layers = "50%";
     o.group_size = 2;
     o.out_dir = (root / "student").string();
     convert_to_swiftkv(o);

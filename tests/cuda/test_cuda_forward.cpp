@@ -19,7 +19,7 @@ namespace {
 ModelConfig config(int64_t L, int64_t g) {
     ModelConfig c;
     c.n_layers = 4, c.hidden = 256, c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 32, c.ffn = 512, c.vocab = 1000;
-    c.max_position = 4096, c.rope_theta = 10000.0, c.swiftkv_layers = L, c.kv_group_size = g;
+    c.max_position = 4096, c.rope_theta = 10000.0, c.num_kv_layers = L, c.kv_group_size = g;
     if (c.is_swiftkv()) c.architecture = "llama_swiftkv";
     c.validate("test");
     return c;

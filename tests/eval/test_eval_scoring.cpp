@@ -201,7 +201,7 @@ TEST(BatchScorer, SwiftKvSurvivorRowsEqualFullStudent) {
     write_tiny_model(make_tiny_model(spec), base);
     ConvertOptions co;
     co.model_path = base;
-    co.swiftkv_layers = "1";
+    co.num_kv_layers = "1";
     co.group_size = 2;
     co.out_dir = student;
     co.dtype = ConvertDType::F32;

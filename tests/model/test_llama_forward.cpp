@@ -133,11 +133,11 @@ TEST(LlamaForward, MissingTensorNamesTheTensor) {
 
 namespace {
 
-ModelConfig random_config(int64_t swiftkv_layers, int64_t group) {
+ModelConfig random_config(int64_t num_kv_layers, int64_t group) {
     ModelConfig c;
     c.n_layers = 4, c.hidden = 64, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 16, c.ffn = 96, c.vocab = 101;
     c.max_position = 256, c.rope_theta = 10000.0;
-    c.swiftkv_layers = swiftkv_layers, c.kv_group_size = group;
+    c.num_kv_layers = num_kv_layers, c.kv_group_size = group;
     if (c.is_swiftkv()) c.architecture = "llama_swiftkv";
     c.validate("random");
     return c;

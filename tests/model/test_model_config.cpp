@@ -60,7 +60,7 @@ TEST(ModelConfig, SwiftKVKeyIsTheDefaultRunMode) {
     const auto c = ModelConfig::from_hf_json(j, "config.json");
     EXPECT_FALSE(c.swiftkv_enabled);
     EXPECT_TRUE(c.is_swiftkv());
-    EXPECT_EQ(c.swiftkv_layers, 4);
+    EXPECT_EQ(c.num_kv_layers, 4);
     EXPECT_EQ(c.kv_group_size, 2);
     EXPECT_EQ(c.to_hf_json()["swiftkv"], false);  // inspect and convert write back what was read
 

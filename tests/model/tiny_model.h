@@ -13,7 +13,7 @@ struct TinySpec {
     double theta = 10000.0, eps = 1e-5;
     bool tie = false;
     bool llama3_scaling = false;
-    int swiftkv_layers = 0;  // 0: plain Llama
+    int num_kv_layers = 0;  // 0: plain Llama
     int group = 1;
     unsigned seed = 1;
 };

@@ -45,7 +45,7 @@ std::string converted(const Cut& cut, ConvertDType dtype = ConvertDType::BF16) {
     if (!fs::exists(out)) {
         ConvertOptions o;
         o.model_path = kModel;
-        o.swiftkv_layers = cut.layers;
+        o.num_kv_layers = cut.layers;
         o.group_size = cut.group;
         o.out_dir = out;
         o.dtype = dtype;  // bf16 halves the disk traffic; the model is loaded as f32 either way

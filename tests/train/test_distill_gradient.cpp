@@ -62,7 +62,7 @@ TEST_P(DistillGradient, MatchesFiniteDifferences) {
     mo.max_tokens = 64;
     mo.hidden_mse = true;
     DistillModel model(*source, *backend, mo);
-    ASSERT_EQ(model.config().swiftkv_layers, 2);
+    ASSERT_EQ(model.config().num_kv_layers, 2);
     // norm, K and V per group, q per later layer
     ASSERT_EQ(model.trainables().size(), size_t(1 + 2 * (2 / gc.group) + 2));
 

@@ -311,7 +311,7 @@ TEST(DistillTrainer, OutputsLoadAsFullDirectoryAndAsOverlay) {
 
     auto full = ModelSource::open(o.out);
     auto overlay = ModelSource::open(r.overlay_path);
-    EXPECT_EQ(overlay->config().swiftkv_layers, 2);
+    EXPECT_EQ(overlay->config().num_kv_layers, 2);
     EXPECT_EQ(overlay->config().kv_group_size, 2);
     EXPECT_EQ(overlay->overlay_base_path(), fs::path(f.student).lexically_normal().string());
     // The overlay holds only the trainable tensors.
