@@ -38,15 +38,15 @@ std::optional<bool> swiftkv_choice(const std::string& flag) {
 
 EngineOptions engine_options(const ModelArgs& a) {
     EngineOptions o;
-    o.model_path = a.model.empty() ? default_model_path() : a.model;
+    o.model.path = a.model.empty() ? default_model_path() : a.model;
     o.device = a.device;
-    if (!a.dtype.empty()) o.weight_dtype = a.dtype == "bf16" ? DType::BF16 : DType::F32;
+    if (!a.dtype.empty()) o.model.weight_dtype = a.dtype == "bf16" ? DType::BF16 : DType::F32;
     o.gpu_memory_fraction = a.gpu_memory_fraction;
     o.graphs = !a.no_graphs;
     o.threads = a.threads;
     o.context_length = a.ctx;
     o.kv_cache_tokens = a.kv_cache_tokens;
-    o.swiftkv = swiftkv_choice(a.swiftkv);
+    o.model.swiftkv = swiftkv_choice(a.swiftkv);
     o.full_student = a.full_student;
     o.max_num_seqs = 1;  // one request at a time (run, chat, score, bench); serve and gen-data raise it
     return o;

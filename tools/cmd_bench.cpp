@@ -73,13 +73,13 @@ struct TempDirs {
 
 int cmd_bench(const cli::ModelArgs& model_args, const BenchArgs& args) {
     const EngineOptions base_opts = cli::engine_options(model_args);
-    std::vector<Candidate> candidates{{fs::path(base_opts.model_path).filename().string(), base_opts.model_path}};
+    std::vector<Candidate> candidates{{fs::path(base_opts.model.path).filename().string(), base_opts.model.path}};
     for (const auto& m : args.compare) candidates.push_back({fs::path(m).filename().string(), m});
     TempDirs temps;
     for (const auto& v : args.swiftkv_variants) {
         const size_t colon = v.find(':');
         ConvertOptions co;
-        co.model_path = base_opts.model_path;
+        co.model_path = base_opts.model.path;
         co.num_kv_layers = v.substr(0, colon);
         co.group_size = colon == std::string::npos ? 1 : std::stoll(v.substr(colon + 1));
         co.out_dir = (fs::temp_directory_path() / fmt::format("swiftkv-bench-{}-{}", ::getpid(), temps.dirs.size())).string();
@@ -102,7 +102,7 @@ int cmd_bench(const cli::ModelArgs& model_args, const BenchArgs& args) {
     for (size_t ci = 0; ci < candidates.size(); ++ci) {
         const Candidate& cand = candidates[ci];
         EngineOptions opts = base_opts;
-        opts.model_path = cand.path;
+        opts.model.path = cand.path;
         opts.context_length = std::max<int64_t>(needed + 16, 256);
         Engine engine(opts);
         const ModelConfig& c = engine.config();
@@ -157,7 +157,7 @@ int cmd_bench(const cli::ModelArgs& model_args, const BenchArgs& args) {
             record(fmt::format("tg{}", n), rates, 0, 0);
         }
         models.push_back({{"label", cand.label},
-                          {"path", cand.temporary ? std::string("(converted from ") + base_opts.model_path + ")" : cand.path},
+                          {"path", cand.temporary ? std::string("(converted from ") + base_opts.model.path + ")" : cand.path},
                           {"swiftkv_layers", c.num_kv_layers},
                           {"n_layers", c.n_layers},
                           {"kv_group_size", c.kv_group_size},

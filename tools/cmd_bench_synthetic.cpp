@@ -24,6 +24,7 @@
 #include "kv/block_allocator.h"
 #include "kv/paged_kv_cache.h"
 #include "model/llama_model.h"
+#include "runner/model_runner.h"
 
 using namespace swiftkv;
 namespace fs = std::filesystem;
@@ -182,14 +183,14 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
         if (c.is_swiftkv()) c.architecture = "llama_swiftkv";
         LoadOptions lo;
         lo.weight_dtype = wdt;
-        lo.graphs = !model_args.no_graphs;
         LlamaModel model(c, *backend, lo, 1234);
+        ModelRunner runner(model, RunnerOptions{!model_args.no_graphs});
         const int64_t kv_bpt = c.kv_bytes_per_token(backend->act_dtype());
         const int64_t bs = 16;
         size_t free_b = 0, total_b = 0;
         backend->memory_info(&free_b, &total_b);
         // Workspace for the largest step, then the KV pool.
-        model.reserve(std::min<int64_t>(max_prompt * max_batch_prefill, args.max_step_tokens), max_batch_decode,
+        runner.reserve(std::min<int64_t>(max_prompt * max_batch_prefill, args.max_step_tokens), max_batch_decode,
                       (std::max(max_prompt, decode_capacity) + bs - 1) / bs);
         backend->memory_info(&free_b, &total_b);
         const int64_t pool_budget = int64_t(double(free_b) * model_args.gpu_memory_fraction) - (int64_t(1) << 30);
@@ -231,7 +232,7 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
                     ForwardBatch batch = make_step(seqs, 0, n, c.vocab, uint32_t(rep + 7));
                     backend->synchronize();
                     const auto t0 = Clock::now();
-                    model.forward(batch, kv.view(), logits);
+                    runner.forward(batch, kv.view(), logits);
                     if (rep >= 0) t.push_back(seconds(t0));  // seconds; reported in ms below
                 }
                 release_sequences(pool, seqs);
@@ -263,14 +264,14 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
             for (int64_t start = 0; start < args.decode_context; start += per_step) {
                 const int64_t count = std::min(per_step, args.decode_context - start);
                 ForwardBatch batch = make_step(seqs, start, count, c.vocab, 99);
-                model.forward(batch, kv.view(), logits);
+                runner.forward(batch, kv.view(), logits);
             }
             std::vector<SampleParams> params(static_cast<size_t>(B));
             std::vector<double> t;
             for (int64_t step = 0; step < args.decode_steps; ++step) {
                 ForwardBatch batch = make_step(seqs, args.decode_context + step, 1, c.vocab, uint32_t(step));
                 const auto t0 = Clock::now();
-                model.forward_sample(batch, kv.view(), params, sampled);
+                runner.forward_sample(batch, kv.view(), params, sampled);
                 if (step >= 3) t.push_back(seconds(t0));
             }
             release_sequences(pool, seqs);
@@ -293,8 +294,8 @@ int cmd_bench_synthetic(const cli::ModelArgs& model_args, const SyntheticBenchAr
                             {"speedup_vs_base", speedup}});
         }
         jvar["results"] = jres;
-        jvar["graphs_recorded"] = model.graphs_recorded();
-        jvar["graph_replays"] = model.graph_replays();
+        jvar["graphs_recorded"] = runner.graphs_recorded();
+        jvar["graph_replays"] = runner.graph_replays();
         jvariants.push_back(jvar);
     }
 

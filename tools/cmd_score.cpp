@@ -12,7 +12,7 @@ using namespace swiftkv;
 
 int cmd_score(const cli::ModelArgs& model_args, const ScoreArgs& args) {
     EngineOptions eo = cli::engine_options(model_args);
-    eo.load_tokenizer = !args.text.empty() || args.greedy > 0;
+    eo.model.load_tokenizer = !args.text.empty() || args.greedy > 0;
     Engine engine(eo);
     if (!args.prompts_file.empty()) {
         // Greedy continuations of many token prompts with one loaded model: {"prompts": [[ids...], ...]}.
@@ -31,7 +31,7 @@ int cmd_score(const cli::ModelArgs& model_args, const ScoreArgs& args) {
             const GenerationResult r = engine.generate(req);
             results.push_back({{"greedy_ids", r.tokens}, {"prompt_tokens", r.prompt_tokens}});
         }
-        const nlohmann::json out = {{"model", engine.options().model_path},
+        const nlohmann::json out = {{"model", engine.options().model.path},
                                     {"device", engine.options().device},
                                     {"results", results}};
         if (args.json_out.empty()) {
@@ -87,7 +87,7 @@ int cmd_score(const cli::ModelArgs& model_args, const ScoreArgs& args) {
     for (size_t i = 0; i < positions.size(); ++i) {
         rows.push_back(std::vector<float>(logits.begin() + int64_t(i) * V, logits.begin() + int64_t(i + 1) * V));
     }
-    nlohmann::json out = {{"model", engine.options().model_path},
+    nlohmann::json out = {{"model", engine.options().model.path},
                           {"swiftkv_layers", engine.config().num_kv_layers},
                           {"kv_group_size", engine.config().kv_group_size},
                           {"full_student", model_args.full_student},

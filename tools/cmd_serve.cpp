@@ -44,14 +44,14 @@ int cmd_serve(const cli::ModelArgs& model_args, const ServeArgs& args) {
     opt.limits.read_timeout_s = args.read_timeout_s;
     opt.limits.keep_alive_timeout_s = args.keep_alive_timeout_s;
     EngineOptions eopt = cli::engine_options(model_args);
-    eopt.synthetic = args.synthetic;
-    eopt.synthetic_swiftkv = args.synthetic_swiftkv;
-    if (!eopt.synthetic.empty()) eopt.model_path = "synthetic:" + eopt.synthetic +
-                                                   (eopt.synthetic_swiftkv.empty() ? "" : "@" + eopt.synthetic_swiftkv);
+    eopt.model.synthetic = args.synthetic;
+    eopt.model.synthetic_swiftkv = args.synthetic_swiftkv;
+    if (!eopt.model.synthetic.empty()) eopt.model.path = "synthetic:" + eopt.model.synthetic +
+                                                   (eopt.model.synthetic_swiftkv.empty() ? "" : "@" + eopt.model.synthetic_swiftkv);
     opt.served_model_name = args.served_model_name;
-    if (!eopt.synthetic.empty() && opt.served_model_name.empty()) opt.served_model_name = "synthetic-" + eopt.synthetic;
+    if (!eopt.model.synthetic.empty() && opt.served_model_name.empty()) opt.served_model_name = "synthetic-" + eopt.model.synthetic;
     if (opt.served_model_name.empty()) {
-        std::filesystem::path p(eopt.model_path);
+        std::filesystem::path p(eopt.model.path);
         if (!p.has_filename()) p = p.parent_path();
         opt.served_model_name = std::filesystem::is_directory(p) ? p.filename().string() : p.stem().string();
     }
@@ -63,7 +63,7 @@ int cmd_serve(const cli::ModelArgs& model_args, const ServeArgs& args) {
     std::signal(SIGPIPE, SIG_IGN);
 #endif
 
-    std::fprintf(stderr, "loading %s ...\n", eopt.model_path.c_str());
+    std::fprintf(stderr, "loading %s ...\n", eopt.model.path.c_str());
     eopt.max_num_seqs = args.max_num_seqs;
     eopt.max_batched_tokens = args.max_batched_tokens;
     eopt.prefix_caching = !args.no_prefix_caching;
@@ -96,7 +96,7 @@ int cmd_serve(const cli::ModelArgs& model_args, const ServeArgs& args) {
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }
     });
-    std::printf("model %s (context %lld tokens) served as \"%s\"%s\n", eopt.model_path.c_str(), (long long)ctx,
+    std::printf("model %s (context %lld tokens) served as \"%s\"%s\n", eopt.model.path.c_str(), (long long)ctx,
                 opt.served_model_name.c_str(), opt.api_key.empty() ? "" : ", API key required");
     std::printf("listening on http://%s:%d\n", opt.host.c_str(), http.port());
     std::fflush(stdout);

@@ -273,12 +273,12 @@ int run_gen_data(const GenDataOptions& o, const std::atomic<int>& stop) {
     }
     if (stop.load() != 0) return 130;
 
-    fmt::print(stderr, "loading {} ...\n", o.engine.model_path);
+    fmt::print(stderr, "loading {} ...\n", o.engine.model.path);
     Engine engine(o.engine);
     if (stop.load() != 0) return 130;
     SKV_CHECK(engine.has_chat_template() || todo.empty(),
               "the teacher '{}' has no chat template; gen-data writes chat data and needs one",
-              o.engine.model_path);
+              o.engine.model.path);
     const SamplingParams sampling = sampling_params(o, engine.generation_defaults());
     sampling.validate();
     OutputFile out(o.out);
@@ -319,7 +319,7 @@ int run_gen_data(const GenDataOptions& o, const std::atomic<int>& stop) {
     fmt::print(stderr,
                "teacher: {} (context {}, up to {} requests in flight, {} tokens a step); sampling: temperature {}, "
                "top_p {}, top_k {}, max_tokens {}, seed {} + prompt index\n",
-               o.engine.model_path, engine.context_length(), o.engine.max_num_seqs, o.engine.max_batched_tokens,
+               o.engine.model.path, engine.context_length(), o.engine.max_num_seqs, o.engine.max_batched_tokens,
                sampling.temperature, sampling.top_p, sampling.top_k, o.max_tokens, o.seed);
 
     std::unordered_map<size_t, std::unique_ptr<Job>> jobs;  // in flight, by prompt index

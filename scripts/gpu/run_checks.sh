@@ -13,6 +13,9 @@
 #   distill swiftkv distill against PyTorch (scripts/gpu/torch_distill_check.py)
 #   greedy the default model (models/*.gguf, carried in parts) greedy on GPU against the stored CPU
 #          continuations of the oracle prompts
+#   sidebyside  an older build (.devbundle/baseline.tar.xz, made by `BASELINE=REV make_bundle.sh`)
+#          against this one, alternating in the same run: bench --synthetic llama-3.1-8b (base and
+#          SwiftKV 50%) and the distillation step (8 x 2048 tokens, SwiftKV 50%); ROUNDS=2 by default
 # Usage: scripts/gpu/run_checks.sh ops hf bench
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -136,6 +139,27 @@ distill)
   python3 $S/torch_distill_check.py --swiftkv $SKV --work /tmp/tdc --device cuda --swiftkv-devices cpu,cuda \
     --out "$OUT/torch_distill_check.json" 2>&1 | tail -30
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  ;;
+sidebyside)
+  B=/tmp/skv_baseline
+  if [ ! -x $B/bin/swiftkv ]; then
+    mkdir -p $B && tar -C $B -xJf .devbundle/baseline.tar.xz || { echo "no .devbundle/baseline.tar.xz"; status=2; continue; }
+  fi
+  for round in $(seq 1 "${ROUNDS:-2}"); do
+    for which in baseline current; do
+      bin=$SKV; libs=$LD_LIBRARY_PATH
+      if [ $which = baseline ]; then bin=$B/bin/swiftkv; libs=$B/lib:$LD_LIBRARY_PATH; fi
+      note "$which, round $round: bench --synthetic llama-3.1-8b"
+      LD_LIBRARY_PATH=$libs $bin bench -d cuda --synthetic llama-3.1-8b --swiftkv-cuts 50% -r 3 \
+        -o "$OUT/sbs_bench_${which}_$round.json" > "$OUT/sbs_bench_${which}_$round.log" 2>&1 || status=1
+      note "$which, round $round: distill step, llama-3.1-8b, SwiftKV 50%, 8 x 2048"
+      LD_LIBRARY_PATH=$libs $bin distill --synthetic llama-3.1-8b --synthetic-swiftkv 50% --seq-len 2048 --batch-size 8 \
+        --tokens $((8 * 8 * 2048)) --max-steps 8 -d cuda --out /tmp/sbs_distill --force --no-plot \
+        > "$OUT/sbs_distill_${which}_$round.log" 2>&1 || status=1
+      cp /tmp/sbs_distill/train_log.jsonl "$OUT/sbs_distill_${which}_$round.jsonl" 2>/dev/null || status=1
+    done
+  done
+  python3 $S/sidebyside_table.py "$OUT" 2>&1 | tee "$OUT/sidebyside.md"
   ;;
 *) echo "unknown phase $phase"; status=2 ;;
 esac

@@ -37,29 +37,18 @@ TokenLogprobs token_logprobs(const float* row, int64_t vocab, int32_t token, int
 
 }  // namespace
 
-OpenModelOptions EngineOptions::open_options() const {
-    OpenModelOptions o;
-    o.path = model_path;
-    o.synthetic = synthetic;
-    o.synthetic_swiftkv = synthetic_swiftkv;
-    o.weight_dtype = weight_dtype;
-    o.swiftkv = swiftkv;
-    o.graphs = graphs;
-    o.load_tokenizer = load_tokenizer;
-    return o;
-}
-
 Engine::Engine(const EngineOptions& options) : options_(options) {
     const EngineOptions& eo = options_;
     SKV_CHECK(eo.max_num_seqs > 0 && eo.max_batched_tokens > 0, "max_num_seqs and max_batched_tokens must be positive");
     if (eo.threads > 0) ThreadPool::set_global_threads(eo.threads);
     backend_ = make_backend(eo.device, eo.threads);
-    model_ = open_model(eo.open_options(), *backend_);
+    model_ = open_model(eo.model, *backend_);
     const ModelConfig& c = model_.config();
     context_length_ = model_.context_length(eo.context_length);
     const int64_t bs = eo.block_size;
     SKV_CHECK(bs > 0 && bs <= 1024, "KV block size {} is out of range (1..1024)", bs);
-    model_.model->reserve(eo.max_batched_tokens, eo.max_num_seqs, (context_length_ + bs - 1) / bs);
+    runner_ = std::make_unique<ModelRunner>(*model_.model, RunnerOptions{eo.graphs});
+    runner_->reserve(eo.max_batched_tokens, eo.max_num_seqs, (context_length_ + bs - 1) / bs);
     KvCacheSizing kv;
     kv.block_size = bs;
     kv.kv_cache_tokens = eo.kv_cache_tokens;
@@ -145,7 +134,7 @@ bool Engine::abort(uint64_t request_id) {
     if (inflight_ && !scheduler_->has_work()) {
         // Every sequence of the launched step is gone: wait for it and drop its tokens.
         std::vector<int32_t> unused;
-        model_.model->forward_sample_wait(unused);
+        runner_->forward_sample_wait(unused);
         inflight_.reset();
     }
     return true;
@@ -312,10 +301,10 @@ void Engine::sample_entries(const ScheduleOutput& out, std::vector<int32_t>& sam
             const SamplingParams& sp = targets[i].r->req.sampling;
             params[i] = SampleParams{sp.temperature, sp.top_k, sp.top_p, sp.min_p, ch.seed, uint64_t(ch.sampled)};
         }
-        model_.model->forward_sample(batch, kv_cache_->view(), params, sampled);
+        runner_->forward_sample(batch, kv_cache_->view(), params, sampled);
         return;
     }
-    model_.model->forward(batch, kv_cache_->view(), logits_);
+    runner_->forward(batch, kv_cache_->view(), logits_);
     std::vector<float> scratch(static_cast<size_t>(V));
     size_t i = 0, row = 0;
     for (const auto& e : out.seqs) {
@@ -457,7 +446,7 @@ bool Engine::step() {
     if (inflight_) {
         const auto t0 = Clock::now();
         std::vector<int32_t> sampled;
-        model_.model->forward_sample_wait(sampled);
+        runner_->forward_sample_wait(sampled);
         const auto t1 = Clock::now();
         counters_.device_wait_s += secs(t0, t1);
         InFlight f = std::move(*inflight_);
@@ -474,7 +463,7 @@ bool Engine::step() {
             auto targets = sample_targets(out);
             if (options_.overlap && device_sampling(out)) {
                 const ForwardBatch batch = scheduler_->to_forward_batch(out);
-                model_.model->forward_sample_launch(batch, kv_cache_->view(), sample_params(targets));
+                runner_->forward_sample_launch(batch, kv_cache_->view(), sample_params(targets));
                 inflight_ = InFlight{std::move(out), std::move(targets)};
                 counters_.overlapped_steps++;
                 counters_.host_schedule_s += secs(t0, Clock::now());

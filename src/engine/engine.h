@@ -31,15 +31,16 @@
 #include "kv/paged_kv_cache.h"
 #include "model/llama_model.h"
 #include "model/model_loader.h"
+#include "runner/model_runner.h"
 #include "tokenizer/bpe_tokenizer.h"
 
 namespace swiftkv {
 
 struct EngineOptions {
-    std::string model_path;
+    // What to open and how (path or synthetic shape, weight dtype, SwiftKV on/off, tokenizer): the
+    // loader's own options. weight_dtype unset: F32 on the CPU, BF16 on CUDA (the only dtype it holds).
+    OpenModelOptions model;
     std::string device = "cpu";       // "cpu", "cuda" or "cuda:N"
-    // Weight storage on the backend; unset: F32 on the CPU, BF16 on CUDA (the only dtype it holds).
-    std::optional<DType> weight_dtype;
     int threads = 0;                  // 0: all cores
     int64_t context_length = 0;       // 0: the model's max_position_embeddings, capped at 8192
     // KV cache size in tokens. 0: on the CPU room for max_num_seqs contexts, at least one and at most
@@ -48,9 +49,6 @@ struct EngineOptions {
     int64_t kv_cache_tokens = 0;
     double gpu_memory_fraction = 0.9;
     bool graphs = true;               // record and replay decode steps as graphs (CUDA)
-    // false: skip the tokenizer and chat template (token-level use only, e.g. a checkpoint that ships
-    // without tokenizer files); text generation and tokenizer() then throw.
-    bool load_tokenizer = true;
     int64_t block_size = 16;
     int64_t max_num_seqs = 256;        // sequences in one step
     int64_t max_batched_tokens = 2048; // tokens in one step (prefill chunks fill what decodes leave)
@@ -58,21 +56,10 @@ struct EngineOptions {
     // Launch step k+1 before delivering step k's tokens, so detokenizing and callbacks overlap the
     // device's work (steps whose samples the backend draws). Off: every step is synchronous.
     bool overlap = true;
-    // false: run a SwiftKV checkpoint as its teacher; true: as SwiftKV; unset: as its config.json says
-    // (the `swiftkv` key; absent means SwiftKV).
-    std::optional<bool> swiftkv;
     // Full-student path: every token runs every layer (logits computed for all rows, the needed ones
     // kept). Same results as the default survivor path for SwiftKV models, at full prefill cost; for
     // evaluation and checking.
     bool full_student = false;
-    // Benchmarks: random weights of a named shape (ModelConfig::synthetic, e.g. "llama-3.1-8b")
-    // generated on the device instead of model_path, with a stand-in tokenizer (ids print as " w<id>")
-    // and no chat template. synthetic_swiftkv: the SwiftKV cut ("50%", "50%:2"); empty: the base model.
-    std::string synthetic;
-    std::string synthetic_swiftkv;
-
-    // What open_model needs of these.
-    OpenModelOptions open_options() const;
 };
 
 // One request: n completions of a prompt.
@@ -185,6 +172,7 @@ public:
     int64_t context_length() const { return context_length_; }
     Backend& backend() { return *backend_; }
     LlamaModel& model() { return *model_.model; }
+    ModelRunner& runner() { return *runner_; }
     const PagedKvCache& kv_cache() const { return *kv_cache_; }
 
 private:
@@ -243,6 +231,7 @@ private:
     EngineOptions options_;
     std::unique_ptr<Backend> backend_;
     OpenedModel model_;
+    std::unique_ptr<ModelRunner> runner_;
     std::unique_ptr<PagedKvCache> kv_cache_;
     std::unique_ptr<Scheduler> scheduler_;
     int64_t context_length_ = 0;

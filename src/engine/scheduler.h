@@ -46,7 +46,7 @@
 #include <vector>
 
 #include "kv/block_manager.h"
-#include "model/forward_batch.h"
+#include "runner/forward_batch.h"
 
 namespace swiftkv {
 

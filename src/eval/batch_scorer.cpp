@@ -7,7 +7,7 @@
 
 namespace swiftkv {
 
-BatchScorer::BatchScorer(LlamaModel& model, const BatchScorerOptions& options) : model_(model), options_(options) {
+BatchScorer::BatchScorer(LlamaModel& model, const BatchScorerOptions& options) : model_(model), runner_(model, RunnerOptions{false}), options_(options) {
     SKV_CHECK(options_.batch_tokens > 0, "batch tokens must be positive, got {}", options_.batch_tokens);
     SKV_CHECK(options_.max_seqs > 0, "sequences per step must be positive, got {}", options_.max_seqs);
     SKV_CHECK(options_.block_size > 0 && options_.block_size <= 1024, "KV block size {} is out of range (1..1024)",
@@ -94,7 +94,7 @@ void BatchScorer::score(const std::vector<ScoreRequest>& requests, const RowsCal
             rows += n - first;
         }
         const auto t0 = std::chrono::steady_clock::now();
-        model_.forward(batch, cache_->view(), logits_);
+        runner_.forward(batch, cache_->view(), logits_);
         seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         tokens_ += tokens;
         rows_ += rows;

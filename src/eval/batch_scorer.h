@@ -17,6 +17,7 @@
 
 #include "kv/paged_kv_cache.h"
 #include "model/llama_model.h"
+#include "runner/model_runner.h"
 
 namespace swiftkv {
 
@@ -59,6 +60,7 @@ private:
     void ensure_cache(int64_t blocks);
 
     LlamaModel& model_;
+    ModelRunner runner_;  // no graphs: scoring runs prefill-shaped steps only, nothing to replay
     BatchScorerOptions options_;
     std::unique_ptr<PagedKvCache> cache_;
     std::vector<float> logits_;

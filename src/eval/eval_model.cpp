@@ -5,7 +5,6 @@
 namespace swiftkv {
 
 EvalModel::EvalModel(const EvalModelOptions& options, Backend& backend) : options_(options) {
-    options_.graphs = false;  // evaluation runs prefill-shaped steps only: nothing to replay
     opened_ = open_model(options_, backend);
 }
 

@@ -15,7 +15,7 @@
 
 namespace swiftkv {
 
-// path, weight dtype, SwiftKV on/off, whether to load the tokenizer (graphs are never recorded here).
+// path, weight dtype, SwiftKV on/off, whether to load the tokenizer.
 using EvalModelOptions = OpenModelOptions;
 
 class EvalModel {

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "backend/device_buffer.h"
-#include "model/forward_batch.h"
+#include "model/step_inputs.h"
 #include "model/model_config.h"
 
 namespace swiftkv {

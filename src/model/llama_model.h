@@ -1,19 +1,33 @@
-// LlamaModel — the Llama forward pass, SwiftKV included, written once against the Backend op
-// interface (DESIGN.md sections 1 and 3). Weights are loaded from a ModelSource into backend memory,
-// with Q/K/V and gate/up fused into single matrices so each layer runs four GEMMs.
+// LlamaModel — the Llama forward pass with SwiftKV (DESIGN.md sections 1 and 3): the weights on a
+// backend and the math of one step, written against the Backend op interface. Turning a scheduled
+// batch into the step's device inputs (cache slots, padding, graphs, uploads) is the runner's job
+// (runner/model_runner.h); the layer itself is decoder_layer_forward (model/decoder_layer.h).
+//
+// The step, as in the SwiftKV paper (Qiao et al., 2024). N layers; the first L keep their own KV
+// cache (ModelConfig::num_kv_layers; L = N is the plain model):
+//   front: the embedding and layers 0..L-1 on every row of the step, writing each row's K/V to the
+//          cache; then SingleInputKV: the K/V of every later layer (one per AcrossKV group of g
+//          layers) from the hidden state entering layer L, for every row, in one GEMM and one cache
+//          write.
+//   back:  layers L..N-1, the final norm and the LM head on the survivors only.
+// The survivors are the rows whose logits the step returns (ForwardBatch::logits_indices): the last
+// row of each prompt that finished prefill, every decode row, every row when prompt logprobs are
+// asked. Skipping layers >= L for the other rows is exact, not an approximation: a later layer's
+// output at a row is read only by the next layer at the same row, because other rows attend to the
+// later layers' K/V, and SingleInputKV computes those from layer L's input alone. So a row whose
+// logits are not wanted needs nothing past layer L. (In the base model it does: there a later
+// layer's K/V at a row depend on the previous layer's output at that row.)
 #pragma once
 
 #include <cstdint>
-#include <map>
-#include <memory>
 #include <optional>
-#include <tuple>
 #include <vector>
 
 #include "backend/backend.h"
 #include "backend/device_buffer.h"
-#include "model/forward_batch.h"
+#include "model/decoder_layer.h"
 #include "model/model_config.h"
+#include "model/step_inputs.h"
 
 namespace swiftkv {
 
@@ -24,9 +38,6 @@ struct LoadOptions {
     // For a SwiftKV checkpoint: false runs it as its teacher (the original model, SwiftKV off), true
     // as the SwiftKV student; unset follows the checkpoint's config (ModelConfig::swiftkv_enabled).
     std::optional<bool> swiftkv;
-    // Record decode steps (and the SwiftKV survivors' later layers) as graphs and replay them, on
-    // backends that support graphs (CUDA). Off: every op runs eagerly.
-    bool graphs = true;
 };
 
 class LlamaModel {
@@ -35,45 +46,24 @@ public:
     // A model of the given shape with random weights generated on the backend (uniform, std 0.02;
     // norms 1): for benchmarks, where only the speed matters.
     LlamaModel(const ModelConfig& config, Backend& backend, const LoadOptions& options, uint64_t seed);
-    ~LlamaModel();
-
-    // Sizes the workspace once for steps of up to max_tokens tokens from up to max_seqs sequences
-    // whose contexts fit max_blocks_per_seq KV blocks. Steps beyond these bounds still run (the
-    // workspace grows, and recorded graphs are dropped), but serving sizes it up front.
-    void reserve(int64_t max_tokens, int64_t max_seqs, int64_t max_blocks_per_seq);
 
     const ModelConfig& config() const { return config_; }
     Backend& backend() const { return backend_; }
     size_t weight_bytes() const { return weight_bytes_; }
 
-    // Runs one step. Writes K/V of every token to the cache and returns, in logits (host memory,
-    // resized to [logits_indices.size(), vocab]), the logits at the requested rows.
-    void forward(const ForwardBatch& batch, const KvCacheView& kv, std::vector<float>& logits);
-    // Like forward, but samples on the backend and returns one token per logits row (params: one per
-    // logits row, host memory); only the token ids cross to the host.
-    void forward_sample(const ForwardBatch& batch, const KvCacheView& kv, const std::vector<SampleParams>& params,
-                        std::vector<int32_t>& tokens);
-    // forward_sample in two halves, so the host can work while the device runs the step: launch queues
-    // the step and its sampling (on CUDA nothing waits for the device); wait blocks until the step is
-    // done and returns its tokens. One step at a time: launch, then wait, before the next launch.
-    void forward_sample_launch(const ForwardBatch& batch, const KvCacheView& kv, const std::vector<SampleParams>& params);
-    void forward_sample_wait(std::vector<int32_t>& tokens);
+    // Sizes the activation workspace for steps of up to `tokens` rows and `survivors` survivors.
+    // Returns true when it reallocated (device pointers recorded in graphs are then stale).
+    bool reserve_workspace(int64_t tokens, int64_t survivors);
 
-    // Graph statistics (for tests and benchmarks): recorded graphs and replays so far.
-    int64_t graphs_recorded() const { return graphs_recorded_; }
-    int64_t graph_replays() const { return graph_replays_; }
+    // The two halves of a step (see the top of this file); the workspace must hold the step's rows.
+    // The runner records the back half (or both, for decode) as a graph and replays it.
+    void forward_front(const StepInputs& in, const KvCacheView& kv);
+    void forward_back(const StepInputs& in, const KvCacheView& kv);
+    // The last step's logits, [in.num_survivors, vocab] f32 on the device.
+    float* logits() const { return logits_dev_.as<float>(); }
 
-    // --- read-only views of the loaded device weights, for training ------------------------------
-    // train/ (SwiftKV distillation) runs its own forward and backward over packed sequences on these,
-    // so the weights are loaded once, by load(), and never duplicated. Nothing here changes inference.
-    struct LayerWeights {
-        WeightMatrix qkv;      // [q_dim + 2*kv_dim, hidden] for layers < L; [q_dim, hidden] (q only) after
-        WeightMatrix o;        // [hidden, q_dim]
-        WeightMatrix gate_up;  // [2*ffn, hidden]
-        WeightMatrix down;     // [hidden, ffn]
-        const float* attn_norm = nullptr;
-        const float* ffn_norm = nullptr;
-    };
+    // --- the loaded device weights, read-only: train/ (SwiftKV distillation) runs the same layers
+    // over packed sequences on them, so the weights are loaded once, by load(), and never duplicated.
     // Layer l's weights. For the teacher (SwiftKV off) every layer's qkv is its original fused
     // [q | k | v]; for a SwiftKV student, layers >= L hold q_proj_swiftkv only.
     const LayerWeights& layer_weights(int64_t layer) const { return layers_.at(size_t(layer)); }
@@ -82,40 +72,25 @@ public:
     const float* final_norm_weights() const { return final_norm_; }
     // RoPE inverse frequencies [head_dim/2] on the device, rope scaling and GGUF rope_freqs applied.
     const float* rope_inv_freq() const { return inv_freq_.as<float>(); }
+
 private:
-
-    enum class GraphMode { kNone, kWholeStep, kSurvivors };
-    struct StepShape {
-        int64_t T = 0, S = 0, K = 0;   // tokens, sequences, logits rows (after padding when graphed)
-        int64_t real_K = 0;
-        int64_t blocks_per_seq = 0;
-        GraphMode mode = GraphMode::kNone;
-        AttentionBatch all;        // attention over every token of the step
-        AttentionBatch survivors;  // attention for the survivors (SwiftKV later layers)
-    };
-
     void check_load_options(const LoadOptions& options);
     void load(const ModelSource& source, const LoadOptions& options);
     void init_random(const LoadOptions& options, uint64_t seed);
     WeightMatrix random_matrix(int64_t rows, int64_t cols, DType dtype, uint64_t seed);
     const float* constant_vector(int64_t n, float value);
-    void prepare(const ForwardBatch& batch, const KvCacheView& kv, StepShape& shape);
-    void run_step(const StepShape& shape, const KvCacheView& kv);
-    void run_front(const StepShape& shape, const KvCacheView& kv);
-    void run_back(const StepShape& shape, const KvCacheView& kv);
-    void drop_graphs();
     WeightMatrix upload_matrix(const ModelSource& source, const std::vector<std::string>& names,
                                const std::vector<std::vector<int64_t>>& row_ranges, int64_t cols, DType dtype);
     const float* upload_vector(const ModelSource& source, const std::string& name, int64_t n);
-    void ensure_scratch(int64_t tokens, int64_t survivors);
-    void run_layer(int64_t layer, int64_t rows, bool swiftkv_layer, const AttentionBatch& attn_batch,
-                   const int32_t* positions, const KvCacheView& kv, float* residual, void* delta, bool first);
+    // Layer l over `rows` rows of the stream (residual, delta). A layer l < L keeps its own KV: the
+    // rows' K/V go to the cache at in.slots before attention.
+    void run_layer(int64_t layer, int64_t rows, const AttentionBatch& attn_batch, const int32_t* positions,
+                   const StepInputs& in, const KvCacheView& kv, float* residual, void* delta, bool first);
 
     ModelConfig config_;
     Backend& backend_;
     DType act_dtype_ = DType::F32;  // the backend's activation dtype
     size_t act_bytes_ = 4;
-    bool use_graphs_ = false;
     std::vector<DeviceBuffer> storage_;
     size_t weight_bytes_ = 0;
 
@@ -129,24 +104,11 @@ private:
     WeightMatrix kv_swiftkv_;
     DeviceBuffer inv_freq_;
 
-    // Scratch, sized by reserve() or grown on demand (growing drops recorded graphs).
-    int64_t scratch_tokens_ = 0;
-    int64_t scratch_survivors_ = 0;
-    int64_t reserved_seqs_ = 0;
-    int64_t reserved_blocks_ = 0;
+    // Activation workspace, sized by reserve_workspace().
+    int64_t ws_tokens_ = 0;
+    int64_t ws_survivors_ = 0;
     DeviceBuffer residual_, delta_, normed_, qkv_, attn_out_, gate_up_, act_, kv_swiftkv_out_;
     DeviceBuffer res_surv_, delta_surv_, logits_dev_;
-    DeviceBuffer tokens_dev_, positions_dev_, slots_dev_, query_start_dev_, seq_lens_dev_, block_tables_dev_,
-        logits_idx_dev_, surv_query_start_dev_, surv_positions_dev_, sample_params_dev_, sampled_dev_;
-    // Host staging for one step's index arrays.
-    std::vector<int32_t> h_tokens_, h_positions_, h_slots_, h_query_start_, h_seq_lens_, h_block_tables_,
-        h_logits_idx_, h_surv_query_start_, h_surv_positions_;
-
-    // Recorded graphs by (mode, padded batch, context bound, KV cache base).
-    std::map<std::tuple<int, int64_t, int64_t, const void*>, std::unique_ptr<BackendGraph>> graphs_;
-    int64_t graphs_recorded_ = 0;
-    int64_t graph_replays_ = 0;
-    int64_t pending_samples_ = -1;  // forward_sample_launch: tokens to fetch; -1: nothing launched
 };
 
 }  // namespace swiftkv

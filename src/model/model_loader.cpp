@@ -60,7 +60,6 @@ OpenedModel open_model(const OpenModelOptions& options, Backend& backend) {
     LoadOptions lo;
     lo.weight_dtype = m.weight_dtype;
     lo.swiftkv = options.swiftkv;
-    lo.graphs = options.graphs;
     if (!options.synthetic.empty()) {
         const ModelConfig c = ModelConfig::synthetic(options.synthetic, options.synthetic_swiftkv);
         m.path = "synthetic:" + options.synthetic + (options.synthetic_swiftkv.empty() ? "" : "@" + options.synthetic_swiftkv);

@@ -32,7 +32,6 @@ struct OpenModelOptions {
     std::optional<DType> weight_dtype;  // unset: F32 where the backend holds it, else BF16
     // false: a SwiftKV checkpoint runs as its teacher; true: as SwiftKV; unset: as its config says.
     std::optional<bool> swiftkv;
-    bool graphs = true;                 // record and replay decode steps where the backend can
     // false: no tokenizer and chat template (token-level use, or a checkpoint without tokenizer files).
     bool load_tokenizer = true;
 };

@@ -9,7 +9,7 @@
 namespace swiftkv::server {
 
 ServingEngine::ServingEngine(std::unique_ptr<Engine> engine) : engine_(std::move(engine)) {
-    info_.path = engine_->options().model_path;
+    info_.path = engine_->options().model.path;
     info_.context_length = engine_->context_length();
     info_.vocab = engine_->config().vocab;
     info_.has_chat_template = engine_->has_chat_template();

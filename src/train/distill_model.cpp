@@ -230,7 +230,6 @@ void DistillModel::init(const ModelSource* source, uint64_t seed) {
     LoadOptions lo;
     lo.weight_dtype = options.weight_dtype;
     lo.swiftkv = false;  // the teacher
-    lo.graphs = false;
     teacher_ = source ? std::make_unique<LlamaModel>(*source, backend, lo)
                       : std::make_unique<LlamaModel>(c, backend, lo, seed);
     // Trainable tensors: norm_swiftkv, the fused K/V block, q_proj_swiftkv of every later layer.
@@ -338,35 +337,36 @@ const void* DistillModel::as_act(const float* x, int64_t n, void* scratch) {
     return scratch;
 }
 
-// A frozen layer over T rows (front and teacher). On entry res holds the stream and delta the previous
-// layer's output not yet added (unless first); on exit delta holds this layer's MLP output. The residual
-// entering layer L (h_L) and, for the MSE term, the one entering the last layer are copied out.
+// A frozen layer over T rows (front and teacher), through the one decoder layer: each layer attends
+// causally over its own K/V within each packed sequence. The residual entering layer L (h_L) and, for
+// the MSE term, the one entering the last layer are copied out.
 void DistillModel::run_frozen_layer(int64_t l, int64_t T, bool first) {
     const ModelConfig& c = config_;
     Workspace& w = *ws_;
-    const auto& lw = teacher_->layer_weights(l);
-    const float eps = float(c.rms_eps);
-    float* res = w.res.as<float>();
-    if (first) {
-        backend_.rmsnorm(res, lw.attn_norm, w.normed.get(), T, c.hidden, eps);
-    } else {
-        backend_.add_rmsnorm(res, w.delta.get(), lw.attn_norm, w.normed.get(), T, c.hidden, eps);
+    DecoderLayerIO io;
+    io.rows = T;
+    io.residual = w.res.as<float>();
+    io.delta = w.delta.get();
+    io.first = first;
+    io.positions = w.positions.as<int32_t>();
+    io.rope_inv_freq = teacher_->rope_inv_freq();
+    io.normed = w.normed.get();
+    io.qkv = w.qkv.get();
+    io.attn = w.attn.get();
+    io.gate_up = w.gate_up.get();
+    io.mlp = w.mlp.get();
+    if (l == c.num_kv_layers) io.save_input = w.h_L.as<float>();
+    else if (l == c.n_layers - 1 && options_.hidden_mse) io.save_input = w.t_last_in.as<float>();
+    const float scale = 1.0f / std::sqrt(float(c.head_dim));
+    decoder_layer_forward(backend_, c, teacher_->layer_weights(l), io, [&](char* qkv, int64_t stride, void* out) {
+        backend_.attention_forward_train(qkv, stride, qkv + c.q_dim() * act_bytes_,
+                                         qkv + (c.q_dim() + c.kv_dim()) * act_bytes_, stride, seqs_, c.n_heads,
+                                         c.n_kv_heads, c.head_dim, scale, out, w.lse.as<float>());
+    });
+    // With one later layer (L = N-1) the stream entering it is h_L itself.
+    if (l == c.num_kv_layers && l == c.n_layers - 1 && options_.hidden_mse) {
+        backend_.copy(w.t_last_in.get(), w.h_L.get(), size_t(T * c.hidden) * 4);
     }
-    if (l == c.num_kv_layers) backend_.copy(w.h_L.get(), res, size_t(T * c.hidden) * 4);
-    if (l == c.n_layers - 1 && options_.hidden_mse) backend_.copy(w.t_last_in.get(), res, size_t(T * c.hidden) * 4);
-    char* qkv = w.qkv.as<char>();
-    const int64_t stride = lw.qkv.rows;
-    backend_.matmul(w.normed.get(), T, lw.qkv, qkv, act_dtype_);
-    backend_.rope(qkv, T, stride, c.n_heads + c.n_kv_heads, c.head_dim, w.positions.as<int32_t>(),
-                  teacher_->rope_inv_freq());
-    backend_.attention_forward_train(qkv, stride, qkv + c.q_dim() * act_bytes_, qkv + (c.q_dim() + c.kv_dim()) * act_bytes_,
-                                     stride, seqs_, c.n_heads, c.n_kv_heads, c.head_dim,
-                                     1.0f / std::sqrt(float(c.head_dim)), w.attn.get(), w.lse.as<float>());
-    backend_.matmul(w.attn.get(), T, lw.o, w.delta.get(), act_dtype_);
-    backend_.add_rmsnorm(res, w.delta.get(), lw.ffn_norm, w.normed.get(), T, c.hidden, eps);
-    backend_.matmul(w.normed.get(), T, lw.gate_up, w.gate_up.get(), act_dtype_);
-    backend_.silu_mul(w.gate_up.get(), w.mlp.get(), T, c.ffn);
-    backend_.matmul(w.mlp.get(), T, lw.down, w.delta.get(), act_dtype_);
 }
 
 void DistillModel::run_front_and_teacher(int64_t T) {
@@ -378,11 +378,13 @@ void DistillModel::run_front_and_teacher(int64_t T) {
                          float(c.rms_eps));
 }
 
+// The student: SingleInputKV from h_L, then the later layers through the one decoder layer with the
+// trainable q_proj_swiftkv, each attending over its group's shared K/V; every activation the
+// backward needs is kept per layer (hin, amid, q, s_attn, s_lse, s_gate_up).
 void DistillModel::run_student_forward(int64_t T) {
     const ModelConfig& c = config_;
     Workspace& w = *ws_;
     const int64_t H = c.hidden, qd = c.q_dim(), kvd = c.kv_dim(), L = c.num_kv_layers;
-    const float eps = float(c.rms_eps);
     const float scale = 1.0f / std::sqrt(float(c.head_dim));
     const int64_t kv_stride = 2 * groups_ * kvd;
     const char* compute = compute_dtype_ == DType::F32 ? params_.as<char>() : compute_.as<char>();
@@ -393,38 +395,37 @@ void DistillModel::run_student_forward(int64_t T) {
     char* kv = w.kv.as<char>();
 
     backend_.copy(res, w.h_L.get(), size_t(T * H) * 4);
-    backend_.rmsnorm(res, params_.as<float>() + off_norm_, w.normed.get(), T, H, eps);
     const WeightMatrix w_kv{compute_dtype_, 2 * groups_ * kvd, H, compute + size_t(off_kv_) * cbytes};
-    backend_.matmul(w.normed.get(), T, w_kv, kv, act_dtype_);
-    backend_.rope(kv, T, kv_stride, groups_ * c.n_kv_heads, c.head_dim, pos, inv_freq);
+    single_input_kv(backend_, c, params_.as<float>() + off_norm_, w_kv, T, res, nullptr, pos, inv_freq, w.normed.get(),
+                    kv);
 
     for (int64_t j = L; j < c.n_layers; ++j) {
         const int64_t i = j - L, g = i / c.kv_group_size;
-        const auto& lw = teacher_->layer_weights(j);
-        if (j == L) {
-            backend_.rmsnorm(res, lw.attn_norm, w.normed.get(), T, H, eps);
-        } else {
-            backend_.add_rmsnorm(res, w.delta.get(), lw.attn_norm, w.normed.get(), T, H, eps);
-        }
-        backend_.copy(w.hin.as<float>() + i * T * H, res, size_t(T * H) * 4);
-        char* q = w.q.as<char>() + size_t(i * T * qd) * act_bytes_;
         const WeightMatrix w_q{compute_dtype_, qd, H, compute + size_t(off_q_[size_t(i)]) * cbytes};
-        backend_.matmul(w.normed.get(), T, w_q, q, act_dtype_);
-        backend_.rope(q, T, qd, c.n_heads, c.head_dim, pos, inv_freq);
-        char* attn = w.s_attn.as<char>() + size_t(i * T * qd) * act_bytes_;
-        backend_.attention_forward_train(q, qd, kv + size_t(g * kvd) * act_bytes_,
-                                         kv + size_t((groups_ + g) * kvd) * act_bytes_, kv_stride, seqs_, c.n_heads,
-                                         c.n_kv_heads, c.head_dim, scale, attn, w.s_lse.as<float>() + i * T * c.n_heads);
-        backend_.matmul(attn, T, lw.o, w.delta.get(), act_dtype_);
-        backend_.add_rmsnorm(res, w.delta.get(), lw.ffn_norm, w.normed.get(), T, H, eps);
-        backend_.copy(w.amid.as<float>() + i * T * H, res, size_t(T * H) * 4);
-        char* gate_up = w.s_gate_up.as<char>() + size_t(i * T * 2 * c.ffn) * act_bytes_;
-        backend_.matmul(w.normed.get(), T, lw.gate_up, gate_up, act_dtype_);
-        backend_.silu_mul(gate_up, w.mlp.get(), T, c.ffn);
-        backend_.matmul(w.mlp.get(), T, lw.down, w.delta.get(), act_dtype_);
+        DecoderLayerIO io;
+        io.rows = T;
+        io.residual = res;
+        io.delta = w.delta.get();
+        io.first = j == L;
+        io.positions = pos;
+        io.rope_inv_freq = inv_freq;
+        io.q_weight = &w_q;
+        io.normed = w.normed.get();
+        io.qkv = w.q.as<char>() + size_t(i * T * qd) * act_bytes_;
+        io.attn = w.s_attn.as<char>() + size_t(i * T * qd) * act_bytes_;
+        io.gate_up = w.s_gate_up.as<char>() + size_t(i * T * 2 * c.ffn) * act_bytes_;
+        io.mlp = w.mlp.get();
+        io.save_input = w.hin.as<float>() + i * T * H;
+        io.save_mid = w.amid.as<float>() + i * T * H;
+        float* lse = w.s_lse.as<float>() + i * T * c.n_heads;
+        decoder_layer_forward(backend_, c, teacher_->layer_weights(j), io, [&](char* q, int64_t stride, void* out) {
+            backend_.attention_forward_train(q, stride, kv + size_t(g * kvd) * act_bytes_,
+                                             kv + size_t((groups_ + g) * kvd) * act_bytes_, kv_stride, seqs_, c.n_heads,
+                                             c.n_kv_heads, c.head_dim, scale, out, lse);
+        });
     }
     // res becomes h_N (kept for the final norm's backward).
-    backend_.add_rmsnorm(res, w.delta.get(), teacher_->final_norm_weights(), w.s_final.get(), T, H, eps);
+    backend_.add_rmsnorm(res, w.delta.get(), teacher_->final_norm_weights(), w.s_final.get(), T, H, float(c.rms_eps));
 }
 
 // ---- loss and backward ------------------------------------------------------------------------------------

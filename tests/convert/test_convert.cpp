@@ -101,9 +101,9 @@ std::vector<int32_t> prompt_tokens(const Engine& e) {
 std::vector<float> logits_of(const std::string& model, std::optional<bool> swiftkv,
                              const std::vector<int32_t>* tokens = nullptr) {
     EngineOptions o;
-    o.model_path = model;
+    o.model.path = model;
     o.context_length = 128;
-    o.swiftkv = swiftkv;
+    o.model.swiftkv = swiftkv;
     Engine e(o);
     const std::vector<int32_t> t = tokens ? *tokens : prompt_tokens(e);
     return e.prompt_logits(t, {});
@@ -579,7 +579,7 @@ TEST(Convert, SwiftKVConfigKeyPicksTheDefaultRunMode) {
 
     // What the engine reports runs: the teacher is the plain base model (L = N, no AcrossKV groups).
     EngineOptions o;
-    o.model_path = off;
+    o.model.path = off;
     o.context_length = 64;
     {
         Engine e(o);
@@ -587,7 +587,7 @@ TEST(Convert, SwiftKVConfigKeyPicksTheDefaultRunMode) {
         EXPECT_EQ(e.config().num_kv_layers, 4);
         EXPECT_EQ(e.config().kv_cache_layers(), 4);
     }
-    o.swiftkv = true;
+    o.model.swiftkv = true;
     {
         Engine e(o);
         EXPECT_TRUE(e.config().is_swiftkv());

@@ -329,9 +329,9 @@ namespace {
 
 std::vector<float> logits_of(const std::string& model, bool swiftkv) {
     EngineOptions o;
-    o.model_path = model;
+    o.model.path = model;
     o.context_length = 128;
-    o.swiftkv = swiftkv;
+    o.model.swiftkv = swiftkv;
     Engine e(o);
     const std::vector<int32_t> t = e.tokenizer().encode(
         "<|im_start|>user\nWhat is the capital of France, and why is it famous?<|im_end|>\n<|im_start|>assistant\n",

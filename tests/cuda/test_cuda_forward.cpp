@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "kv/paged_kv_cache.h"
 #include "model/llama_model.h"
+#include "runner/model_runner.h"
 
 using namespace swiftkv;
 
@@ -78,12 +79,13 @@ TEST_P(CudaForward, GraphedStepsMatchTheCpu) {
     auto gpu = make_cuda_backend(0);
     LoadOptions lo;
     lo.weight_dtype = DType::BF16;
-    LlamaModel mc(c, *cpu, lo, 3), mg(c, *gpu, lo, 3);
+    LlamaModel model_c(c, *cpu, lo, 3), model_g(c, *gpu, lo, 3);
+    ModelRunner mc(model_c), mg(model_g);
     Workload w{{300, 77, 5, 150}, 16, 0, c.vocab};
     w.blocks_per_seq = (300 + 40 + 15) / 16;
     mg.reserve(512, 8, w.blocks_per_seq);
     const int64_t blocks = int64_t(w.lengths.size()) * w.blocks_per_seq;
-    PagedKvCache kc(*cpu, mc.config(), blocks, 16), kg(*gpu, mg.config(), blocks, 16);
+    PagedKvCache kc(*cpu, model_c.config(), blocks, 16), kg(*gpu, model_g.config(), blocks, 16);
     std::vector<float> lc, lg, first_chunk;
     // Prefill in chunks of 128 (SwiftKV: a chunk where every sequence has one survivor runs the later
     // layers as a recorded graph).
@@ -99,7 +101,9 @@ TEST_P(CudaForward, GraphedStepsMatchTheCpu) {
     const int64_t replays_before = mg.graph_replays();
     mg.forward(w.step(0, 128), kg.view(), lg);
     EXPECT_LT(rel_error(lg, first_chunk), 3e-2) << "replayed prefill chunk";
-    if (c.is_swiftkv()) EXPECT_EQ(mg.graph_replays(), replays_before + 1);
+    if (c.is_swiftkv()) {
+        EXPECT_EQ(mg.graph_replays(), replays_before + 1);
+    }
     // Decode 40 steps for all sequences: every step a recorded graph after the first of its shape.
     std::vector<int64_t> lens = w.lengths;
     for (int step = 0; step < 40; ++step) {
@@ -115,10 +119,9 @@ TEST_P(CudaForward, GraphedStepsMatchTheCpu) {
     EXPECT_GE(mg.graphs_recorded(), 1);
     EXPECT_GE(mg.graph_replays(), 30);
     // The same decode shape with graphs off gives the same logits as with graphs on.
-    LoadOptions eager = lo;
-    eager.graphs = false;
-    LlamaModel me(c, *gpu, eager, 3);
-    PagedKvCache ke(*gpu, me.config(), blocks, 16);
+    LlamaModel model_e(c, *gpu, lo, 3);
+    ModelRunner me(model_e, RunnerOptions{false});
+    PagedKvCache ke(*gpu, model_e.config(), blocks, 16);
     std::vector<float> le, lr;
     for (int64_t start = 0; start < 300; start += 128) {
         me.forward(w.step(start, 128), ke.view(), le);
@@ -132,10 +135,11 @@ TEST_P(CudaForward, SampleOnDeviceIsArgmaxWhenGreedy) {
     auto gpu = make_cuda_backend(0);
     LoadOptions lo;
     lo.weight_dtype = DType::BF16;
-    LlamaModel m(c, *gpu, lo, 5);
+    LlamaModel model(c, *gpu, lo, 5);
+    ModelRunner m(model);
     Workload w{{40, 9}, 16, 3, c.vocab};
     m.reserve(64, 4, 3);
-    PagedKvCache kv(*gpu, m.config(), 6, 16);
+    PagedKvCache kv(*gpu, model.config(), 6, 16);
     const ForwardBatch b = w.step(0, 64);
     std::vector<float> logits;
     m.forward(b, kv.view(), logits);

@@ -49,7 +49,7 @@ protected:
     static void SetUpTestSuite() {
         if (!std::filesystem::exists(kModel)) return;
         EngineOptions o;
-        o.model_path = kModel;
+        o.model.path = kModel;
         o.threads = 2;
         o.context_length = 512;
         o.max_num_seqs = 1;  // one request at a time, nothing cached or overlapped: the reference
@@ -67,7 +67,7 @@ protected:
     static std::unique_ptr<Engine> make(int64_t budget, int64_t kv_tokens, bool prefix = true, int64_t ctx = 512,
                                              bool overlap = true) {
         EngineOptions o;
-        o.model_path = kModel;
+        o.model.path = kModel;
         o.threads = 2;
         o.context_length = ctx;
         o.kv_cache_tokens = kv_tokens;

@@ -19,7 +19,7 @@ protected:
     static void SetUpTestSuite() {
         if (!std::filesystem::exists(kModel)) return;
         EngineOptions o;
-        o.model_path = kModel;
+        o.model.path = kModel;
         o.context_length = 1024;
         engine_ = new Engine(o);
         EngineOptions chunked = o;

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <numeric>
 #include <random>
 
 #include "convert/swiftkv_convert.h"
@@ -62,22 +63,16 @@ std::vector<int32_t> random_tokens(std::mt19937& rng, int64_t n, int64_t vocab) 
     return out;
 }
 
-// Logits [n, vocab] at every position of one sequence, by LlamaModel::forward on a fresh cache.
+// Logits [n, vocab] at every position of one sequence, in one step on a fresh cache.
 std::vector<float> logits_alone(LlamaModel& model, const std::vector<int32_t>& tokens) {
     const int64_t n = int64_t(tokens.size());
     PagedKvCache cache(model.backend(), model.config(), (n + 15) / 16, 16);
-    ForwardBatch b;
-    b.tokens = tokens;
-    for (int64_t i = 0; i < n; ++i) {
-        b.positions.push_back(int32_t(i));
-        b.logits_indices.push_back(int32_t(i));
-    }
-    b.query_start = {0, int32_t(n)};
-    b.seq_lens = {int32_t(n)};
-    b.max_blocks_per_seq = int32_t((n + 15) / 16);
-    for (int32_t i = 0; i < b.max_blocks_per_seq; ++i) b.block_tables.push_back(i);
+    std::vector<int32_t> table(size_t((n + 15) / 16));
+    std::iota(table.begin(), table.end(), 0);
+    ForwardBatch b = ForwardBatch::with_block_table_width(int64_t(table.size()));
+    b.add_sequence(tokens.data(), 0, n, table, 0);
     std::vector<float> logits;
-    model.forward(b, cache.view(), logits);
+    ModelRunner(model, RunnerOptions{false}).forward(b, cache.view(), logits);
     return logits;
 }
 

@@ -9,6 +9,7 @@ using namespace swiftkv;
 
 void run_random_schedule(LlamaModel& model, PagedKvCache& cache, const std::vector<std::vector<int>>& sequences,
                          std::mt19937& rng, const LogitsCheck& check, const ScheduleOptions& options) {
+    ModelRunner runner(model);
     const int64_t block_size = cache.block_size();
     std::vector<int32_t> free_blocks(size_t(cache.num_blocks()));
     std::iota(free_blocks.begin(), free_blocks.end(), 0);
@@ -44,7 +45,7 @@ void run_random_schedule(LlamaModel& model, PagedKvCache& cache, const std::vect
         }
         if (all_done) break;
         if (batch.tokens.empty()) continue;
-        model.forward(batch, cache.view(), logits);
+        runner.forward(batch, cache.view(), logits);
         ASSERT_EQ(logits.size(), wanted.size() * size_t(V));
         for (size_t r = 0; r < wanted.size(); ++r) check(wanted[r].first, wanted[r].second, logits.data() + r * V);
     }

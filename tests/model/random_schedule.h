@@ -1,4 +1,4 @@
-// Drives LlamaModel::forward the way a continuous-batching scheduler would, at random: several
+// Drives a model (through a ModelRunner) the way a continuous-batching scheduler would, at random: several
 // sequences per step, each advancing by a random number of tokens (a prompt chunk, or one token like a
 // decode step), some sitting a step out, KV blocks handed out in shuffled order, and logits requested
 // for a random suffix of each sequence's rows. Every logits row is passed to `check`.
@@ -10,6 +10,7 @@
 
 #include "kv/paged_kv_cache.h"
 #include "model/llama_model.h"
+#include "runner/model_runner.h"
 
 using LogitsCheck = std::function<void(size_t sequence, int64_t position, const float* logits)>;
 

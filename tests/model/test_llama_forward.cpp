@@ -165,9 +165,10 @@ TEST(LlamaForward, RandomWeightsAndBackendSampling) {
     for (auto [L, g] : {std::pair<int64_t, int64_t>{4, 1}, {2, 1}, {2, 2}}) {
         const ModelConfig c = random_config(L, g);
         LoadOptions lo;
-        LlamaModel a(c, *backend, lo, 7), b(c, *backend, lo, 7), other(c, *backend, lo, 8);
+        LlamaModel ma(c, *backend, lo, 7), mb(c, *backend, lo, 7), mother(c, *backend, lo, 8);
+        ModelRunner a(ma), b(mb), other(mother);
         a.reserve(16, 4, 4);
-        PagedKvCache kv(*backend, a.config(), 8, 4);
+        PagedKvCache kv(*backend, ma.config(), 8, 4);
         const ForwardBatch batch = two_sequences(c.vocab);
         std::vector<float> la, lb, lo_other;
         a.forward(batch, kv.view(), la);

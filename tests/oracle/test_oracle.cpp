@@ -52,7 +52,7 @@ protected:
         std::ifstream lf(kRefDir + "/last_logits.f32", std::ios::binary);
         logits_ = new std::vector<char>((std::istreambuf_iterator<char>(lf)), std::istreambuf_iterator<char>());
         EngineOptions o;
-        o.model_path = kModel;
+        o.model.path = kModel;
         o.context_length = 4096;
         engine_ = new Engine(o);
     }

@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <numeric>
 #include <random>
 
 #include "convert/swiftkv_convert.h"
@@ -101,6 +102,7 @@ TEST_P(SwiftKVExactness, SurvivorLogitsEqualFullStudent) {
     ASSERT_EQ(source->config().kv_group_size, cut.group);
     auto backend = make_cpu_backend(0);
     LlamaModel model(*source, *backend, LoadOptions{});
+    ModelRunner runner(model);
     PagedKvCache cache(*backend, model.config(), 256, 16);
     const auto seqs = test_sequences(load_tokenizer(*source));
     const int64_t V = model.config().vocab;
@@ -109,18 +111,12 @@ TEST_P(SwiftKVExactness, SurvivorLogitsEqualFullStudent) {
     // through every layer.
     std::vector<std::vector<float>> full(seqs.size());
     for (size_t i = 0; i < seqs.size(); ++i) {
-        ForwardBatch b;
-        b.query_start = {0, int32_t(seqs[i].size())};
-        b.seq_lens = {int32_t(seqs[i].size())};
         const int32_t nb = int32_t((seqs[i].size() + 15) / 16);
-        b.max_blocks_per_seq = nb;
-        for (int32_t k = 0; k < nb; ++k) b.block_tables.push_back(k);
-        for (size_t t = 0; t < seqs[i].size(); ++t) {
-            b.tokens.push_back(seqs[i][t]);
-            b.positions.push_back(int32_t(t));
-            b.logits_indices.push_back(int32_t(t));
-        }
-        model.forward(b, cache.view(), full[i]);
+        std::vector<int32_t> table(static_cast<size_t>(nb));
+        std::iota(table.begin(), table.end(), 0);
+        ForwardBatch b = ForwardBatch::with_block_table_width(nb);
+        b.add_sequence(seqs[i].data(), 0, int64_t(seqs[i].size()), table, 0);
+        runner.forward(b, cache.view(), full[i]);
     }
 
     // Survivors only, on random schedules: chunks, several sequences per step, decode-like steps.
@@ -144,7 +140,7 @@ TEST_P(SwiftKVExactness, SurvivorLogitsEqualFullStudent) {
 TEST_P(SwiftKVExactness, GreedyDecodeEqualsFullStudent) {
     const Cut cut = GetParam();
     EngineOptions eo;
-    eo.model_path = converted(cut);
+    eo.model.path = converted(cut);
     eo.context_length = 512;
     Engine engine(eo);
     GenerationRequest req;
@@ -173,7 +169,7 @@ TEST_P(SwiftKVExactness, FullStudentSwitchGeneratesTheSameTokens) {
     const Cut cut = GetParam();
     if (std::string(cut.layers) != "50%") GTEST_SKIP() << "checked at the 50% cuts";
     EngineOptions eo;
-    eo.model_path = converted(cut);
+    eo.model.path = converted(cut);
     eo.context_length = 512;
     eo.max_batched_tokens = 16;  // several chunks: non-final chunks run the later layers too
     Engine survivors(eo);
@@ -199,8 +195,8 @@ TEST(SwiftKVBase, FullCutIsExactlyTheBaseModel) {
     fs::create_directories(work_dir());
     const std::string dir = converted(Cut{"100%", 1}, ConvertDType::F32);
     EngineOptions base_opts, cut_opts;
-    base_opts.model_path = kModel;
-    cut_opts.model_path = dir;
+    base_opts.model.path = kModel;
+    cut_opts.model.path = dir;
     base_opts.context_length = cut_opts.context_length = 256;
     Engine base(base_opts), full_cut(cut_opts);
     EXPECT_FALSE(full_cut.config().is_swiftkv());

@@ -8,11 +8,13 @@
 
 #include <cmath>
 #include <filesystem>
+#include <numeric>
 
 #include "backend/backend.h"
 #include "core/error.h"
 #include "kv/paged_kv_cache.h"
 #include "model/llama_model.h"
+#include "runner/model_runner.h"
 #include "model/model_source.h"
 #include "train/distill_model.h"
 #include "train_test_util.h"
@@ -21,28 +23,23 @@ using namespace swiftkv;
 
 namespace {
 
-// Logits of every position of each segment, one sequence per segment, through LlamaModel::forward.
+// Logits of every position of each segment, one sequence per segment, through the inference forward.
 std::vector<float> engine_logits(const ModelSource& source, Backend& backend, bool swiftkv, const PackedBatch& batch) {
     LoadOptions lo;
     lo.swiftkv = swiftkv;
     LlamaModel model(source, backend, lo);
+    ModelRunner runner(model);
     PagedKvCache cache(backend, model.config(), 64, 16);
     const int64_t V = model.config().vocab;
     std::vector<float> out;
     for (size_t s = 0; s + 1 < batch.cu_seqlens.size(); ++s) {
         const int32_t b = batch.cu_seqlens[s], n = batch.cu_seqlens[s + 1] - b;
-        ForwardBatch fb;
-        fb.query_start = {0, n};
-        fb.seq_lens = {n};
-        fb.max_blocks_per_seq = (n + 15) / 16;
-        for (int32_t k = 0; k < fb.max_blocks_per_seq; ++k) fb.block_tables.push_back(k);
-        for (int32_t t = 0; t < n; ++t) {
-            fb.tokens.push_back(batch.tokens[size_t(b + t)]);
-            fb.positions.push_back(t);
-            fb.logits_indices.push_back(t);
-        }
+        std::vector<int32_t> table(size_t((n + 15) / 16));
+        std::iota(table.begin(), table.end(), 0);
+        ForwardBatch fb = ForwardBatch::with_block_table_width(int64_t(table.size()));
+        fb.add_sequence(batch.tokens.data() + b, 0, n, table, 0);
         std::vector<float> logits;
-        model.forward(fb, cache.view(), logits);
+        runner.forward(fb, cache.view(), logits);
         EXPECT_EQ(int64_t(logits.size()), int64_t(n) * V);
         out.insert(out.end(), logits.begin(), logits.end());
     }

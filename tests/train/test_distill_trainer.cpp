@@ -19,6 +19,7 @@
 #include "kv/paged_kv_cache.h"
 #include "model/llama_model.h"
 #include "model/model_source.h"
+#include "runner/model_runner.h"
 #include "train/distill_checkpoint.h"
 #include "train/distill_trainer.h"
 #include "train_test_util.h"
@@ -322,19 +323,12 @@ TEST(DistillTrainer, OutputsLoadAsFullDirectoryAndAsOverlay) {
     auto logits_of = [&](const ModelSource& src) {
         LlamaModel m(src, *backend, LoadOptions{});
         PagedKvCache cache(*backend, m.config(), 8, 16);
-        ForwardBatch b;
-        const int32_t n = 20;
-        b.query_start = {0, n};
-        b.seq_lens = {n};
-        b.max_blocks_per_seq = 2;
-        b.block_tables = {0, 1};
-        for (int32_t t = 0; t < n; ++t) {
-            b.tokens.push_back((t * 37 + 11) % kByteVocab);
-            b.positions.push_back(t);
-            b.logits_indices.push_back(t);
-        }
+        std::vector<int32_t> tokens;
+        for (int32_t t = 0; t < 20; ++t) tokens.push_back((t * 37 + 11) % kByteVocab);
+        ForwardBatch b = ForwardBatch::with_block_table_width(2);
+        b.add_sequence(tokens.data(), 0, int64_t(tokens.size()), {0, 1}, 0);
         std::vector<float> out;
-        m.forward(b, cache.view(), out);
+        ModelRunner(m).forward(b, cache.view(), out);
         return out;
     };
     EXPECT_EQ(logits_of(*full), logits_of(*overlay));

@@ -1,4 +1,4 @@
-// ForwardBatch and KvCacheView — the one forward interface (DESIGN.md section 3).
+// ForwardBatch — the one forward interface on the host (DESIGN.md section 3).
 // Every forward pass (prefill, decode or mixed) takes one flattened batch of tokens from several
 // sequences and returns logits only at logits_indices.
 #pragma once
@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "backend/backend.h"
+#include "model/step_inputs.h"
 
 namespace swiftkv {
 
@@ -38,14 +38,6 @@ struct ForwardBatch {
 
     // Throws swiftkv::Error if the arrays disagree with each other (sizes, ordering, ranges).
     void validate(int64_t block_size, int64_t num_blocks) const;
-};
-
-// Device memory of the paged KV cache: one K and one V pool per physical cache layer, elements in the
-// backend's act_dtype(). Consecutive layers are equally far apart (SwiftKV's bulk write relies on it).
-struct KvCacheView {
-    KvLayout layout;
-    std::vector<void*> k_layers;
-    std::vector<void*> v_layers;
 };
 
 }  // namespace swiftkv

@@ -1,4 +1,4 @@
-#include "model/forward_batch.h"
+#include "runner/forward_batch.h"
 
 #include "core/error.h"
 
