@@ -160,6 +160,8 @@ sidebyside)
     done
   done
   python3 $S/sidebyside_table.py "$OUT" 2>&1 | tee "$OUT/sidebyside.md"
+  # The device tool fetches a handful of files per call: pack the raw results into one.
+  tar -C "$OUT" -cJf "$OUT/sidebyside_raw.tar.xz" $(cd "$OUT" && ls sbs_*) && (cd "$OUT" && rm -f sbs_*)
   ;;
 *) echo "unknown phase $phase"; status=2 ;;
 esac

@@ -190,7 +190,7 @@ void DistillModel::reserve(int64_t T) {
 // ---- construction -----------------------------------------------------------------------------------------
 
 DistillModel::DistillModel(const ModelSource& source, Backend& backend, const DistillModelOptions& options)
-    : config_(source.config()), backend_(backend), options_(options) {
+    : config_(source.config()), backend_(backend), train_(training_ops(backend)), options_(options) {
     const ModelConfig& c = config_;
     SKV_CHECK(c.is_swiftkv(), "{} is not a SwiftKV student (num_key_value_layers = num_hidden_layers = {}); make one "
               "with `swiftkv convert --swiftkv-layers 50% ...` first", source.path(), c.n_layers);
@@ -207,7 +207,7 @@ DistillModel::DistillModel(const ModelSource& source, Backend& backend, const Di
 }
 
 DistillModel::DistillModel(const ModelConfig& config, Backend& backend, const DistillModelOptions& options, uint64_t seed)
-    : config_(config), backend_(backend), options_(options) {
+    : config_(config), backend_(backend), train_(training_ops(backend)), options_(options) {
     SKV_CHECK(config.is_swiftkv(), "a random-weight distillation model needs a SwiftKV cut (num_key_value_layers < {})",
               config.n_layers);
     init(nullptr, seed);
@@ -289,7 +289,7 @@ DistillModel::~DistillModel() = default;
 void DistillModel::zero_grads() { backend_.fill_zero(grads_.get(), size_t(num_params_) * 4); }
 
 void DistillModel::params_updated() {
-    if (compute_dtype_ != DType::F32) backend_.convert_from_f32(params_.as<float>(), compute_.get(), num_params_, compute_dtype_);
+    if (compute_dtype_ != DType::F32) train_.convert_from_f32(params_.as<float>(), compute_.get(), num_params_, compute_dtype_);
 }
 
 std::vector<float> DistillModel::download_params() const {
@@ -333,7 +333,7 @@ void DistillModel::upload_batch(const PackedBatch& batch) {
 
 const void* DistillModel::as_act(const float* x, int64_t n, void* scratch) {
     if (act_dtype_ == DType::F32) return x;
-    backend_.convert_from_f32(x, scratch, n, act_dtype_);
+    train_.convert_from_f32(x, scratch, n, act_dtype_);
     return scratch;
 }
 
@@ -359,7 +359,7 @@ void DistillModel::run_frozen_layer(int64_t l, int64_t T, bool first) {
     else if (l == c.n_layers - 1 && options_.hidden_mse) io.save_input = w.t_last_in.as<float>();
     const float scale = 1.0f / std::sqrt(float(c.head_dim));
     decoder_layer_forward(backend_, c, teacher_->layer_weights(l), io, [&](char* qkv, int64_t stride, void* out) {
-        backend_.attention_forward_train(qkv, stride, qkv + c.q_dim() * act_bytes_,
+        train_.attention_forward_train(qkv, stride, qkv + c.q_dim() * act_bytes_,
                                          qkv + (c.q_dim() + c.kv_dim()) * act_bytes_, stride, seqs_, c.n_heads,
                                          c.n_kv_heads, c.head_dim, scale, out, w.lse.as<float>());
     });
@@ -419,7 +419,7 @@ void DistillModel::run_student_forward(int64_t T) {
         io.save_mid = w.amid.as<float>() + i * T * H;
         float* lse = w.s_lse.as<float>() + i * T * c.n_heads;
         decoder_layer_forward(backend_, c, teacher_->layer_weights(j), io, [&](char* q, int64_t stride, void* out) {
-            backend_.attention_forward_train(q, stride, kv + size_t(g * kvd) * act_bytes_,
+            train_.attention_forward_train(q, stride, kv + size_t(g * kvd) * act_bytes_,
                                              kv + size_t((groups_ + g) * kvd) * act_bytes_, kv_stride, seqs_, c.n_heads,
                                              c.n_kv_heads, c.head_dim, scale, out, lse);
         });
@@ -439,11 +439,11 @@ LossParts DistillModel::loss_and_head_backward(int64_t T, const LossOptions& los
         const int64_t n = std::min(logits_chunk_, T - c0);
         backend_.matmul(w.t_final.as<char>() + size_t(c0 * H) * act_bytes_, n, head, w.t_logits.get(), DType::F32);
         backend_.matmul(w.s_final.as<char>() + size_t(c0 * H) * act_bytes_, n, head, w.s_logits.get(), DType::F32);
-        backend_.kl_div_loss(w.t_logits.as<float>(), w.s_logits.as<float>(), w.row_w.as<float>() + c0, n, V,
+        train_.kl_div_loss(w.t_logits.as<float>(), w.s_logits.as<float>(), w.row_w.as<float>() + c0, n, V,
                              loss.temperature, w.row_loss.as<float>() + c0, backward ? w.d_logits.as<float>() : nullptr);
         if (backward) {
             const void* dl = as_act(w.d_logits.as<float>(), n * V, w.d_logits_act.get());
-            backend_.linear_backward_input(dl, n, head, w.d_normed.as<char>() + size_t(c0 * H) * act_bytes_, false);
+            train_.linear_backward_input(dl, n, head, w.d_normed.as<char>() + size_t(c0 * H) * act_bytes_, false);
         }
     }
     LossParts parts;
@@ -455,7 +455,7 @@ LossParts DistillModel::loss_and_head_backward(int64_t T, const LossOptions& los
         for (int64_t r = 0; r < T; ++r) wm[size_t(r)] = host_weights_[size_t(r)] * loss.hidden_mse_weight;
         backend_.upload(w.row_w_mse.get(), wm.data(), size_t(T) * 4);
         const float* student_last_in = w.hin.as<float>() + (later_ - 1) * T * H;
-        backend_.mse_loss(student_last_in, w.t_last_in.as<float>(), w.row_w_mse.as<float>(), T, H,
+        train_.mse_loss(student_last_in, w.t_last_in.as<float>(), w.row_w_mse.as<float>(), T, H,
                           w.row_loss_mse.as<float>(), backward ? w.mse_grad.as<float>() : nullptr);
         backend_.download(row_loss.data(), w.row_loss_mse.get(), size_t(T) * 4);
         for (int64_t r = 0; r < T; ++r) parts.mse += double(host_weights_[size_t(r)]) * double(row_loss[size_t(r)]);
@@ -481,7 +481,7 @@ void DistillModel::run_student_backward(int64_t T, bool with_mse) {
     float* grads = grads_.as<float>();
 
     // Final norm: d h_N from d(normed h_N), which the LM head's backward left in d_normed.
-    backend_.rmsnorm_backward(w.s_res.as<float>(), teacher_->final_norm_weights(), w.d_normed.get(), d_res, nullptr, T,
+    train_.rmsnorm_backward(w.s_res.as<float>(), teacher_->final_norm_weights(), w.d_normed.get(), d_res, nullptr, T,
                               H, eps, false);
     backend_.fill_zero(d_kv, size_t(T * kv_stride) * act_bytes_);
     for (int64_t j = c.n_layers - 1; j >= L; --j) {
@@ -491,41 +491,41 @@ void DistillModel::run_student_backward(int64_t T, bool with_mse) {
         const float* amid = w.amid.as<float>() + i * T * H;
         // MLP: out = amid + down(silu_mul(gate_up(ffn_norm(amid)))).
         const void* dy = as_act(d_res, T * H, w.d_res_act.get());
-        backend_.linear_backward_input(dy, T, lw.down, w.d_mlp.get(), false);
+        train_.linear_backward_input(dy, T, lw.down, w.d_mlp.get(), false);
         const char* gate_up = w.s_gate_up.as<char>() + size_t(i * T * 2 * F) * act_bytes_;
-        backend_.silu_mul_backward(gate_up, w.d_mlp.get(), w.d_gate_up.get(), T, F);
-        backend_.linear_backward_input(w.d_gate_up.get(), T, lw.gate_up, w.d_normed.get(), false);
-        backend_.rmsnorm_backward(amid, lw.ffn_norm, w.d_normed.get(), d_res, nullptr, T, H, eps, true);
+        train_.silu_mul_backward(gate_up, w.d_mlp.get(), w.d_gate_up.get(), T, F);
+        train_.linear_backward_input(w.d_gate_up.get(), T, lw.gate_up, w.d_normed.get(), false);
+        train_.rmsnorm_backward(amid, lw.ffn_norm, w.d_normed.get(), d_res, nullptr, T, H, eps, true);
         // Attention: amid = hin + o(attention(rope(q_proj_swiftkv(attn_norm(hin))), K_g, V_g)).
         dy = as_act(d_res, T * H, w.d_res_act.get());
-        backend_.linear_backward_input(dy, T, lw.o, w.d_attn.get(), false);
+        train_.linear_backward_input(dy, T, lw.o, w.d_attn.get(), false);
         const char* q = w.q.as<char>() + size_t(i * T * qd) * act_bytes_;
         const char* attn = w.s_attn.as<char>() + size_t(i * T * qd) * act_bytes_;
         backend_.fill_zero(w.dq.get(), size_t(T * qd) * act_bytes_);
-        backend_.attention_backward(q, qd, kv + size_t(g * kvd) * act_bytes_, kv + size_t((groups_ + g) * kvd) * act_bytes_,
+        train_.attention_backward(q, qd, kv + size_t(g * kvd) * act_bytes_, kv + size_t((groups_ + g) * kvd) * act_bytes_,
                                     kv_stride, attn, w.s_lse.as<float>() + i * T * c.n_heads, w.d_attn.get(), seqs_,
                                     c.n_heads, c.n_kv_heads, c.head_dim, scale, w.dq.get(),
                                     d_kv + size_t(g * kvd) * act_bytes_, d_kv + size_t((groups_ + g) * kvd) * act_bytes_,
                                     true);
-        backend_.rope_backward(w.dq.get(), T, qd, c.n_heads, c.head_dim, pos, inv_freq);
+        train_.rope_backward(w.dq.get(), T, qd, c.n_heads, c.head_dim, pos, inv_freq);
         backend_.rmsnorm(hin, lw.attn_norm, w.normed.get(), T, H, eps);  // q_proj's input, recomputed
-        backend_.linear_backward_weight(w.dq.get(), w.normed.get(), T, qd, H, grads + off_q_[size_t(i)]);
+        train_.linear_backward_weight(w.dq.get(), w.normed.get(), T, qd, H, grads + off_q_[size_t(i)]);
         if (j > L) {  // h_L itself does not depend on anything trainable
             const WeightMatrix w_q{compute_dtype_, qd, H, compute + size_t(off_q_[size_t(i)]) * cbytes};
-            backend_.linear_backward_input(w.dq.get(), T, w_q, w.d_normed.get(), false);
-            backend_.rmsnorm_backward(hin, lw.attn_norm, w.d_normed.get(), d_res, nullptr, T, H, eps, true);
-            if (with_mse && j == c.n_layers - 1) backend_.add_f32(d_res, w.mse_grad.as<float>(), T * H, 1.0f);
+            train_.linear_backward_input(w.dq.get(), T, w_q, w.d_normed.get(), false);
+            train_.rmsnorm_backward(hin, lw.attn_norm, w.d_normed.get(), d_res, nullptr, T, H, eps, true);
+            if (with_mse && j == c.n_layers - 1) train_.add_f32(d_res, w.mse_grad.as<float>(), T * H, 1.0f);
         }
     }
     // K/V of every group: RoPE, the fused projection, norm_swiftkv.
-    backend_.rope_backward(d_kv, T, kv_stride, groups_ * c.n_kv_heads, c.head_dim, pos, inv_freq);
+    train_.rope_backward(d_kv, T, kv_stride, groups_ * c.n_kv_heads, c.head_dim, pos, inv_freq);
     const float* h_L = w.h_L.as<float>();
     const float* norm_w = params_.as<float>() + off_norm_;
     backend_.rmsnorm(h_L, norm_w, w.normed.get(), T, H, eps);
-    backend_.linear_backward_weight(d_kv, w.normed.get(), T, kv_stride, H, grads + off_kv_);
+    train_.linear_backward_weight(d_kv, w.normed.get(), T, kv_stride, H, grads + off_kv_);
     const WeightMatrix w_kv{compute_dtype_, kv_stride, H, compute + size_t(off_kv_) * cbytes};
-    backend_.linear_backward_input(d_kv, T, w_kv, w.d_normed.get(), false);
-    backend_.rmsnorm_backward(h_L, norm_w, w.d_normed.get(), d_res, grads + off_norm_, T, H, eps, false);
+    train_.linear_backward_input(d_kv, T, w_kv, w.d_normed.get(), false);
+    train_.rmsnorm_backward(h_L, norm_w, w.d_normed.get(), d_res, grads + off_norm_, T, H, eps, false);
 }
 
 LossParts DistillModel::forward_backward(const PackedBatch& batch, const LossOptions& loss, bool backward) {

@@ -33,6 +33,7 @@
 
 #include "backend/backend.h"
 #include "backend/device_buffer.h"
+#include "backend/train_ops.h"
 #include "model/llama_model.h"
 #include "model/model_config.h"
 
@@ -94,6 +95,7 @@ public:
 
     const ModelConfig& config() const { return config_; }  // the student's (L, g)
     Backend& backend() const { return backend_; }
+    TrainingOps& training() const { return train_; }
     const LlamaModel& teacher() const { return *teacher_; }
 
     // The trainable tensors in the flat buffers, in storage order (see the top of this file).
@@ -142,6 +144,7 @@ private:
 
     ModelConfig config_;  // student config
     Backend& backend_;
+    TrainingOps& train_;  // the backend's training ops (throws at construction where it has none)
     DistillModelOptions options_;
     std::unique_ptr<LlamaModel> teacher_;
     DType act_dtype_ = DType::F32;

@@ -450,13 +450,13 @@ DistillResult run_distill(const DistillOptions& opts, const DistillTextCodec& co
             sum.mse += p.mse;
             flops += model.step_flops(mb, true);
         }
-        const double grad_norm = std::sqrt(backend->grad_sq_norm(model.grads(), P));
+        const double grad_norm = std::sqrt(model.training().grad_sq_norm(model.grads(), P));
         SKV_CHECK(std::isfinite(grad_norm) && std::isfinite(sum.loss),
                   "step {}: the loss or gradient is not finite (loss {}, gradient norm {}); the last checkpoint is kept. "
                   "Lower --lr or check the data", step + 1, sum.loss, grad_norm);
-        if (opts.clip > 0 && grad_norm > opts.clip) backend->scale(model.grads(), P, float(opts.clip / grad_norm));
+        if (opts.clip > 0 && grad_norm > opts.clip) model.training().scale(model.grads(), P, float(opts.clip / grad_norm));
         adam.lr = float(distill_lr_at(step, total_steps, warmup_steps, opts.lr));
-        backend->adamw_step(model.params(), model.grads(), adam_m.as<float>(), adam_v.as<float>(), P, adam, step + 1);
+        model.training().adamw_step(model.params(), model.grads(), adam_m.as<float>(), adam_v.as<float>(), P, adam, step + 1);
         model.params_updated();
         backend->synchronize();
         ++step;

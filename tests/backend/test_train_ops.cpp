@@ -13,9 +13,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <numeric>
 
+#include "backend/train_ops.h"
 #include "backend_test_util.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -64,6 +66,7 @@ protected:
         ASSERT_TRUE(backend_) << "backend " << GetParam() << " unavailable";
     }
     Backend& b() { return *backend_; }
+    TrainingOps& ops() { return training_ops(*backend_); }
     std::unique_ptr<Backend> backend_;
 };
 
@@ -114,14 +117,14 @@ TEST_P(TrainOps, RmsNormForwardAndBackward) {
         });
 
         DeviceArray<float> d_dx(b(), dx0), d_dw(b(), dw0);
-        b().rmsnorm_backward(d_x.get(), d_w.get(), d_r.get(), d_dx.get(), d_dw.get(), c.rows, c.dim, float(eps), false);
+        ops().rmsnorm_backward(d_x.get(), d_w.get(), d_r.get(), d_dx.get(), d_dw.get(), c.rows, c.dim, float(eps), false);
         EXPECT_TRUE(grad_close(d_dx.to_host(), gx)) << "dx " << c.rows << "x" << c.dim;
         Vec gw_acc(gw);
         for (size_t j = 0; j < gw.size(); ++j) gw_acc[j] += dw0[j];
         EXPECT_TRUE(grad_close(d_dw.to_host(), gw_acc)) << "dweight (accumulated) " << c.rows << "x" << c.dim;
 
         // accumulate_dx adds to dx; a null dweight is skipped.
-        b().rmsnorm_backward(d_x.get(), d_w.get(), d_r.get(), d_dx.get(), nullptr, c.rows, c.dim, float(eps), true);
+        ops().rmsnorm_backward(d_x.get(), d_w.get(), d_r.get(), d_dx.get(), nullptr, c.rows, c.dim, float(eps), true);
         Vec gx2(gx);
         for (auto& g : gx2) g *= 2.0;
         EXPECT_TRUE(grad_close(d_dx.to_host(), gx2)) << "dx accumulated " << c.rows << "x" << c.dim;
@@ -196,7 +199,7 @@ TEST_P(TrainOps, RopeForwardAndBackward) {
         for (int64_t i = 0; i < c.rows; ++i)
             for (int64_t j = 0; j < width; ++j) dx[size_t(i * stride + j)] = r[size_t(i * width + j)];
         DeviceArray<float> d_dx(b(), dx);
-        b().rope_backward(d_dx.get(), c.rows, stride, c.n_heads, c.head_dim, d_p.get(), d_f.get());
+        ops().rope_backward(d_dx.get(), c.rows, stride, c.n_heads, c.head_dim, d_p.get(), d_f.get());
         const auto got = d_dx.to_host();
         std::vector<float> got_heads(xd.size());
         for (int64_t i = 0; i < c.rows; ++i) {
@@ -297,7 +300,7 @@ TEST_P(TrainOps, AttentionForwardAndBackward) {
         Vec out_ref(size_t(T * nh * hd)), lse_ref(size_t(T * nh));
         for (int64_t i = 0; i < nseq; ++i) ref_attention_seq(qd, kd, vd, s, scale, cu[size_t(i)], cu[size_t(i + 1)], out_ref, lse_ref);
         DeviceArray<float> d_out(b(), size_t(T * nh * hd)), d_lse(b(), size_t(T * nh));
-        b().attention_forward_train(qp, qs, kp, vp, kvs, seqs, nh, nkv, hd, float(scale), d_out.get(), d_lse.get());
+        ops().attention_forward_train(qp, qs, kp, vp, kvs, seqs, nh, nkv, hd, float(scale), d_out.get(), d_lse.get());
         const std::string what = std::to_string(nh) + ":" + std::to_string(nkv) + " heads, head_dim " +
                                  std::to_string(hd) + ", " + std::to_string(nseq) + " sequences" +
                                  (s.fused ? ", fused rows" : "");
@@ -329,7 +332,7 @@ TEST_P(TrainOps, AttentionForwardAndBackward) {
         float* dq = d_gq.get();
         float* dk = s.fused ? d_gq.get() + k_off : d_gk.get();
         float* dv = s.fused ? d_gq.get() + v_off : d_gv.get();
-        b().attention_backward(qp, qs, kp, vp, kvs, d_out.get(), d_lse.get(), d_r.get(), seqs, nh, nkv, hd,
+        ops().attention_backward(qp, qs, kp, vp, kvs, d_out.get(), d_lse.get(), d_r.get(), seqs, nh, nkv, hd,
                                float(scale), dq, dk, dv, false);
         {
             const auto hq = d_gq.to_host(), hk = s.fused ? hq : d_gk.to_host(), hv = s.fused ? hq : d_gv.to_host();
@@ -337,7 +340,7 @@ TEST_P(TrainOps, AttentionForwardAndBackward) {
             EXPECT_TRUE(grad_close(unpack(hk, nkv * hd, kvs, k_off), gk)) << "dk, " << what;
             EXPECT_TRUE(grad_close(unpack(hv, nkv * hd, kvs, v_off), gv)) << "dv, " << what;
         }
-        b().attention_backward(qp, qs, kp, vp, kvs, d_out.get(), d_lse.get(), d_r.get(), seqs, nh, nkv, hd,
+        ops().attention_backward(qp, qs, kp, vp, kvs, d_out.get(), d_lse.get(), d_r.get(), seqs, nh, nkv, hd,
                                float(scale), dq, dk, dv, true);
         {
             auto twice = [](Vec g) {
@@ -366,12 +369,12 @@ TEST_P(TrainOps, AttentionRejectsBadPacking) {
     seqs.num_rows = 3;
     seqs.cu_seqlens = d_cu.get();
     seqs.max_seq_len = 5;
-    EXPECT_THROW(b().attention_forward_train(buf.get(), 8, buf.get(), buf.get(), 8, seqs, 1, 1, 8, 1.0f, buf.get(),
+    EXPECT_THROW(ops().attention_forward_train(buf.get(), 8, buf.get(), buf.get(), 8, seqs, 1, 1, 8, 1.0f, buf.get(),
                                              buf.get()),
                  Error);
     seqs.num_seqs = 1;
     seqs.num_rows = 5;
-    EXPECT_THROW(b().attention_forward_train(buf.get(), 16, buf.get(), buf.get(), 8, seqs, 3, 2, 4, 1.0f, buf.get(),
+    EXPECT_THROW(ops().attention_forward_train(buf.get(), 16, buf.get(), buf.get(), 8, seqs, 3, 2, 4, 1.0f, buf.get(),
                                              buf.get()),
                  Error);  // 3 query heads cannot share 2 KV heads
 }
@@ -403,7 +406,7 @@ TEST_P(TrainOps, SiluMulForwardAndBackward) {
                      rd[size_t(row * c.ffn + j)];
             return f;
         });
-        b().silu_mul_backward(d_gu.get(), d_r.get(), d_g.get(), c.rows, c.ffn);
+        ops().silu_mul_backward(d_gu.get(), d_r.get(), d_g.get(), c.rows, c.ffn);
         EXPECT_TRUE(grad_close(d_g.to_host(), g)) << "silu_mul backward " << c.rows << "x" << c.ffn;
     }
 }
@@ -436,13 +439,13 @@ TEST_P(TrainOps, LinearBackwardFiniteDifferences) {
 
         DeviceArray<float> d_x(b(), x), d_w(b(), w), d_r(b(), r), d_dx(b(), dx0), d_dw(b(), dw0);
         const WeightMatrix wm{DType::F32, c.out, c.in, d_w.get()};
-        b().linear_backward_input(d_r.get(), c.rows, wm, d_dx.get(), false);
+        ops().linear_backward_input(d_r.get(), c.rows, wm, d_dx.get(), false);
         EXPECT_TRUE(grad_close(d_dx.to_host(), gx)) << "dx " << c.rows << "x" << c.in << "->" << c.out;
-        b().linear_backward_input(d_r.get(), c.rows, wm, d_dx.get(), true);
+        ops().linear_backward_input(d_r.get(), c.rows, wm, d_dx.get(), true);
         Vec gx2(gx);
         for (auto& g : gx2) g *= 2.0;
         EXPECT_TRUE(grad_close(d_dx.to_host(), gx2)) << "dx accumulated " << c.rows << "x" << c.in << "->" << c.out;
-        b().linear_backward_weight(d_r.get(), d_x.get(), c.rows, c.out, c.in, d_dw.get());
+        ops().linear_backward_weight(d_r.get(), d_x.get(), c.rows, c.out, c.in, d_dw.get());
         EXPECT_TRUE(grad_close(d_dw.to_host(), gw)) << "dw " << c.rows << "x" << c.in << "->" << c.out;
     }
 }
@@ -477,13 +480,13 @@ TEST_P(TrainOps, LinearBackwardLarge) {
         DeviceArray<uint16_t> d_wb(b(), w_bf16);
         const WeightMatrix wm = c.dtype == DType::F32 ? WeightMatrix{DType::F32, c.out, c.in, d_w.get()}
                                                       : WeightMatrix{DType::BF16, c.out, c.in, d_wb.get()};
-        b().linear_backward_input(d_dy.get(), c.rows, wm, d_dx.get(), false);
+        ops().linear_backward_input(d_dy.get(), c.rows, wm, d_dx.get(), false);
         EXPECT_TRUE(grad_close(d_dx.to_host(), ref_dx, 1e-4)) << "dx " << c.rows << "x" << c.in << "->" << c.out;
-        b().linear_backward_input(d_dy.get(), c.rows, wm, d_dx.get(), true);
+        ops().linear_backward_input(d_dy.get(), c.rows, wm, d_dx.get(), true);
         for (auto& g : ref_dx) g *= 2.0;
         EXPECT_TRUE(grad_close(d_dx.to_host(), ref_dx, 1e-4)) << "dx accumulated " << c.rows << "x" << c.in << "->" << c.out;
         if (c.dtype == DType::F32) {
-            b().linear_backward_weight(d_dy.get(), d_x.get(), c.rows, c.out, c.in, d_dw.get());
+            ops().linear_backward_weight(d_dy.get(), d_x.get(), c.rows, c.out, c.in, d_dw.get());
             EXPECT_TRUE(grad_close(d_dw.to_host(), ref_dw, 1e-4)) << "dw " << c.rows << "x" << c.in << "->" << c.out;
         }
     }
@@ -541,7 +544,7 @@ TEST_P(TrainOps, KlDivLoss) {
         }, std::max(1e-6, 1e-8 * double(std::abs(c.offset))));
 
         DeviceArray<float> d_t(b(), t), d_s(b(), s), d_w(b(), w), d_loss(b(), size_t(c.rows)), d_g(b(), s.size());
-        b().kl_div_loss(d_t.get(), d_s.get(), c.weights ? d_w.get() : nullptr, c.rows, c.vocab, c.temperature,
+        ops().kl_div_loss(d_t.get(), d_s.get(), c.weights ? d_w.get() : nullptr, c.rows, c.vocab, c.temperature,
                         d_loss.get(), d_g.get());
         const std::string what = std::to_string(c.rows) + "x" + std::to_string(c.vocab) + ", T " +
                                  std::to_string(c.temperature) + ", offset " + std::to_string(c.offset);
@@ -551,9 +554,9 @@ TEST_P(TrainOps, KlDivLoss) {
 
         // Loss only, gradient only.
         DeviceArray<float> d_loss2(b(), size_t(c.rows)), d_g2(b(), s.size());
-        b().kl_div_loss(d_t.get(), d_s.get(), c.weights ? d_w.get() : nullptr, c.rows, c.vocab, c.temperature,
+        ops().kl_div_loss(d_t.get(), d_s.get(), c.weights ? d_w.get() : nullptr, c.rows, c.vocab, c.temperature,
                         d_loss2.get(), nullptr);
-        b().kl_div_loss(d_t.get(), d_s.get(), c.weights ? d_w.get() : nullptr, c.rows, c.vocab, c.temperature,
+        ops().kl_div_loss(d_t.get(), d_s.get(), c.weights ? d_w.get() : nullptr, c.rows, c.vocab, c.temperature,
                         nullptr, d_g2.get());
         EXPECT_EQ(d_loss2.to_host(), d_loss.to_host());
         EXPECT_EQ(d_g2.to_host(), d_g.to_host());
@@ -565,7 +568,7 @@ TEST_P(TrainOps, KlDivLossOfIdenticalLogitsIsZero) {
     const int64_t rows = 3, vocab = 100;
     const auto t = rng.floats(size_t(rows * vocab), -10.0f, 10.0f);
     DeviceArray<float> d_t(b(), t), d_loss(b(), size_t(rows)), d_g(b(), t.size());
-    b().kl_div_loss(d_t.get(), d_t.get(), nullptr, rows, vocab, 2.0f, d_loss.get(), d_g.get());
+    ops().kl_div_loss(d_t.get(), d_t.get(), nullptr, rows, vocab, 2.0f, d_loss.get(), d_g.get());
     for (float l : d_loss.to_host()) EXPECT_NEAR(l, 0.0f, 1e-6f);
     for (float g : d_g.to_host()) EXPECT_NEAR(g, 0.0f, 1e-12f);  // q - p, up to FMA contraction
 }
@@ -592,7 +595,7 @@ TEST_P(TrainOps, MseLoss) {
             return double(w[size_t(row)]) * row_loss(&x[size_t(row * c.dim)], row);
         });
         DeviceArray<float> d_a(b(), a), d_b(b(), bb), d_w(b(), w), d_loss(b(), size_t(c.rows)), d_g(b(), a.size());
-        b().mse_loss(d_a.get(), d_b.get(), c.weights ? d_w.get() : nullptr, c.rows, c.dim, d_loss.get(), d_g.get());
+        ops().mse_loss(d_a.get(), d_b.get(), c.weights ? d_w.get() : nullptr, c.rows, c.dim, d_loss.get(), d_g.get());
         EXPECT_TRUE(grad_close(d_loss.to_host(), loss_ref, 1e-6, 0.0)) << "loss " << c.rows << "x" << c.dim;
         EXPECT_TRUE(grad_close(d_g.to_host(), g)) << "grad " << c.rows << "x" << c.dim;
     }
@@ -617,7 +620,7 @@ TEST_P(TrainOps, AdamWMatchesF64Reference) {
             auto grad = rng.floats(size_t(c.n), -0.1f, 0.1f);
             if (step == 3) grad[0] = 0.0f;
             DeviceArray<float> d_g(b(), grad);
-            b().adamw_step(d_p.get(), d_g.get(), d_m.get(), d_v.get(), c.n, p, step);
+            ops().adamw_step(d_p.get(), d_g.get(), d_m.get(), d_v.get(), c.n, p, step);
             const double b1 = p.beta1, b2 = p.beta2, lr = p.lr;
             for (size_t i = 0; i < size_t(c.n); ++i) {
                 const double g = grad[i];
@@ -646,11 +649,52 @@ TEST_P(TrainOps, GradNormAndScale) {
         double ref = 0.0;
         for (float v : x) ref += double(v) * double(v);
         DeviceArray<float> d_x(b(), n > 0 ? x : std::vector<float>(1));
-        EXPECT_NEAR(b().grad_sq_norm(d_x.get(), n), ref, 1e-12 * std::max(1.0, ref)) << n;
-        b().scale(d_x.get(), n, 0.25f);
+        EXPECT_NEAR(ops().grad_sq_norm(d_x.get(), n), ref, 1e-12 * std::max(1.0, ref)) << n;
+        ops().scale(d_x.get(), n, 0.25f);
         const auto got = d_x.to_host();
         for (int64_t i = 0; i < n; ++i) ASSERT_EQ(got[size_t(i)], x[size_t(i)] * 0.25f);
     }
+}
+
+// convert_from_f32 rounds to nearest even (bf16) or copies (f32); add_f32 is y + alpha x in f32. Both
+// against values computed here from their definitions (bf16 rounding done in integer arithmetic).
+TEST_P(TrainOps, ConvertFromF32AndAddF32) {
+    Random rng(22);
+    auto bf16_rne = [](float f) {
+        uint32_t u;
+        std::memcpy(&u, &f, 4);
+        if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu)) return uint16_t((u >> 16) | 0x40);  // NaN stays NaN
+        return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    };
+    for (int64_t n : {0, 1, 7, 100003}) {
+        auto x = rng.floats(size_t(n), -1000.0f, 1000.0f);
+        if (n >= 7) {  // ties, a denormal, infinity, a value that rounds up to infinity
+            const uint32_t bits[] = {0x3f808000u, 0x3f818000u, 0x00000001u, 0x7f800000u, 0x7f7fffffu};
+            for (int i = 0; i < 5; ++i) std::memcpy(&x[size_t(i)], &bits[i], 4);
+        }
+        DeviceArray<float> d_x(b(), n > 0 ? x : std::vector<float>(1));
+        DeviceArray<uint16_t> d_h(b(), size_t(std::max<int64_t>(n, 1)));
+        DeviceArray<float> d_f(b(), size_t(std::max<int64_t>(n, 1)));
+        ops().convert_from_f32(d_x.get(), d_h.get(), n, DType::BF16);
+        ops().convert_from_f32(d_x.get(), d_f.get(), n, DType::F32);
+        const std::vector<uint16_t> h = d_h.to_host();
+        const std::vector<float> f = d_f.to_host();
+        for (int64_t i = 0; i < n; ++i) {
+            ASSERT_EQ(h[size_t(i)], bf16_rne(x[size_t(i)])) << "bf16 of " << x[size_t(i)] << ", n " << n;
+            ASSERT_EQ(f[size_t(i)], x[size_t(i)]);
+        }
+        const auto y0 = rng.floats(size_t(n));
+        DeviceArray<float> d_y(b(), n > 0 ? y0 : std::vector<float>(1));
+        ops().add_f32(d_y.get(), d_f.get(), n, -0.5f);
+        const auto y = d_y.to_host();
+        for (int64_t i = 0; i < n; ++i) {  // one rounding (fused) or two
+            const double ref = double(y0[size_t(i)]) - 0.5 * double(x[size_t(i)]);
+            if (std::isinf(x[size_t(i)])) continue;
+            ASSERT_NEAR(y[size_t(i)], ref, 1.2e-7 * (std::abs(ref) + 0.5 * std::abs(double(x[size_t(i)])))) << i;
+        }
+    }
+    EXPECT_THROW(ops().convert_from_f32(nullptr, nullptr, 4, DType::Q8_0), Error);
+    EXPECT_THROW(ops().add_f32(nullptr, nullptr, -1, 1.0f), Error);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, TrainOps, ::testing::ValuesIn(backend_names()),

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "backend/sampling_noise.h"
+#include "backend/train_ops.h"
 #include "core/error.h"
 #include "cuda_test_util.h"
 
@@ -68,9 +69,9 @@ TEST_F(CudaTrainOps, RmsnormBackward) {
                 Act dy(gpu(), cpu(), fast_floats(size_t(rows * dim), seed++));
                 F32 dx(gpu(), cpu(), fast_floats(size_t(rows * dim), seed++));
                 F32 dw(gpu(), cpu(), fast_floats(size_t(dim), seed++));
-                gpu().rmsnorm_backward(x.g.get(), w.g.get(), dy.g.get(), dx.g.get(), with_dw ? dw.g.get() : nullptr, rows,
+                training_ops(gpu()).rmsnorm_backward(x.g.get(), w.g.get(), dy.g.get(), dx.g.get(), with_dw ? dw.g.get() : nullptr, rows,
                                        dim, 1e-5f, accumulate);
-                cpu().rmsnorm_backward(x.c.get(), w.c.get(), dy.c.get(), dx.c.get(), with_dw ? dw.c.get() : nullptr, rows,
+                training_ops(cpu()).rmsnorm_backward(x.c.get(), w.c.get(), dy.c.get(), dx.c.get(), with_dw ? dw.c.get() : nullptr, rows,
                                        dim, 1e-5f, accumulate);
                 const std::string what = shape_name(rows, dim) + (accumulate ? ", accumulate" : "") +
                                          (with_dw ? ", dweight" : "");
@@ -100,10 +101,10 @@ TEST_F(CudaTrainOps, RopeBackward) {
             DeviceArray<int32_t> pg(gpu(), pos), pc(cpu(), pos);
             DeviceArray<float> fg(gpu(), inv_freq), fc(cpu(), inv_freq);
             // Q heads at the start of the row, then K heads (an offset pointer); V must stay untouched.
-            gpu().rope_backward(qkv.g.get(), rows, stride, rc.n_heads, hd, pg.get(), fg.get());
-            gpu().rope_backward(qkv.g.get() + rc.n_heads * hd, rows, stride, rc.n_kv_heads, hd, pg.get(), fg.get());
-            cpu().rope_backward(qkv.c.get(), rows, stride, rc.n_heads, hd, pc.get(), fc.get());
-            cpu().rope_backward(qkv.c.get() + rc.n_heads * hd, rows, stride, rc.n_kv_heads, hd, pc.get(), fc.get());
+            training_ops(gpu()).rope_backward(qkv.g.get(), rows, stride, rc.n_heads, hd, pg.get(), fg.get());
+            training_ops(gpu()).rope_backward(qkv.g.get() + rc.n_heads * hd, rows, stride, rc.n_kv_heads, hd, pg.get(), fg.get());
+            training_ops(cpu()).rope_backward(qkv.c.get(), rows, stride, rc.n_heads, hd, pc.get(), fc.get());
+            training_ops(cpu()).rope_backward(qkv.c.get() + rc.n_heads * hd, rows, stride, rc.n_kv_heads, hd, pc.get(), fc.get());
             const auto got = qkv.gpu_values(), ref = qkv.cpu_values();
             const std::string what = "heads " + std::to_string(rc.n_heads) + "/" + std::to_string(rc.n_kv_heads) +
                                      ", head_dim " + std::to_string(hd) + ", rows " + std::to_string(rows);
@@ -122,8 +123,8 @@ TEST_F(CudaTrainOps, SiluMulBackward) {
             Act gate_up(gpu(), cpu(), fast_floats(size_t(rows * 2 * ffn), seed++, -6.0f, 6.0f));
             Act dy(gpu(), cpu(), fast_floats(size_t(rows * ffn), seed++));
             Act out(gpu(), cpu(), std::vector<float>(size_t(rows * 2 * ffn), 0.0f));
-            gpu().silu_mul_backward(gate_up.g.get(), dy.g.get(), out.g.get(), rows, ffn);
-            cpu().silu_mul_backward(gate_up.c.get(), dy.c.get(), out.c.get(), rows, ffn);
+            training_ops(gpu()).silu_mul_backward(gate_up.g.get(), dy.g.get(), out.g.get(), rows, ffn);
+            training_ops(cpu()).silu_mul_backward(gate_up.c.get(), dy.c.get(), out.c.get(), rows, ffn);
             EXPECT_LE(rel_error(out.gpu_values(), out.cpu_values()), kBf16Tol) << shape_name(rows, ffn);
         }
     }
@@ -145,9 +146,9 @@ TEST_F(CudaTrainOps, LinearBackwardInput) {
             const auto w = to_bf16(fast_floats(size_t(s.out * s.in), seed++));
             DeviceArray<uint16_t> wg(gpu(), w), wc(cpu(), w);
             Act dx(gpu(), cpu(), fast_floats(size_t(s.rows * s.in), seed++, -4.0f, 4.0f));
-            gpu().linear_backward_input(dy.g.get(), s.rows, WeightMatrix{DType::BF16, s.out, s.in, wg.get()}, dx.g.get(),
+            training_ops(gpu()).linear_backward_input(dy.g.get(), s.rows, WeightMatrix{DType::BF16, s.out, s.in, wg.get()}, dx.g.get(),
                                         accumulate);
-            cpu().linear_backward_input(dy.c.get(), s.rows, WeightMatrix{DType::BF16, s.out, s.in, wc.get()}, dx.c.get(),
+            training_ops(cpu()).linear_backward_input(dy.c.get(), s.rows, WeightMatrix{DType::BF16, s.out, s.in, wc.get()}, dx.c.get(),
                                         accumulate);
             EXPECT_LE(rel_error(dx.gpu_values(), dx.cpu_values()), kBf16Tol)
                 << s.rows << " rows, W [" << s.out << ", " << s.in << "]" << (accumulate ? ", accumulate" : "");
@@ -164,8 +165,8 @@ TEST_F(CudaTrainOps, LinearBackwardWeight) {
         F32 dw(gpu(), cpu(), fast_floats(size_t(s.out * s.in), seed++));
         // Twice: dw accumulates.
         for (int rep = 0; rep < 2; ++rep) {
-            gpu().linear_backward_weight(dy.g.get(), x.g.get(), s.rows, s.out, s.in, dw.g.get());
-            cpu().linear_backward_weight(dy.c.get(), x.c.get(), s.rows, s.out, s.in, dw.c.get());
+            training_ops(gpu()).linear_backward_weight(dy.g.get(), x.g.get(), s.rows, s.out, s.in, dw.g.get());
+            training_ops(cpu()).linear_backward_weight(dy.c.get(), x.c.get(), s.rows, s.out, s.in, dw.c.get());
         }
         EXPECT_LE(rel_error(dw.g.to_host(), dw.c.to_host()), 1e-4)
             << s.rows << " rows, W [" << s.out << ", " << s.in << "]";
@@ -180,17 +181,17 @@ TEST_F(CudaTrainOps, LinearBackwardOffsetOperands) {
         Act dy(gpu(), cpu(), fast_floats(size_t(rows * out + 8), 500));
         Act x(gpu(), cpu(), fast_floats(size_t(rows * in + 8), 501));
         F32 dw(gpu(), cpu(), fast_floats(size_t(out * in + dw_off), 502));
-        gpu().linear_backward_weight(dy.g.get() + 8, x.g.get() + 8, rows, out, in, dw.g.get() + dw_off);
-        cpu().linear_backward_weight(dy.c.get() + 8, x.c.get() + 8, rows, out, in, dw.c.get() + dw_off);
+        training_ops(gpu()).linear_backward_weight(dy.g.get() + 8, x.g.get() + 8, rows, out, in, dw.g.get() + dw_off);
+        training_ops(cpu()).linear_backward_weight(dy.c.get() + 8, x.c.get() + 8, rows, out, in, dw.c.get() + dw_off);
         const auto got = dw.g.to_host();
         EXPECT_LE(rel_error(got, dw.c.to_host()), 1e-4) << "dW offset " << dw_off;
         for (int64_t i = 0; i < dw_off; ++i) EXPECT_EQ(got[size_t(i)], dw.host[size_t(i)]);
         const auto w = to_bf16(fast_floats(size_t(out * in + 8), 503));
         DeviceArray<uint16_t> wg(gpu(), w), wc(cpu(), w);
         Act dx(gpu(), cpu(), fast_floats(size_t(rows * in + 8), 504));
-        gpu().linear_backward_input(dy.g.get() + 8, rows, WeightMatrix{DType::BF16, out, in, wg.get() + 8},
+        training_ops(gpu()).linear_backward_input(dy.g.get() + 8, rows, WeightMatrix{DType::BF16, out, in, wg.get() + 8},
                                     dx.g.get() + 8, true);
-        cpu().linear_backward_input(dy.c.get() + 8, rows, WeightMatrix{DType::BF16, out, in, wc.get() + 8},
+        training_ops(cpu()).linear_backward_input(dy.c.get() + 8, rows, WeightMatrix{DType::BF16, out, in, wc.get() + 8},
                                     dx.c.get() + 8, true);
         EXPECT_LE(rel_error(dx.gpu_values(), dx.cpu_values()), kBf16Tol) << "dX at an offset";
     }
@@ -242,9 +243,9 @@ void check_attention(Backend& gpu, Backend& cpu, const AttnCase& ac, bool simple
     // Forward.
     Act out(gpu, cpu, std::vector<float>(size_t(T * nh * hd), 0.0f));
     DeviceArray<float> lse_g(gpu, size_t(T * nh)), lse_c(cpu, size_t(T * nh));
-    gpu.attention_forward_train(qkv.g.get(), stride, qkv.g.get() + k_off, qkv.g.get() + v_off, stride, sg, nh, nkv, hd,
+    training_ops(gpu).attention_forward_train(qkv.g.get(), stride, qkv.g.get() + k_off, qkv.g.get() + v_off, stride, sg, nh, nkv, hd,
                                 scale, out.g.get(), lse_g.get());
-    cpu.attention_forward_train(qkv.c.get(), stride, qkv.c.get() + k_off, qkv.c.get() + v_off, stride, sc, nh, nkv, hd,
+    training_ops(cpu).attention_forward_train(qkv.c.get(), stride, qkv.c.get() + k_off, qkv.c.get() + v_off, stride, sc, nh, nkv, hd,
                                 scale, out.c.get(), lse_c.get());
     const auto out_ref = out.cpu_values();
     const auto lse_ref = lse_c.to_host();
@@ -257,10 +258,10 @@ void check_attention(Backend& gpu, Backend& cpu, const AttnCase& ac, bool simple
     Act dout(gpu, cpu, fast_floats(size_t(T * nh * hd), seed + 1));
     const auto init = accumulate ? fast_floats(size_t(T * stride), seed + 2) : std::vector<float>(size_t(T * stride), 0.0f);
     Act grad(gpu, cpu, init);
-    gpu.attention_backward(qkv.g.get(), stride, qkv.g.get() + k_off, qkv.g.get() + v_off, stride, o.g.get(), lg.get(),
+    training_ops(gpu).attention_backward(qkv.g.get(), stride, qkv.g.get() + k_off, qkv.g.get() + v_off, stride, o.g.get(), lg.get(),
                            dout.g.get(), sg, nh, nkv, hd, scale, grad.g.get(), grad.g.get() + k_off,
                            grad.g.get() + v_off, accumulate);
-    cpu.attention_backward(qkv.c.get(), stride, qkv.c.get() + k_off, qkv.c.get() + v_off, stride, o.c.get(), lc.get(),
+    training_ops(cpu).attention_backward(qkv.c.get(), stride, qkv.c.get() + k_off, qkv.c.get() + v_off, stride, o.c.get(), lc.get(),
                            dout.c.get(), sc, nh, nkv, hd, scale, grad.c.get(), grad.c.get() + k_off,
                            grad.c.get() + v_off, accumulate);
     const auto got = grad.gpu_values(), ref = grad.cpu_values();
@@ -326,9 +327,9 @@ TEST_F(CudaTrainOps, KlDivLoss) {
                     F32 loss(gpu(), cpu(), std::vector<float>(size_t(rows), -1.0f));
                     F32 grad(gpu(), cpu(), std::vector<float>(size_t(rows * vocab), 7.0f));
                     const bool with_loss = outputs != 2, with_grad = outputs != 1;
-                    gpu().kl_div_loss(tg.g.get(), sgv.g.get(), w.g.get(), rows, vocab, temperature,
+                    training_ops(gpu()).kl_div_loss(tg.g.get(), sgv.g.get(), w.g.get(), rows, vocab, temperature,
                                       with_loss ? loss.g.get() : nullptr, with_grad ? grad.g.get() : nullptr);
-                    cpu().kl_div_loss(tg.c.get(), sgv.c.get(), w.c.get(), rows, vocab, temperature,
+                    training_ops(cpu()).kl_div_loss(tg.c.get(), sgv.c.get(), w.c.get(), rows, vocab, temperature,
                                       with_loss ? loss.c.get() : nullptr, with_grad ? grad.c.get() : nullptr);
                     const std::string what = shape_name(rows, vocab) + ", T " + std::to_string(temperature) +
                                              ", outputs " + std::to_string(outputs);
@@ -345,8 +346,8 @@ TEST_F(CudaTrainOps, KlDivLoss) {
     for (size_t i = 0; i < s.size(); ++i) s[i] += t[i];
     F32 tg(gpu(), cpu(), t), sgv(gpu(), cpu(), s);
     F32 loss(gpu(), cpu(), std::vector<float>(size_t(rows), 0.0f)), grad(gpu(), cpu(), std::vector<float>(size_t(rows * vocab), 0.0f));
-    gpu().kl_div_loss(tg.g.get(), sgv.g.get(), nullptr, rows, vocab, 1.0f, loss.g.get(), grad.g.get());
-    cpu().kl_div_loss(tg.c.get(), sgv.c.get(), nullptr, rows, vocab, 1.0f, loss.c.get(), grad.c.get());
+    training_ops(gpu()).kl_div_loss(tg.g.get(), sgv.g.get(), nullptr, rows, vocab, 1.0f, loss.g.get(), grad.g.get());
+    training_ops(cpu()).kl_div_loss(tg.c.get(), sgv.c.get(), nullptr, rows, vocab, 1.0f, loss.c.get(), grad.c.get());
     EXPECT_LE(rel_error(loss.g.to_host(), loss.c.to_host()), 1e-4) << "row loss, vocab 128256";
     EXPECT_LE(rel_error(grad.g.to_host(), grad.c.to_host()), kF32Tol) << "gradient, vocab 128256";
 }
@@ -355,7 +356,7 @@ TEST_F(CudaTrainOps, KlDivLossOfIdenticalLogitsIsZero) {
     const int64_t rows = 3, vocab = 50000;
     const auto t = fast_floats(size_t(rows * vocab), 77, -8.0f, 8.0f);
     DeviceArray<float> tg(gpu(), t), loss(gpu(), size_t(rows)), grad(gpu(), size_t(rows * vocab));
-    gpu().kl_div_loss(tg.get(), tg.get(), nullptr, rows, vocab, 1.5f, loss.get(), grad.get());
+    training_ops(gpu()).kl_div_loss(tg.get(), tg.get(), nullptr, rows, vocab, 1.5f, loss.get(), grad.get());
     for (float l : loss.to_host()) EXPECT_NEAR(l, 0.0f, 1e-5f);
     for (float g : grad.to_host()) ASSERT_NEAR(g, 0.0f, 1e-7f);
 }
@@ -370,8 +371,8 @@ TEST_F(CudaTrainOps, MseLoss) {
                 F32 w(gpu(), cpu(), fast_floats(size_t(rows), seed++, 0.0f, 1.0f));
                 F32 loss(gpu(), cpu(), std::vector<float>(size_t(rows), 0.0f));
                 F32 grad(gpu(), cpu(), std::vector<float>(size_t(rows * dim), 0.0f));
-                gpu().mse_loss(a.g.get(), b.g.get(), weighted ? w.g.get() : nullptr, rows, dim, loss.g.get(), grad.g.get());
-                cpu().mse_loss(a.c.get(), b.c.get(), weighted ? w.c.get() : nullptr, rows, dim, loss.c.get(), grad.c.get());
+                training_ops(gpu()).mse_loss(a.g.get(), b.g.get(), weighted ? w.g.get() : nullptr, rows, dim, loss.g.get(), grad.g.get());
+                training_ops(cpu()).mse_loss(a.c.get(), b.c.get(), weighted ? w.c.get() : nullptr, rows, dim, loss.c.get(), grad.c.get());
                 const std::string what = shape_name(rows, dim) + (weighted ? ", weighted" : "");
                 EXPECT_LE(rel_error(loss.g.to_host(), loss.c.to_host()), kF32Tol) << "row loss, " << what;
                 EXPECT_LE(rel_error(grad.g.to_host(), grad.c.to_host()), kF32Tol) << "gradient, " << what;
@@ -392,8 +393,8 @@ TEST_F(CudaTrainOps, AdamwStep) {
         hp.weight_decay = 0.1f;
         for (int64_t step = 1; step <= 10; ++step) {
             F32 g(gpu(), cpu(), fast_floats(size_t(n), seed++, -0.1f, 0.1f));
-            gpu().adamw_step(p.g.get(), g.g.get(), m.g.get(), v.g.get(), n, hp, step);
-            cpu().adamw_step(p.c.get(), g.c.get(), m.c.get(), v.c.get(), n, hp, step);
+            training_ops(gpu()).adamw_step(p.g.get(), g.g.get(), m.g.get(), v.g.get(), n, hp, step);
+            training_ops(cpu()).adamw_step(p.c.get(), g.c.get(), m.c.get(), v.c.get(), n, hp, step);
         }
         EXPECT_LE(rel_error(p.g.to_host(), p.c.to_host()), 1e-6) << "param, n " << n;
         EXPECT_LE(rel_error(m.g.to_host(), m.c.to_host()), 1e-6) << "m, n " << n;
@@ -404,8 +405,8 @@ TEST_F(CudaTrainOps, AdamwStep) {
     F32 p(gpu(), cpu(), fast_floats(size_t(n + 1), 7100)), g(gpu(), cpu(), fast_floats(size_t(n + 1), 7101));
     F32 m(gpu(), cpu(), fast_floats(size_t(n + 1), 7102, -0.01f, 0.01f));
     F32 v(gpu(), cpu(), fast_floats(size_t(n + 1), 7103, 0.0f, 0.01f));
-    gpu().adamw_step(p.g.get() + 1, g.g.get() + 1, m.g.get() + 1, v.g.get() + 1, n, AdamWParams{}, 3);
-    cpu().adamw_step(p.c.get() + 1, g.c.get() + 1, m.c.get() + 1, v.c.get() + 1, n, AdamWParams{}, 3);
+    training_ops(gpu()).adamw_step(p.g.get() + 1, g.g.get() + 1, m.g.get() + 1, v.g.get() + 1, n, AdamWParams{}, 3);
+    training_ops(cpu()).adamw_step(p.c.get() + 1, g.c.get() + 1, m.c.get() + 1, v.c.get() + 1, n, AdamWParams{}, 3);
     EXPECT_LE(rel_error(p.g.to_host(), p.c.to_host()), 1e-6) << "param, unaligned";
 }
 
@@ -413,17 +414,17 @@ TEST_F(CudaTrainOps, GradSqNormAndScale) {
     uint64_t seed = 8000;
     for (const int64_t n : {int64_t(0), int64_t(1), int64_t(17), int64_t(1000003), int64_t(1) << 24}) {
         F32 x(gpu(), cpu(), fast_floats(size_t(std::max<int64_t>(n, 1)), seed++));
-        const double got = gpu().grad_sq_norm(x.g.get(), n), ref = cpu().grad_sq_norm(x.c.get(), n);
+        const double got = training_ops(gpu()).grad_sq_norm(x.g.get(), n), ref = training_ops(cpu()).grad_sq_norm(x.c.get(), n);
         EXPECT_NEAR(got, ref, 1e-12 * std::max(1.0, std::abs(ref))) << "n " << n;
-        EXPECT_EQ(got, gpu().grad_sq_norm(x.g.get(), n)) << "not deterministic, n " << n;
-        gpu().scale(x.g.get(), n, 0.37f);
-        cpu().scale(x.c.get(), n, 0.37f);
+        EXPECT_EQ(got, training_ops(gpu()).grad_sq_norm(x.g.get(), n)) << "not deterministic, n " << n;
+        training_ops(gpu()).scale(x.g.get(), n, 0.37f);
+        training_ops(cpu()).scale(x.c.get(), n, 0.37f);
         EXPECT_EQ(x.g.to_host(), x.c.to_host()) << "scale, n " << n;
     }
     // Unaligned scale.
     F32 y(gpu(), cpu(), fast_floats(1003, 8100));
-    gpu().scale(y.g.get() + 1, 1001, -2.5f);
-    cpu().scale(y.c.get() + 1, 1001, -2.5f);
+    training_ops(gpu()).scale(y.g.get() + 1, 1001, -2.5f);
+    training_ops(cpu()).scale(y.c.get() + 1, 1001, -2.5f);
     EXPECT_EQ(y.g.to_host(), y.c.to_host()) << "scale, unaligned";
 }
 
@@ -434,8 +435,8 @@ TEST_F(CudaTrainOps, ConvertFromF32AndAddF32) {
             const auto src = fast_floats(size_t(n + off), seed++, -100.0f, 100.0f);
             DeviceArray<float> sg(gpu(), src), fg(gpu(), size_t(n + off));
             DeviceArray<uint16_t> bg(gpu(), size_t(n + off));
-            gpu().convert_from_f32(sg.get() + off, bg.get() + off, n, DType::BF16);
-            gpu().convert_from_f32(sg.get() + off, fg.get() + off, n, DType::F32);
+            training_ops(gpu()).convert_from_f32(sg.get() + off, bg.get() + off, n, DType::BF16);
+            training_ops(gpu()).convert_from_f32(sg.get() + off, fg.get() + off, n, DType::F32);
             const auto b = bg.to_host();
             const auto f = fg.to_host();
             for (int64_t i = 0; i < n; ++i) {
@@ -444,8 +445,8 @@ TEST_F(CudaTrainOps, ConvertFromF32AndAddF32) {
             }
             F32 y(gpu(), cpu(), fast_floats(size_t(n + off), seed++));
             F32 x(gpu(), cpu(), fast_floats(size_t(n + off), seed++));
-            gpu().add_f32(y.g.get() + off, x.g.get() + off, n, 0.75f);
-            cpu().add_f32(y.c.get() + off, x.c.get() + off, n, 0.75f);
+            training_ops(gpu()).add_f32(y.g.get() + off, x.g.get() + off, n, 0.75f);
+            training_ops(cpu()).add_f32(y.c.get() + off, x.c.get() + off, n, 0.75f);
             EXPECT_LE(rel_error(y.g.to_host(), y.c.to_host()), 1e-7) << "add_f32, n " << n << ", offset " << off;
         }
     }
@@ -481,11 +482,11 @@ TEST_F(CudaTrainOps, TimingsLlama8BShapes) {
     };
     const double attn_flops = 4.0 * double(nseq) * double(seq) * double(seq + 1) / 2.0 * double(hd) * double(nh);
     const double fwd = time_ms([&] {
-        gpu().attention_forward_train(qkv.get(), stride, qkv.get() + nh * hd, qkv.get() + (nh + nkv) * hd, stride, seqs,
+        training_ops(gpu()).attention_forward_train(qkv.get(), stride, qkv.get() + nh * hd, qkv.get() + (nh + nkv) * hd, stride, seqs,
                                       nh, nkv, hd, scale, out.get(), lse.get());
     });
     const double bwd = time_ms([&] {
-        gpu().attention_backward(qkv.get(), stride, qkv.get() + nh * hd, qkv.get() + (nh + nkv) * hd, stride, out.get(),
+        training_ops(gpu()).attention_backward(qkv.get(), stride, qkv.get() + nh * hd, qkv.get() + (nh + nkv) * hd, stride, out.get(),
                                  lse.get(), dout.get(), seqs, nh, nkv, hd, scale, grad.get(), grad.get() + nh * hd,
                                  grad.get() + (nh + nkv) * hd, true);
     });
@@ -502,9 +503,9 @@ TEST_F(CudaTrainOps, TimingsLlama8BShapes) {
         gpu().fill_random(x.get(), T * w_cols, DType::BF16, 5, 1.0f);
         const double flops = 2.0 * double(T) * double(w_rows) * double(w_cols);
         const double ti = time_ms([&] {
-            gpu().linear_backward_input(dy.get(), T, WeightMatrix{DType::BF16, w_rows, w_cols, w.get()}, dx.get(), false);
+            training_ops(gpu()).linear_backward_input(dy.get(), T, WeightMatrix{DType::BF16, w_rows, w_cols, w.get()}, dx.get(), false);
         });
-        const double tw = time_ms([&] { gpu().linear_backward_weight(dy.get(), x.get(), T, w_rows, w_cols, dw.get()); });
+        const double tw = time_ms([&] { training_ops(gpu()).linear_backward_weight(dy.get(), x.get(), T, w_rows, w_cols, dw.get()); });
         std::printf("linear backward input  W [%lld, %lld], %lld rows: %8.3f ms  %6.1f TFLOP/s\n", (long long)w_rows,
                     (long long)w_cols, (long long)T, ti, flops / ti * 1e-9);
         std::printf("linear backward weight W [%lld, %lld], %lld rows: %8.3f ms  %6.1f TFLOP/s\n", (long long)w_rows,
@@ -516,7 +517,7 @@ TEST_F(CudaTrainOps, TimingsLlama8BShapes) {
     DeviceArray<float> rl(gpu(), size_t(rows));
     gpu().fill_random(t.get(), rows * vocab, DType::F32, 6, 8.0f);
     gpu().fill_random(s.get(), rows * vocab, DType::F32, 7, 8.0f);
-    const double kl = time_ms([&] { gpu().kl_div_loss(t.get(), s.get(), nullptr, rows, vocab, 1.0f, rl.get(), g.get()); });
+    const double kl = time_ms([&] { training_ops(gpu()).kl_div_loss(t.get(), s.get(), nullptr, rows, vocab, 1.0f, rl.get(), g.get()); });
     std::printf("kl_div_loss %lld x %lld: %8.3f ms  %6.0f GB/s (2 reads of both, 1 write)\n", (long long)rows,
                 (long long)vocab, kl, 5.0 * double(rows * vocab) * 4.0 / kl * 1e-6);
 }

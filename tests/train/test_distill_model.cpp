@@ -143,7 +143,7 @@ TEST(DistillModelForward, RejectsModelsWithoutTeacherOrSwiftKV) {
 }
 
 // bf16 weights and compute copies (the CUDA configuration, run here on the CPU backend): the trainable
-// tensors' compute copies come from the f32 masters through Backend::convert_from_f32, and the results stay
+// tensors' compute copies come from the f32 masters through TrainingOps::convert_from_f32, and the results stay
 // within bf16 rounding of the f32 run: logits within 5e-2 of the row scale, gradients pointing the same way.
 TEST(DistillModelForward, Bf16ComputeCopiesTrackTheF32Masters) {
     TinyStudentSpec spec;

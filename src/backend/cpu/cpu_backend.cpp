@@ -16,6 +16,7 @@
 
 #include "backend/cpu/cpu_simd.h"
 #include "backend/cpu/cpu_train_ops.h"
+#include "backend/op_checks.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 
@@ -66,8 +67,7 @@ private:
     int64_t positions_ = 0;
 };
 
-// The training ops (backward passes, losses, AdamW) come from the base class (cpu_train_ops.cpp).
-class CpuBackend final : public cpu::TrainingOpsBackend {
+class CpuBackend final : public Backend {
 public:
     explicit CpuBackend(const CpuBackendOptions& options) : options_(options.matmul) {
         if (options.num_threads > 0) ThreadPool::set_global_threads(options.num_threads);
@@ -76,6 +76,8 @@ public:
     }
 
     std::string name() const override { return "cpu"; }
+    // The backward passes, losses and AdamW (cpu_train_ops.cpp).
+    TrainingOps* training() override { return &training_; }
 
     void* alloc(size_t bytes) override {
         SKV_CHECK(bytes <= SIZE_MAX - 64, "CPU backend: cannot allocate {} bytes", bytes);
@@ -165,7 +167,7 @@ public:
         SKV_CHECK(out_dtype == DType::F32,
                   "matmul: the CPU backend writes F32 outputs only (its activations are F32), not {}",
                   dtype_name(out_dtype));
-        SKV_CHECK(rows >= 0, "matmul: negative row count {}", rows);
+        op_checks::matmul(rows, w);
         cpu::matmul(static_cast<const float*>(x), rows, w, static_cast<float*>(out), *pool_, options_);
     }
 
@@ -183,9 +185,7 @@ public:
               const float* inv_freq) override {
         float* x = static_cast<float*>(x_act);
         if (rows <= 0 || n_heads <= 0) return;
-        SKV_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim {} must be even", head_dim);
-        SKV_CHECK(row_stride >= n_heads * head_dim, "rope: row stride {} is shorter than {} heads of {}", row_stride,
-                  n_heads, head_dim);
+        op_checks::rope("rope", row_stride, n_heads, head_dim);
         int32_t max_position = 0;
         for (int64_t r = 0; r < rows; ++r) {
             SKV_CHECK(positions[r] >= 0, "rope: row {} has negative position {}", r, positions[r]);
@@ -224,9 +224,7 @@ public:
 
     void kv_write(const void* k, const void* v, int64_t rows, int64_t row_stride, const int32_t* slots,
                   const KvLayout& layout, void* k_cache, void* v_cache) override {
-        SKV_CHECK(row_stride >= layout.n_kv_heads * layout.head_dim,
-                  "kv_write: row stride {} is shorter than {} KV heads of {}", row_stride, layout.n_kv_heads,
-                  layout.head_dim);
+        op_checks::kv_write("kv_write", row_stride, layout);
         cpu::kv_write(static_cast<const float*>(k), static_cast<const float*>(v), rows, row_stride, slots, layout,
                       static_cast<float*>(k_cache), static_cast<float*>(v_cache));
     }
@@ -234,12 +232,7 @@ public:
     void kv_write_layers(const void* k, const void* v, int64_t rows, int64_t row_stride, int64_t layer_offset,
                          int64_t layers, const int32_t* slots, const KvLayout& layout, void* k_cache, void* v_cache,
                          int64_t cache_layer_stride) override {
-        SKV_CHECK(row_stride >= layout.n_kv_heads * layout.head_dim,
-                  "kv_write_layers: row stride {} is shorter than {} KV heads of {}", row_stride, layout.n_kv_heads,
-                  layout.head_dim);
-        SKV_CHECK(layers >= 0 && layer_offset >= 0 && cache_layer_stride >= 0,
-                  "kv_write_layers: invalid layers {}, layer offset {} or cache layer stride {}", layers,
-                  layer_offset, cache_layer_stride);
+        op_checks::kv_write_layers(row_stride, layout, layers, layer_offset, cache_layer_stride);
         if (layers == 0 || rows <= 0) return;
         // Validate the slots here (cpu::kv_write would throw inside a pool worker otherwise).
         const int64_t capacity = layout.num_blocks * layout.block_size;
@@ -262,6 +255,7 @@ public:
 
     void attention(const void* q, int64_t q_row_stride, const AttentionBatch& batch, const KvLayout& layout,
                    const void* k_cache, const void* v_cache, int64_t n_heads, float scale, void* out) override {
+        op_checks::attention(q_row_stride, batch, layout, n_heads);
         cpu::attention(static_cast<const float*>(q), q_row_stride, batch, layout, static_cast<const float*>(k_cache),
                        static_cast<const float*>(v_cache), n_heads, scale, static_cast<float*>(out), *pool_);
     }
@@ -281,9 +275,8 @@ public:
     // The reference sampler; the rules are documented at cpu::sample (cpu_elementwise.cpp).
     void sample(const float* logits, int64_t rows, int64_t vocab, const SampleParams* params,
                 int32_t* tokens) override {
-        SKV_CHECK(rows >= 0, "sample: negative row count {}", rows);
+        op_checks::sample(rows, vocab);
         if (rows == 0) return;
-        SKV_CHECK(vocab > 0 && vocab <= INT32_MAX, "sample: vocabulary size {} must be in [1, 2^31)", vocab);
         cpu::sample(logits, rows, vocab, params, tokens, *pool_);
     }
 
@@ -291,7 +284,7 @@ private:
     void check_weight(const WeightMatrix& w, const char* op) const {
         SKV_CHECK(supports_weight_dtype(w.dtype), "{}: the CPU backend does not support {} weights (use F32 or BF16)",
                   op, dtype_name(w.dtype));
-        SKV_CHECK(w.rows >= 0 && w.cols >= 0, "{}: invalid weight shape [{}, {}]", op, w.rows, w.cols);
+        op_checks::weight_shape(op, w);
     }
 
     template <class F>
@@ -304,6 +297,7 @@ private:
     }
 
     cpu::MatmulOptions options_;
+    cpu::CpuTrainingOps training_;
     ThreadPool* pool_ = nullptr;
     std::mutex rope_mutex_;
     std::vector<RopeTable> rope_tables_;

@@ -1,6 +1,6 @@
 // The CPU backend's training ops (issue 6, SwiftKV self-distillation): backward passes of rmsnorm, rope,
 // attention, silu_mul and the linear layers, the distillation losses (KL, MSE) and the AdamW step. The
-// contracts are documented in backend/backend.h ("training ops"). Everything is f32 in memory.
+// contracts are documented in backend/train_ops.h. Everything is f32 in memory.
 //
 // These kernels favour clarity over speed: training on the CPU is for tests and small runs, the real
 // runs go to the GPU. Still, nothing is quadratic where it need not be, matrix products go to OpenBLAS
@@ -22,6 +22,7 @@
 #include <limits>
 #include <vector>
 
+#include "backend/op_checks.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -123,10 +124,9 @@ void parallel_gemm(bool trans_a, int64_t m, int64_t n, int64_t k, const float* a
 
 // ---- packed sequences ----------------------------------------------------------------------------------
 
+// The packed batch's host values (shapes are checked by op_checks::packed_attention).
 void check_packed(const PackedSequences& seqs, const char* op) {
-    SKV_CHECK(seqs.num_seqs >= 0 && seqs.num_rows >= 0, "{}: invalid packed batch ({} sequences, {} rows)", op,
-              seqs.num_seqs, seqs.num_rows);
-    SKV_CHECK(seqs.cu_seqlens != nullptr, "{}: cu_seqlens is null", op);
+    if (seqs.cu_seqlens == nullptr) return;  // allowed for an empty batch only
     SKV_CHECK(seqs.cu_seqlens[0] == 0, "{}: cu_seqlens[0] is {}, expected 0", op, seqs.cu_seqlens[0]);
     for (int64_t s = 0; s < seqs.num_seqs; ++s)
         SKV_CHECK(seqs.cu_seqlens[s + 1] >= seqs.cu_seqlens[s], "{}: cu_seqlens decreases at sequence {} ({} -> {})",
@@ -136,26 +136,15 @@ void check_packed(const PackedSequences& seqs, const char* op) {
               seqs.num_rows);
 }
 
-void check_attention_shape(int64_t q_row_stride, int64_t kv_row_stride, int64_t n_heads, int64_t n_kv_heads,
-                           int64_t head_dim, const char* op) {
-    SKV_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0,
-              "{}: {} query heads cannot share {} KV heads (need a positive multiple)", op, n_heads, n_kv_heads);
-    SKV_CHECK(head_dim > 0, "{}: head_dim {} must be positive", op, head_dim);
-    SKV_CHECK(q_row_stride >= n_heads * head_dim, "{}: q row stride {} is shorter than {} heads of {}", op,
-              q_row_stride, n_heads, head_dim);
-    SKV_CHECK(kv_row_stride >= n_kv_heads * head_dim, "{}: K/V row stride {} is shorter than {} heads of {}", op,
-              kv_row_stride, n_kv_heads, head_dim);
-}
-
 }  // namespace
 
 // ---- rmsnorm --------------------------------------------------------------------------------------------
 //
 // y_j = x_j r w_j with r = (mean(x^2) + eps)^-1/2, so with g_j = w_j dy_j:
 //   dx_j = r g_j - x_j r^3 (sum_k g_k x_k) / dim,    dweight_j += dy_j x_j r.
-void TrainingOpsBackend::rmsnorm_backward(const float* x, const float* weight, const void* dy_act, float* dx,
+void CpuTrainingOps::rmsnorm_backward(const float* x, const float* weight, const void* dy_act, float* dx,
                                           float* dweight, int64_t rows, int64_t dim, float eps, bool accumulate_dx) {
-    SKV_CHECK(rows >= 0 && dim > 0, "rmsnorm_backward: invalid shape [{}, {}]", rows, dim);
+    op_checks::rows_dim("rmsnorm_backward", rows, dim);
     if (rows == 0) return;
     const float* dy = static_cast<const float*>(dy_act);
     const int threads = pool().size();
@@ -193,13 +182,11 @@ void TrainingOpsBackend::rmsnorm_backward(const float* x, const float* weight, c
 // The forward rotates each pair (x_i, x_{i+half}) by the angle; its transpose rotates by minus the angle.
 // cos/sin are computed exactly like the forward's table (angle in f32, cos/sin in double rounded to f32),
 // so this is the exact transpose of the forward op.
-void TrainingOpsBackend::rope_backward(void* dx_act, int64_t rows, int64_t row_stride, int64_t n_heads,
+void CpuTrainingOps::rope_backward(void* dx_act, int64_t rows, int64_t row_stride, int64_t n_heads,
                                        int64_t head_dim, const int32_t* positions, const float* inv_freq) {
     float* x = static_cast<float*>(dx_act);
     if (rows <= 0 || n_heads <= 0) return;
-    SKV_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope_backward: head_dim {} must be even", head_dim);
-    SKV_CHECK(row_stride >= n_heads * head_dim, "rope_backward: row stride {} is shorter than {} heads of {}",
-              row_stride, n_heads, head_dim);
+    op_checks::rope("rope_backward", row_stride, n_heads, head_dim);
     int32_t max_position = 0;
     for (int64_t r = 0; r < rows; ++r) {
         SKV_CHECK(positions[r] >= 0, "rope_backward: row {} has negative position {}", r, positions[r]);
@@ -240,11 +227,12 @@ void TrainingOpsBackend::rope_backward(void* dx_act, int64_t rows, int64_t row_s
 //
 // Forward, per (sequence, query head) and query row i: s_j = scale q_i . k_j for the causal keys j,
 // lse_i = log sum_j exp(s_j), out_i = sum_j exp(s_j - lse_i) v_j.
-void TrainingOpsBackend::attention_forward_train(const void* q_act, int64_t q_row_stride, const void* k_act,
+void CpuTrainingOps::attention_forward_train(const void* q_act, int64_t q_row_stride, const void* k_act,
                                                  const void* v_act, int64_t kv_row_stride,
                                                  const PackedSequences& seqs, int64_t n_heads, int64_t n_kv_heads,
                                                  int64_t head_dim, float scale, void* out_act, float* lse) {
-    check_attention_shape(q_row_stride, kv_row_stride, n_heads, n_kv_heads, head_dim, "attention_forward_train");
+    op_checks::packed_attention("attention_forward_train", q_row_stride, kv_row_stride, seqs, n_heads, n_kv_heads,
+                                head_dim);
     check_packed(seqs, "attention_forward_train");
     if (seqs.num_rows == 0) return;
     const float* q = static_cast<const float*>(q_act);
@@ -287,12 +275,12 @@ void TrainingOpsBackend::attention_forward_train(const void* q_act, int64_t q_ro
 // p_j = exp(s_j - lse_i) recomputed and D_i = dout_i . out_i (= sum_j p_j dout_i . v_j):
 //   ds_j = p_j (dout_i . v_j - D_i),  dq_i = scale sum_j ds_j k_j,
 //   dk_j += scale ds_j q_i,           dv_j += p_j dout_i.
-void TrainingOpsBackend::attention_backward(const void* q_act, int64_t q_row_stride, const void* k_act,
+void CpuTrainingOps::attention_backward(const void* q_act, int64_t q_row_stride, const void* k_act,
                                             const void* v_act, int64_t kv_row_stride, const void* out_act,
                                             const float* lse, const void* dout_act, const PackedSequences& seqs,
                                             int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
                                             void* dq_act, void* dk_act, void* dv_act, bool accumulate) {
-    check_attention_shape(q_row_stride, kv_row_stride, n_heads, n_kv_heads, head_dim, "attention_backward");
+    op_checks::packed_attention("attention_backward", q_row_stride, kv_row_stride, seqs, n_heads, n_kv_heads, head_dim);
     check_packed(seqs, "attention_backward");
     if (seqs.num_rows == 0) return;
     const float* q = static_cast<const float*>(q_act);
@@ -350,9 +338,9 @@ void TrainingOpsBackend::attention_backward(const void* q_act, int64_t q_row_str
 //
 // out_j = silu(g_j) u_j with silu(g) = g sigma(g) and silu'(g) = sigma(g) (1 + g (1 - sigma(g))):
 //   du_j = dy_j silu(g_j),   dg_j = dy_j u_j silu'(g_j).
-void TrainingOpsBackend::silu_mul_backward(const void* gate_up_act, const void* dy_act, void* d_gate_up_act,
+void CpuTrainingOps::silu_mul_backward(const void* gate_up_act, const void* dy_act, void* d_gate_up_act,
                                            int64_t rows, int64_t ffn) {
-    SKV_CHECK(rows >= 0 && ffn >= 0, "silu_mul_backward: invalid shape [{}, {}]", rows, ffn);
+    op_checks::rows_dim("silu_mul_backward", rows, ffn, /*dim_may_be_zero=*/true);
     const float* gate_up = static_cast<const float*>(gate_up_act);
     const float* dy = static_cast<const float*>(dy_act);
     float* d_gate_up = static_cast<float*>(d_gate_up_act);
@@ -375,13 +363,12 @@ void TrainingOpsBackend::silu_mul_backward(const void* gate_up_act, const void* 
 
 // ---- linear layers --------------------------------------------------------------------------------------
 
-void TrainingOpsBackend::linear_backward_input(const void* dy_act, int64_t rows, const WeightMatrix& w, void* dx_act,
+void CpuTrainingOps::linear_backward_input(const void* dy_act, int64_t rows, const WeightMatrix& w, void* dx_act,
                                                bool accumulate) {
     SKV_CHECK(w.dtype == DType::F32 || w.dtype == DType::BF16,
               "linear_backward_input: the CPU backend does not support {} weights (use F32 or BF16)",
               dtype_name(w.dtype));
-    SKV_CHECK(rows >= 0 && w.rows >= 0 && w.cols >= 0, "linear_backward_input: invalid shapes: {} rows, weight [{}, {}]",
-              rows, w.rows, w.cols);
+    op_checks::linear_backward_input(rows, w);
     const float* dy = static_cast<const float*>(dy_act);
     float* dx = static_cast<float*>(dx_act);
     const int64_t out_f = w.rows, in_f = w.cols;
@@ -411,10 +398,9 @@ void TrainingOpsBackend::linear_backward_input(const void* dy_act, int64_t rows,
     }
 }
 
-void TrainingOpsBackend::linear_backward_weight(const void* dy_act, const void* x_act, int64_t rows,
+void CpuTrainingOps::linear_backward_weight(const void* dy_act, const void* x_act, int64_t rows,
                                                 int64_t out_features, int64_t in_features, float* dw) {
-    SKV_CHECK(rows >= 0 && out_features >= 0 && in_features >= 0,
-              "linear_backward_weight: invalid shapes: {} rows, weight [{}, {}]", rows, out_features, in_features);
+    op_checks::linear_backward_weight(rows, out_features, in_features);
     if (rows == 0 || out_features == 0 || in_features == 0) return;
     parallel_gemm(true, out_features, in_features, rows, static_cast<const float*>(dy_act), out_features,
                   static_cast<const float*>(x_act), in_features, 1.0f, dw, in_features);
@@ -426,12 +412,10 @@ void TrainingOpsBackend::linear_backward_weight(const void* dy_act, const void* 
 //   KL(p || q) = sum_j p_j (log p_j - log q_j) = sum_j p_j (z_t,j - z_s,j) - LSE(z_t) + LSE(z_s)
 // (the log-softmax form, using sum_j p_j = 1), all in double; each exponential is taken of a value <= 0
 // (shifted by the row maximum), so nothing overflows. d(T^2 KL)/d s_j = T (q_j - p_j).
-void TrainingOpsBackend::kl_div_loss(const float* teacher_logits, const float* student_logits,
+void CpuTrainingOps::kl_div_loss(const float* teacher_logits, const float* student_logits,
                                      const float* row_weights, int64_t rows, int64_t vocab, float temperature,
                                      float* row_loss, float* d_student_logits) {
-    SKV_CHECK(rows >= 0 && vocab > 0, "kl_div_loss: invalid shape [{}, {}]", rows, vocab);
-    SKV_CHECK(temperature > 0.0f && std::isfinite(temperature), "kl_div_loss: temperature {} must be positive",
-              temperature);
+    op_checks::kl_div_loss(rows, vocab, temperature);
     if (rows == 0) return;
     const double T = double(temperature), inv_t = 1.0 / T;
     std::vector<std::vector<double>> scratch(size_t(pool().size()), std::vector<double>(size_t(2 * vocab)));
@@ -474,9 +458,9 @@ void TrainingOpsBackend::kl_div_loss(const float* teacher_logits, const float* s
     });
 }
 
-void TrainingOpsBackend::mse_loss(const float* a, const float* b, const float* row_weights, int64_t rows, int64_t dim,
+void CpuTrainingOps::mse_loss(const float* a, const float* b, const float* row_weights, int64_t rows, int64_t dim,
                                   float* row_loss, float* grad_a) {
-    SKV_CHECK(rows >= 0 && dim > 0, "mse_loss: invalid shape [{}, {}]", rows, dim);
+    op_checks::rows_dim("mse_loss", rows, dim);
     for_rows(rows, dim, [&](int64_t begin, int64_t end, int) {
         for (int64_t r = begin; r < end; ++r) {
             const float* ar = a + r * dim;
@@ -495,10 +479,9 @@ void TrainingOpsBackend::mse_loss(const float* a, const float* b, const float* r
 
 // ---- optimizer ----------------------------------------------------------------------------------------------
 
-void TrainingOpsBackend::adamw_step(float* param, const float* grad, float* m, float* v, int64_t n,
+void CpuTrainingOps::adamw_step(float* param, const float* grad, float* m, float* v, int64_t n,
                                     const AdamWParams& params, int64_t step) {
-    SKV_CHECK(n >= 0, "adamw_step: negative parameter count {}", n);
-    SKV_CHECK(step >= 1, "adamw_step: step {} must count from 1", step);
+    op_checks::adamw_step(n, step);
     const double b1 = params.beta1, b2 = params.beta2, eps = params.eps, lr = params.lr;
     const double step_size = lr / (1.0 - std::pow(b1, double(step)));
     const double inv_sqrt_bc2 = 1.0 / std::sqrt(1.0 - std::pow(b2, double(step)));
@@ -515,8 +498,8 @@ void TrainingOpsBackend::adamw_step(float* param, const float* grad, float* m, f
     });
 }
 
-double TrainingOpsBackend::grad_sq_norm(const float* x, int64_t n) {
-    SKV_CHECK(n >= 0, "grad_sq_norm: negative element count {}", n);
+double CpuTrainingOps::grad_sq_norm(const float* x, int64_t n) {
+    op_checks::count("grad_sq_norm", n);
     std::vector<double> partial(size_t(pool().size()), 0.0);
     for_rows(n, 1, [&](int64_t begin, int64_t end, int thread) {
         double sum = 0.0;
@@ -528,10 +511,31 @@ double TrainingOpsBackend::grad_sq_norm(const float* x, int64_t n) {
     return total;
 }
 
-void TrainingOpsBackend::scale(float* x, int64_t n, float s) {
-    SKV_CHECK(n >= 0, "scale: negative element count {}", n);
+void CpuTrainingOps::scale(float* x, int64_t n, float s) {
+    op_checks::count("scale", n);
     for_rows(n, 1, [&](int64_t begin, int64_t end, int) {
         for (int64_t i = begin; i < end; ++i) x[i] *= s;
+    });
+}
+
+// Host memory: the trainer's f32 master weights and gradients into the compute dtype.
+void CpuTrainingOps::convert_from_f32(const float* src, void* dst, int64_t n, DType dtype) {
+    op_checks::convert_from_f32(n, dtype);
+    if (n == 0) return;
+    if (dtype == DType::F32) {
+        if (static_cast<const void*>(src) != dst) std::memmove(dst, src, size_t(n) * 4);
+        return;
+    }
+    uint16_t* out = static_cast<uint16_t*>(dst);
+    for_rows(n, 1, [&](int64_t begin, int64_t end, int) {
+        for (int64_t i = begin; i < end; ++i) out[i] = f32_to_bf16(src[i]);
+    });
+}
+
+void CpuTrainingOps::add_f32(float* y, const float* x, int64_t n, float alpha) {
+    op_checks::count("add_f32", n);
+    for_rows(n, 1, [&](int64_t begin, int64_t end, int) {
+        for (int64_t i = begin; i < end; ++i) y[i] += alpha * x[i];
     });
 }
 

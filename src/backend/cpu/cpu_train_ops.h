@@ -1,16 +1,15 @@
-// The CPU backend's training ops (backend/backend.h, "training ops"; kernels in cpu_train_ops.cpp). They
-// live in a base class of the CPU backend so that the forward-op backend (cpu_backend.cpp) only has to
-// derive from it: CpuBackend : cpu::TrainingOpsBackend : Backend. All tensors are f32 (the CPU's
-// act_dtype); kernels parallelise on the global thread pool, the one the CPU backend uses.
+// The CPU backend's training ops (backend/train_ops.h; kernels in cpu_train_ops.cpp); the CPU backend
+// returns them from Backend::training(). All tensors are f32 (the CPU's act_dtype) in host memory;
+// kernels parallelise on the global thread pool, the one the CPU backend uses.
 #pragma once
 
 #include <cstdint>
 
-#include "backend/backend.h"
+#include "backend/train_ops.h"
 
 namespace swiftkv::cpu {
 
-class TrainingOpsBackend : public Backend {
+class CpuTrainingOps final : public TrainingOps {
 public:
     void rmsnorm_backward(const float* x, const float* weight, const void* dy, float* dx, float* dweight,
                           int64_t rows, int64_t dim, float eps, bool accumulate_dx) override;
@@ -35,6 +34,8 @@ public:
                     int64_t step) override;
     double grad_sq_norm(const float* x, int64_t n) override;
     void scale(float* x, int64_t n, float s) override;
+    void convert_from_f32(const float* src, void* dst, int64_t n, DType dtype) override;
+    void add_f32(float* y, const float* x, int64_t n, float alpha) override;
 };
 
 }  // namespace swiftkv::cpu

@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/op_checks.h"
+#include "backend/train_ops.h"
 #include "backend/cuda/cuda_gemv.h"
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/cuda_train_ops.h"
@@ -54,7 +56,9 @@ private:
     cudaGraphExec_t exec_;
 };
 
-class CudaBackend final : public Backend {
+// The training ops share the stream, cuBLASLt handle and workspaces with the inference ops, so the
+// backend object is its own TrainingOps.
+class CudaBackend final : public Backend, public TrainingOps {
 public:
     explicit CudaBackend(int device) : device_(device) {
         int count = 0;
@@ -82,6 +86,7 @@ public:
     }
 
     std::string name() const override { return name_; }
+    TrainingOps* training() override { return this; }
 
     // --- memory -------------------------------------------------------------------------------
     void* alloc(size_t bytes) override {
@@ -177,7 +182,7 @@ public:
 
     void matmul(const void* x, int64_t rows, const WeightMatrix& w, void* out, DType out_dtype) override {
         check_weight(w, "matmul");
-        SKV_CHECK(rows >= 0, "matmul: negative row count {}", rows);
+        op_checks::matmul(rows, w);
         SKV_CHECK(out_dtype == DType::BF16 || out_dtype == DType::F32,
                   "matmul: output dtype {} is not supported on CUDA (BF16 or F32)", dtype_name(out_dtype));
         if (rows == 0 || w.rows == 0) return;
@@ -209,9 +214,7 @@ public:
     void rope(void* x, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim, const int32_t* positions,
               const float* inv_freq) override {
         if (rows <= 0 || n_heads <= 0) return;
-        SKV_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim {} must be even", head_dim);
-        SKV_CHECK(row_stride >= n_heads * head_dim, "rope: row stride {} is shorter than {} heads of {}", row_stride,
-                  n_heads, head_dim);
+        op_checks::rope("rope", row_stride, n_heads, head_dim);
         cuda::rope(static_cast<cuda::bf16*>(x), rows, row_stride, n_heads, head_dim, positions, inv_freq, stream_);
     }
     void silu_mul(const void* gate_up, void* out, int64_t rows, int64_t ffn) override {
@@ -219,14 +222,13 @@ public:
     }
     void kv_write(const void* k, const void* v, int64_t rows, int64_t row_stride, const int32_t* slots,
                   const KvLayout& layout, void* k_cache, void* v_cache) override {
+        op_checks::kv_write("kv_write", row_stride, layout);
         kv_write_layers(k, v, rows, row_stride, 0, 1, slots, layout, k_cache, v_cache, 0);
     }
     void kv_write_layers(const void* k, const void* v, int64_t rows, int64_t row_stride, int64_t layer_offset,
                          int64_t layers, const int32_t* slots, const KvLayout& layout, void* k_cache, void* v_cache,
                          int64_t cache_layer_stride) override {
-        SKV_CHECK(row_stride >= layout.n_kv_heads * layout.head_dim,
-                  "kv_write: row stride {} is shorter than {} KV heads of {}", row_stride, layout.n_kv_heads,
-                  layout.head_dim);
+        op_checks::kv_write_layers(row_stride, layout, layers, layer_offset, cache_layer_stride);
         if (rows <= 0 || layers <= 0) return;
         cuda::kv_write(static_cast<const cuda::bf16*>(k), static_cast<const cuda::bf16*>(v), rows, row_stride,
                        layer_offset, layers, slots, layout, static_cast<cuda::bf16*>(k_cache),
@@ -234,13 +236,9 @@ public:
     }
     void attention(const void* q, int64_t q_row_stride, const AttentionBatch& batch, const KvLayout& layout,
                    const void* k_cache, const void* v_cache, int64_t n_heads, float scale, void* out) override {
-        SKV_CHECK(layout.n_kv_heads > 0 && n_heads % layout.n_kv_heads == 0,
-                  "attention: {} query heads is not a multiple of {} KV heads", n_heads, layout.n_kv_heads);
-        SKV_CHECK(q_row_stride >= n_heads * layout.head_dim, "attention: q row stride {} is shorter than {} heads of {}",
-                  q_row_stride, n_heads, layout.head_dim);
+        op_checks::attention(q_row_stride, batch, layout, n_heads);
         if (batch.num_seqs <= 0) return;
         const int64_t rows = batch.num_rows;
-        SKV_CHECK(rows >= 0, "attention: negative row count {}", rows);
         if (rows == 0) return;
         const size_t need = cuda::attention_workspace_bytes(rows, batch, layout, n_heads);
         ensure_workspace(attn_workspace_, attn_workspace_bytes_, need, "attention");
@@ -255,20 +253,20 @@ public:
     void sample(const float* logits, int64_t rows, int64_t vocab, const SampleParams* params,
                 int32_t* tokens) override {
         if (rows <= 0) return;
-        SKV_CHECK(vocab > 0, "sample: empty vocabulary");
+        op_checks::sample(rows, vocab);
         const size_t need = cuda::sample_workspace_bytes(rows, vocab);
         ensure_workspace(sample_workspace_, sample_workspace_bytes_, need, "sample");
         cuda::sample(logits, rows, vocab, params, tokens, sample_workspace_, stream_);
     }
 
     // ==== training ops (issue 6: SwiftKV self-distillation) =====================================================
-    // The Backend "training ops" and the two distillation support ops on the GPU. Kernels live in
+    // TrainingOps (backend/train_ops.h) on the GPU. Kernels live in
     // cuda_train_*.cu; the linear layers' backward passes are cuBLASLt GEMMs (bf16 operands, f32
     // accumulation) planned by lt_gemm below. Everything here is stream-ordered; only grad_sq_norm
     // synchronises (it returns a host value). Workspaces grow on demand (outside graph capture).
     void rmsnorm_backward(const float* x, const float* weight, const void* dy, float* dx, float* dweight, int64_t rows,
                           int64_t dim, float eps, bool accumulate_dx) override {
-        SKV_CHECK(rows >= 0 && dim > 0, "rmsnorm_backward: invalid shape [{}, {}]", rows, dim);
+        op_checks::rows_dim("rmsnorm_backward", rows, dim);
         if (rows == 0) return;
         const size_t need = cuda::rmsnorm_backward_workspace_bytes(rows, dim, dweight != nullptr);
         if (need > 0) ensure_workspace(train_.workspace, train_.workspace_bytes, need, "rmsnorm_backward");
@@ -279,9 +277,7 @@ public:
     void rope_backward(void* dx, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim,
                        const int32_t* positions, const float* inv_freq) override {
         if (rows <= 0 || n_heads <= 0) return;
-        SKV_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope_backward: head_dim {} must be even", head_dim);
-        SKV_CHECK(row_stride >= n_heads * head_dim, "rope_backward: row stride {} is shorter than {} heads of {}",
-                  row_stride, n_heads, head_dim);
+        op_checks::rope("rope_backward", row_stride, n_heads, head_dim);
         cuda::rope_backward(static_cast<cuda::bf16*>(dx), rows, row_stride, n_heads, head_dim, positions, inv_freq,
                             stream_);
     }
@@ -319,7 +315,7 @@ public:
     }
 
     void silu_mul_backward(const void* gate_up, const void* dy, void* d_gate_up, int64_t rows, int64_t ffn) override {
-        SKV_CHECK(rows >= 0 && ffn >= 0, "silu_mul_backward: invalid shape [{}, {}]", rows, ffn);
+        op_checks::rows_dim("silu_mul_backward", rows, ffn, /*dim_may_be_zero=*/true);
         cuda::silu_mul_backward(static_cast<const cuda::bf16*>(gate_up), static_cast<const cuda::bf16*>(dy),
                                 static_cast<cuda::bf16*>(d_gate_up), rows, ffn, stream_);
     }
@@ -329,7 +325,7 @@ public:
     // accumulate the bf16 dx is read as C (beta = 1): the sum is formed in f32 and rounded to bf16 once.
     void linear_backward_input(const void* dy, int64_t rows, const WeightMatrix& w, void* dx, bool accumulate) override {
         check_weight(w, "linear_backward_input");
-        SKV_CHECK(rows >= 0, "linear_backward_input: negative row count {}", rows);
+        op_checks::linear_backward_input(rows, w);
         if (rows == 0 || w.cols == 0) return;
         if (w.rows == 0) {
             if (!accumulate) fill_zero(dx, size_t(rows * w.cols) * 2);
@@ -343,8 +339,7 @@ public:
     // out: dy^T stored column-major as out x rows, transposed), f32 output with beta = 1.
     void linear_backward_weight(const void* dy, const void* x, int64_t rows, int64_t out_features, int64_t in_features,
                                 float* dw) override {
-        SKV_CHECK(rows >= 0 && out_features >= 0 && in_features >= 0,
-                  "linear_backward_weight: invalid shapes: {} rows, weight [{}, {}]", rows, out_features, in_features);
+        op_checks::linear_backward_weight(rows, out_features, in_features);
         if (rows == 0 || out_features == 0 || in_features == 0) return;
         lt_gemm(false, true, in_features, out_features, rows, x, CUDA_R_16BF, in_features, dy, CUDA_R_16BF, out_features,
                 dw, CUDA_R_32F, in_features, 1.0f, "linear_backward_weight");
@@ -352,9 +347,7 @@ public:
 
     void kl_div_loss(const float* teacher_logits, const float* student_logits, const float* row_weights, int64_t rows,
                      int64_t vocab, float temperature, float* row_loss, float* d_student_logits) override {
-        SKV_CHECK(rows >= 0 && vocab > 0, "kl_div_loss: invalid shape [{}, {}]", rows, vocab);
-        SKV_CHECK(temperature > 0.0f && std::isfinite(temperature), "kl_div_loss: temperature {} must be positive",
-                  temperature);
+        op_checks::kl_div_loss(rows, vocab, temperature);
         if (rows == 0 || (!row_loss && !d_student_logits)) return;
         cuda::kl_div_loss(teacher_logits, student_logits, row_weights, rows, vocab, temperature, row_loss,
                           d_student_logits, stream_);
@@ -362,14 +355,13 @@ public:
 
     void mse_loss(const float* a, const float* b, const float* row_weights, int64_t rows, int64_t dim, float* row_loss,
                   float* grad_a) override {
-        SKV_CHECK(rows >= 0 && dim > 0, "mse_loss: invalid shape [{}, {}]", rows, dim);
+        op_checks::rows_dim("mse_loss", rows, dim);
         cuda::mse_loss(a, b, row_weights, rows, dim, row_loss, grad_a, stream_);
     }
 
     void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWParams& params,
                     int64_t step) override {
-        SKV_CHECK(n >= 0, "adamw_step: negative parameter count {}", n);
-        SKV_CHECK(step >= 1, "adamw_step: step {} must count from 1", step);
+        op_checks::adamw_step(n, step);
         const double b1 = params.beta1, b2 = params.beta2, lr = params.lr;
         const double step_size = lr / (1.0 - std::pow(b1, double(step)));
         const double inv_sqrt_bc2 = 1.0 / std::sqrt(1.0 - std::pow(b2, double(step)));
@@ -378,7 +370,7 @@ public:
     }
 
     double grad_sq_norm(const float* x, int64_t n) override {
-        SKV_CHECK(n >= 0, "grad_sq_norm: negative element count {}", n);
+        op_checks::count("grad_sq_norm", n);
         // [result (256 bytes reserved)][per-block partials]
         const size_t need = 256 + cuda::sq_norm_workspace_bytes(n);
         ensure_workspace(train_.workspace, train_.workspace_bytes, need, "grad_sq_norm");
@@ -390,14 +382,12 @@ public:
     }
 
     void scale(float* x, int64_t n, float s) override {
-        SKV_CHECK(n >= 0, "scale: negative element count {}", n);
+        op_checks::count("scale", n);
         cuda::scale_f32(x, n, s, stream_);
     }
 
     void convert_from_f32(const float* src, void* dst, int64_t n, DType dtype) override {
-        SKV_CHECK(n >= 0, "convert_from_f32: negative element count {}", n);
-        SKV_CHECK(dtype == DType::F32 || dtype == DType::BF16,
-                  "convert_from_f32: cannot convert to {} (F32 or BF16 only)", dtype_name(dtype));
+        op_checks::convert_from_f32(n, dtype);
         if (n == 0) return;
         if (dtype == DType::F32) {
             if (static_cast<const void*>(src) != dst) copy(dst, src, size_t(n) * 4);
@@ -407,7 +397,7 @@ public:
     }
 
     void add_f32(float* y, const float* x, int64_t n, float alpha) override {
-        SKV_CHECK(n >= 0, "add_f32: negative element count {}", n);
+        op_checks::count("add_f32", n);
         cuda::add_f32(y, x, n, alpha, stream_);
     }
 
@@ -547,16 +537,8 @@ private:
 
     void check_train_attention(int64_t q_row_stride, int64_t kv_row_stride, const PackedSequences& seqs,
                                int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, const char* op) const {
-        SKV_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0,
-                  "{}: {} query heads cannot share {} KV heads (need a positive multiple)", op, n_heads, n_kv_heads);
-        SKV_CHECK(head_dim > 0, "{}: head_dim {} must be positive", op, head_dim);
-        SKV_CHECK(q_row_stride >= n_heads * head_dim, "{}: q row stride {} is shorter than {} heads of {}", op,
-                  q_row_stride, n_heads, head_dim);
-        SKV_CHECK(kv_row_stride >= n_kv_heads * head_dim, "{}: K/V row stride {} is shorter than {} heads of {}", op,
-                  kv_row_stride, n_kv_heads, head_dim);
-        SKV_CHECK(seqs.num_seqs >= 0 && seqs.num_rows >= 0, "{}: invalid packed batch ({} sequences, {} rows)", op,
-                  seqs.num_seqs, seqs.num_rows);
-        SKV_CHECK(seqs.num_rows == 0 || seqs.cu_seqlens != nullptr, "{}: cu_seqlens is null", op);
+        op_checks::packed_attention(op, q_row_stride, kv_row_stride, seqs, n_heads, n_kv_heads, head_dim);
+        // The kernels' grid limits.
         SKV_CHECK(seqs.num_rows <= INT32_MAX && n_heads <= 65535, "{}: batch too large ({} rows, {} heads)", op,
                   seqs.num_rows, n_heads);
     }
@@ -717,7 +699,7 @@ private:
 
     void check_weight(const WeightMatrix& w, const char* op) const {
         SKV_CHECK(w.dtype == DType::BF16, "{}: the CUDA backend holds weights in bf16, got {}", op, dtype_name(w.dtype));
-        SKV_CHECK(w.rows >= 0 && w.cols >= 0, "{}: invalid weight shape [{}, {}]", op, w.rows, w.cols);
+        op_checks::weight_shape(op, w);
     }
     void check_not_capturing(const char* what) const {
         SKV_CHECK(!capturing_, "{} is not allowed while a CUDA graph is being recorded", what);

@@ -1,5 +1,5 @@
 // The CUDA backend's training attention over packed sequences (issue 6, SwiftKV self-distillation;
-// launchers declared in cuda_train_ops.h, contracts in backend/backend.h "training ops"):
+// launchers declared in cuda_train_ops.h, contracts in backend/train_ops.h):
 //
 //  * attention_forward_train / attention_backward: FlashAttention-2 style tensor-core kernels for head_dim
 //    64 and 128 (mma.sync m16n8k16 bf16 -> f32, ldmatrix from XOR-swizzled shared memory, cp.async double

@@ -1,5 +1,5 @@
 // The CUDA backend's elementwise training ops and the optimizer's vector ops (launchers declared in
-// cuda_train_ops.h, contracts in backend/backend.h "training ops"):
+// cuda_train_ops.h, contracts in backend/train_ops.h):
 //
 //  * silu_mul_backward, scale, add_f32, adamw_step: elementwise, 16-byte vectors where shapes and
 //    pointers allow (checked per call), scalar otherwise. rope_backward is the forward rope kernel with

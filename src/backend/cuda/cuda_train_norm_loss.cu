@@ -1,5 +1,5 @@
 // The CUDA backend's training ops that reduce over rows, one block per row (launchers declared in
-// cuda_train_ops.h, contracts in backend/backend.h "training ops"):
+// cuda_train_ops.h, contracts in backend/train_ops.h):
 //
 //  * rmsnorm_backward: one block per row (two passes over the row, the second from L1/L2); the weight
 //    gradient is summed per block in shared memory over the block's rows (grid-stride), the per-block

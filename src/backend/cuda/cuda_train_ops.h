@@ -1,7 +1,7 @@
 // Launchers of the CUDA backend's training-op kernels, one .cu file per family: cuda_train_norm_loss.cu
 // (rmsnorm backward, losses), cuda_train_attention.cu (attention over packed sequences),
 // cuda_train_elementwise.cu (silu_mul backward, optimizer and vector ops) and, next to the forward rope,
-// cuda_elementwise.cu (rope_backward). The contracts are the Backend "training ops" in backend/backend.h.
+// cuda_elementwise.cu (rope_backward). The contracts are TrainingOps in backend/train_ops.h.
 // cuda_backend.cu validates arguments on the host and calls these; the GEMM-shaped ops
 // (linear_backward_input / _weight) run on cuBLASLt there and have no launcher here. Like cuda_kernels.h:
 // launchers only enqueue work on `stream`, never synchronise or allocate (workspaces come from the
@@ -23,7 +23,7 @@ namespace swiftkv::cuda {
 // --- rmsnorm / rope / silu_mul backward ----------------------------------------------------------------
 // Workspace bytes rmsnorm_backward needs for the dweight partial sums (0 when dweight is null).
 size_t rmsnorm_backward_workspace_bytes(int64_t rows, int64_t dim, bool has_dweight);
-// dx (=, or += with accumulate_dx) and dweight (+=, may be null) per Backend::rmsnorm_backward; x f32,
+// dx (=, or += with accumulate_dx) and dweight (+=, may be null) per TrainingOps::rmsnorm_backward; x f32,
 // dy bf16. workspace: rmsnorm_backward_workspace_bytes(...) bytes.
 void rmsnorm_backward(const float* x, const float* weight, const bf16* dy, float* dx, float* dweight, int64_t rows,
                       int64_t dim, float eps, bool accumulate_dx, void* workspace, cudaStream_t stream);
@@ -35,7 +35,7 @@ void silu_mul_backward(const bf16* gate_up, const bf16* dy, bf16* d_gate_up, int
                        cudaStream_t stream);
 
 // --- attention over packed sequences ---------------------------------------------------------------------
-// One call's operands (Backend::attention_forward_train / attention_backward). Row strides in elements.
+// One call's operands (TrainingOps::attention_forward_train / attention_backward). Row strides in elements.
 // cu_seqlens is device memory; num_seqs, rows and max_seq_len (an upper bound of every sequence's length;
 // <= 0 means unknown, then rows is used) are host values that size the grids.
 struct TrainAttention {
@@ -69,7 +69,7 @@ size_t attention_backward_train_workspace_bytes(const TrainAttention& a);
 void attention_backward_train(const TrainAttention& a, void* workspace, cudaStream_t stream);
 
 // --- losses ------------------------------------------------------------------------------------------------
-// Backend::kl_div_loss / mse_loss (row_weights, row_loss, grad may be null). One block per row.
+// TrainingOps::kl_div_loss / mse_loss (row_weights, row_loss, grad may be null). One block per row.
 void kl_div_loss(const float* teacher, const float* student, const float* row_weights, int64_t rows, int64_t vocab,
                  float temperature, float* row_loss, float* d_student, cudaStream_t stream);
 void mse_loss(const float* a, const float* b, const float* row_weights, int64_t rows, int64_t dim, float* row_loss,
