@@ -17,11 +17,19 @@
 
 namespace swiftkv::test {
 
-// Backends under test, by name; a device backend adds itself here when built.
+// Backends under test, by name. Suites written for any activation dtype (ActArray, act_tol) run on
+// every backend this machine has (all_backend_names: the CPU, and CUDA where a device is usable);
+// the others on the CPU (backend_names).
 inline std::vector<std::string> backend_names() { return {"cpu"}; }
+inline std::vector<std::string> all_backend_names() {
+    std::vector<std::string> names{"cpu"};
+    if (cuda_backend_available()) names.push_back("cuda");
+    return names;
+}
 
 inline std::unique_ptr<Backend> make_backend(const std::string& name) {
     if (name == "cpu") return make_cpu_backend();
+    if (name == "cuda") return make_cuda_backend(0);
     return nullptr;
 }
 
@@ -77,6 +85,47 @@ inline std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
     std::vector<uint16_t> out(v.size());
     for (size_t i = 0; i < v.size(); ++i) out[i] = f32_to_bf16(v[i]);
     return out;
+}
+
+// An activation tensor in a backend's act dtype (f32 on the CPU, bf16 on CUDA). values() is what was
+// uploaded, rounded to that dtype, so a reference computed from it sees exactly the backend's input.
+class ActArray {
+public:
+    ActArray(Backend& backend, std::vector<float> values) : bf16_(backend.act_dtype() == DType::BF16) {
+        if (bf16_) {
+            for (float& x : values) x = bf16_to_f32(f32_to_bf16(x));
+            h_ = std::make_unique<DeviceArray<uint16_t>>(backend, to_bf16(values));
+        } else {
+            f_ = std::make_unique<DeviceArray<float>>(backend, values);
+        }
+        values_ = std::move(values);
+    }
+    ActArray(Backend& backend, size_t n) : ActArray(backend, std::vector<float>(n, 0.0f)) {}
+
+    void* get() { return bf16_ ? static_cast<void*>(h_->get()) : static_cast<void*>(f_->get()); }
+    // The element at `offset` (for fused rows: K and V parts of a QKV buffer).
+    void* at(int64_t offset) { return static_cast<char*>(get()) + offset * elem_bytes(); }
+    int64_t elem_bytes() const { return bf16_ ? 2 : 4; }
+    const std::vector<float>& values() const { return values_; }
+    std::vector<float> to_host() {
+        if (!bf16_) return f_->to_host();
+        const std::vector<uint16_t> h = h_->to_host();
+        std::vector<float> out(h.size());
+        for (size_t i = 0; i < h.size(); ++i) out[i] = bf16_to_f32(h[i]);
+        return out;
+    }
+
+private:
+    bool bf16_;
+    std::vector<float> values_;
+    std::unique_ptr<DeviceArray<float>> f_;
+    std::unique_ptr<DeviceArray<uint16_t>> h_;
+};
+
+// Relative tolerance of a result stored in the backend's act dtype: f32_tol for f32, and for bf16 its
+// rounding (half an ulp is 2^-9 relative) plus f32 arithmetic.
+inline double act_tol(const Backend& backend, double f32_tol) {
+    return backend.act_dtype() == DType::F32 ? f32_tol : 4e-3;
 }
 
 // Checks |actual - expected| <= tol * scale[i] for every element, reporting the worst one.
