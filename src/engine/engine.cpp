@@ -175,6 +175,16 @@ void Engine::attach_prompt_logprobs(Request& r, int index, ChoiceEvent& ev) {
     ev.prompt_logprobs.assign(r.prompt_lp.begin(), r.prompt_lp.begin() + r.prompt_lp_filled);
 }
 
+Engine::Request* Engine::live_request(uint64_t id) {
+    auto it = requests_.find(id);
+    return it == requests_.end() ? nullptr : &it->second;
+}
+
+bool Engine::is_stop_token(const Request& r, int32_t token) const {
+    const auto& ids = r.req.stop_token_ids;
+    return (!r.req.ignore_eos && model_.tokenizer->is_eos(token)) || std::find(ids.begin(), ids.end(), token) != ids.end();
+}
+
 void Engine::deliver(Request& r, int index, int32_t token, const TokenLogprobs* lp) {
     Choice& c = r.choices[size_t(index)];
     if (c.done) return;
@@ -187,9 +197,7 @@ void Engine::deliver(Request& r, int index, int32_t token, const TokenLogprobs* 
     counters_.generation_tokens_total++;
     ChoiceEvent ev;
     ev.tokens.push_back(token);
-    const bool stop_token =
-        (!r.req.ignore_eos && model_.tokenizer->is_eos(token)) ||
-        std::find(r.req.stop_token_ids.begin(), r.req.stop_token_ids.end(), token) != r.req.stop_token_ids.end();
+    const bool stop_token = is_stop_token(r, token);
     if (lp) ev.logprobs.push_back(*lp);  // a stop token too: one entry per generated token
     if (stop_token) {
         end_choice(r, index, "stop", &ev);
@@ -226,8 +234,6 @@ void Engine::apply_cow(const std::vector<std::pair<int32_t, int32_t>>& copies) {
     }
 }
 
-// Runs the model on the step's batch and samples: `sampled` gets out.num_samples tokens in batch
-// order, `logprobs` one entry per sample (empty when not requested).
 // The logits rows of one entry: rows [first_logit_row, num_tokens) of the chunk, row i at position
 // start + first_logit_row + i. A scoring request gets the raw rows of its prompt positions; prompt
 // logprobs take row i's distribution at the prompt token that follows it. (With the full student
@@ -261,47 +267,15 @@ void Engine::record_prompt_rows(const ScheduledSequence& e, const float* logits)
     }
 }
 
-void Engine::sample_entries(const ScheduleOutput& out, std::vector<int32_t>& sampled,
-                                 std::vector<std::vector<TokenLogprobs>>& logprobs) {
+void Engine::sample_entries(const ScheduleOutput& out, const std::vector<std::pair<uint64_t, int>>& targets,
+                            std::vector<int32_t>& sampled, std::vector<std::vector<TokenLogprobs>>& logprobs) {
     const ForwardBatch batch = scheduler_->to_forward_batch(out);
     const int64_t V = config().vocab;
-    // Which (request, choice) each sample goes to; nullptr when the sequence is gone.
-    struct Target {
-        Request* r = nullptr;
-        int index = 0;
-    };
-    std::vector<Target> targets;
-    bool device_ok = backend_->supports_graphs();
-    for (const auto& e : out.seqs) {
-        // Logits rows beyond the sampled ones (prompt logits, scoring, the full student) come back to
-        // the host, a non-final chunk's too.
-        if (e.first_logit_row >= 0) device_ok = false;
-        if (!e.needs_logits) continue;
-        auto sc = seq_choice_.find(e.id);
-        Request* r = nullptr;
-        int base = 0;
-        if (sc != seq_choice_.end()) {
-            auto rit = requests_.find(sc->second.first);
-            if (rit != requests_.end()) r = &rit->second, base = sc->second.second;
-        }
-        for (int k = 0; k < e.num_samples; ++k) {
-            targets.push_back({r, e.num_samples > 1 ? k : base});
-            if (e.num_samples > 1) device_ok = false;
-        }
-        if (r && (r->req.sampling.needs_history() || r->req.logprobs >= 0)) device_ok = false;
-    }
     sampled.assign(targets.size(), 0);
     logprobs.assign(targets.size(), {});
-    if (device_ok) {
+    if (backend_->supports_graphs() && device_sampling(out)) {
         // Plain sampling of one token per row: on the device, only the ids come back.
-        std::vector<SampleParams> params(targets.size());
-        for (size_t i = 0; i < targets.size(); ++i) {
-            if (!targets[i].r) continue;
-            const Choice& ch = targets[i].r->choices[size_t(targets[i].index)];
-            const SamplingParams& sp = targets[i].r->req.sampling;
-            params[i] = SampleParams{sp.temperature, sp.top_k, sp.top_p, sp.min_p, ch.seed, uint64_t(ch.sampled)};
-        }
-        runner_->forward_sample(batch, kv_cache_->view(), params, sampled);
+        runner_->forward_sample(batch, kv_cache_->view(), sample_params(targets), sampled);
         return;
     }
     runner_->forward(batch, kv_cache_->view(), logits_);
@@ -317,14 +291,15 @@ void Engine::sample_entries(const ScheduleOutput& out, std::vector<int32_t>& sam
         row += size_t(rows) - 1;  // the entry's last row samples
         const float* logits = logits_.data() + row * size_t(V);
         for (int k = 0; k < e.num_samples; ++k, ++i) {
-            Target& t = targets[i];
-            if (!t.r || t.r->choices[size_t(t.index)].done) continue;
-            Choice& ch = t.r->choices[size_t(t.index)];
+            Request* r = live_request(targets[i].first);
+            if (r == nullptr) continue;
+            Choice& ch = r->choices[size_t(targets[i].second)];
+            if (ch.done) continue;
             std::copy(logits, logits + V, scratch.begin());
             const int32_t tok = ch.sampler->sample(scratch.data(), V, uint64_t(ch.sampled));
             ch.sampler->accept(tok);
             sampled[i] = tok;
-            if (t.r->req.logprobs >= 0) logprobs[i].push_back(token_logprobs(logits, V, tok, t.r->req.logprobs));
+            if (r->req.logprobs >= 0) logprobs[i].push_back(token_logprobs(logits, V, tok, r->req.logprobs));
         }
         ++row;
     }
@@ -369,10 +344,10 @@ bool Engine::device_sampling(const ScheduleOutput& out) const {
 std::vector<SampleParams> Engine::sample_params(const std::vector<std::pair<uint64_t, int>>& targets) const {
     std::vector<SampleParams> params(targets.size());
     for (size_t i = 0; i < targets.size(); ++i) {
-        auto rit = requests_.find(targets[i].first);
-        if (targets[i].first == 0 || rit == requests_.end()) continue;
-        const Choice& ch = rit->second.choices[size_t(targets[i].second)];
-        const SamplingParams& sp = rit->second.req.sampling;
+        const Request* r = live_request(targets[i].first);
+        if (r == nullptr) continue;
+        const Choice& ch = r->choices[size_t(targets[i].second)];
+        const SamplingParams& sp = r->req.sampling;
         params[i] = SampleParams{sp.temperature, sp.top_k, sp.top_p, sp.min_p, ch.seed, uint64_t(ch.sampled)};
     }
     return params;
@@ -400,22 +375,17 @@ void Engine::finish_step(const ScheduleOutput& out, std::vector<std::pair<uint64
         }
     }
     for (size_t i = 0; i < targets.size(); ++i) {  // the draw offsets of the choices' next samples
-        auto rit = requests_.find(targets[i].first);
-        if (targets[i].first != 0 && rit != requests_.end()) rit->second.choices[size_t(targets[i].second)].sampled++;
+        if (Request* r = live_request(targets[i].first)) r->choices[size_t(targets[i].second)].sampled++;
     }
     if (early_finish) {
         for (size_t i = 0; i < targets.size(); ++i) {
-            auto rit = requests_.find(targets[i].first);
-            if (targets[i].first == 0 || rit == requests_.end()) continue;
-            Request& r = rit->second;
-            const Choice& c = r.choices[size_t(targets[i].second)];
+            const Request* r = live_request(targets[i].first);
+            if (r == nullptr) continue;
+            const Choice& c = r->choices[size_t(targets[i].second)];
             if (c.done || c.seq_id == 0 || scheduler_->find(c.seq_id) == nullptr) continue;
-            const int32_t tok = sampled[i];
-            const bool ends = r.max_new == 0 || c.sampled >= r.max_new ||
-                              (!r.req.ignore_eos && model_.tokenizer->is_eos(tok)) ||
-                              std::find(r.req.stop_token_ids.begin(), r.req.stop_token_ids.end(), tok) !=
-                                  r.req.stop_token_ids.end();
-            if (ends) scheduler_->finish(c.seq_id, kPendingOutput);
+            if (r->max_new == 0 || c.sampled >= r->max_new || is_stop_token(*r, sampled[i])) {
+                scheduler_->finish(c.seq_id, kPendingOutput);
+            }
         }
     }
     ready.targets.insert(ready.targets.end(), targets.begin(), targets.end());
@@ -426,10 +396,10 @@ void Engine::finish_step(const ScheduleOutput& out, std::vector<std::pair<uint64
 
 void Engine::deliver_ready(Ready& ready) {
     for (size_t i = 0; i < ready.targets.size(); ++i) {
-        auto rit = requests_.find(ready.targets[i].first);
-        if (ready.targets[i].first == 0 || rit == requests_.end()) continue;
+        Request* r = live_request(ready.targets[i].first);
+        if (r == nullptr) continue;
         const auto& lp = ready.logprobs[i];
-        deliver(rit->second, ready.targets[i].second, ready.tokens[i], lp.empty() ? nullptr : &lp[0]);
+        deliver(*r, ready.targets[i].second, ready.tokens[i], lp.empty() ? nullptr : &lp[0]);
     }
     ready = Ready{};
 }
@@ -471,7 +441,7 @@ bool Engine::step() {
                 deliver_ready(ready);  // step k's tokens before step k+1's
                 std::vector<int32_t> sampled;
                 std::vector<std::vector<TokenLogprobs>> logprobs;
-                sample_entries(out, sampled, logprobs);
+                sample_entries(out, targets, sampled, logprobs);
                 finish_step(out, std::move(targets), std::move(sampled), std::move(logprobs), false, ready);
             }
         }

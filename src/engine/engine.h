@@ -220,8 +220,15 @@ private:
                      std::vector<int32_t> sampled, std::vector<std::vector<TokenLogprobs>> logprobs,
                      bool early_finish, Ready& ready);
     void deliver_ready(Ready& ready);
-    void sample_entries(const ScheduleOutput& out, std::vector<int32_t>& sampled,
-                        std::vector<std::vector<TokenLogprobs>>& logprobs);
+    // Runs the step and draws its samples (targets: sample_targets(out)): on the device where the whole
+    // step allows it, else on the host from the logits; logprobs has one entry per sample when asked.
+    void sample_entries(const ScheduleOutput& out, const std::vector<std::pair<uint64_t, int>>& targets,
+                        std::vector<int32_t>& sampled, std::vector<std::vector<TokenLogprobs>>& logprobs);
+    // The request of a sample target (request id 0: its sequence was gone); null when it has ended.
+    Request* live_request(uint64_t id);
+    const Request* live_request(uint64_t id) const { return const_cast<Engine*>(this)->live_request(id); }
+    // A token that ends its choice: EOS (unless ignore_eos) or one of the request's stop_token_ids.
+    bool is_stop_token(const Request& r, int32_t token) const;
     void deliver(Request& r, int index, int32_t token, const TokenLogprobs* lp);
     void attach_prompt_logprobs(Request& r, int index, ChoiceEvent& ev);
     void record_prompt_rows(const ScheduledSequence& e, const float* logits);

@@ -4,9 +4,7 @@
 
 namespace swiftkv {
 
-EvalModel::EvalModel(const EvalModelOptions& options, Backend& backend) : options_(options) {
-    opened_ = open_model(options_, backend);
-}
+EvalModel::EvalModel(const EvalModelOptions& options, Backend& backend) : opened_(open_model(options, backend)) {}
 
 EvalModel::~EvalModel() = default;
 

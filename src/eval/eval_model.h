@@ -25,15 +25,13 @@ public:
 
     LlamaModel& model() { return *opened_.model; }
     const ModelConfig& config() const { return opened_.config(); }
-    const std::string& path() const { return options_.path; }
-    const EvalModelOptions& options() const { return options_; }
+    const std::string& path() const { return opened_.path; }
     DType weight_dtype() const { return opened_.weight_dtype; }
     bool has_tokenizer() const { return opened_.tokenizer != nullptr; }
     // Throws swiftkv::Error when the model was opened without its tokenizer.
     const BpeTokenizer& tokenizer() const { return opened_.require_tokenizer(); }
 
 private:
-    EvalModelOptions options_;
     OpenedModel opened_;
 };
 

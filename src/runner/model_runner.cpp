@@ -43,31 +43,30 @@ void ModelRunner::drop_graphs() {
     graphs_.clear();
 }
 
-void ModelRunner::ensure_index_buffers(int64_t T, int64_t S) {
+// Sizes the index arrays for steps of `rows` token rows (survivors included), `seqs` sequences (graph
+// padding included) and `table_entries` block-table entries; growing drops recorded graphs.
+void ModelRunner::ensure_index_buffers(int64_t rows, int64_t seqs, int64_t table_entries) {
+    const size_t n = size_t(std::max<int64_t>(rows, 16)), s = size_t(std::max<int64_t>(seqs, 16));
     bool grown = false;
-    const int64_t n = std::max<int64_t>(T, 16), seqs = std::max<int64_t>({S, T, 16});
-    grown |= fit(backend_, tokens_dev_, size_t(n) * 4);
-    grown |= fit(backend_, positions_dev_, size_t(n) * 4);
-    grown |= fit(backend_, slots_dev_, size_t(n) * 4);
-    grown |= fit(backend_, logits_idx_dev_, size_t(n) * 4);
-    grown |= fit(backend_, query_start_dev_, size_t(seqs + 1) * 4);
-    grown |= fit(backend_, seq_lens_dev_, size_t(seqs) * 4);
-    grown |= fit(backend_, surv_query_start_dev_, size_t(seqs + 1) * 4);
-    grown |= fit(backend_, surv_positions_dev_, size_t(n) * 4);
-    grown |= fit(backend_, block_tables_dev_, size_t(seqs * std::max<int64_t>(reserved_blocks_, 1)) * 4);
-    grown |= fit(backend_, sample_params_dev_, size_t(n) * sizeof(SampleParams));
-    grown |= fit(backend_, sampled_dev_, size_t(n) * 4);
+    for (DeviceBuffer* b :
+         {&tokens_dev_, &positions_dev_, &slots_dev_, &logits_idx_dev_, &surv_positions_dev_, &sampled_dev_}) {
+        grown |= fit(backend_, *b, n * 4);
+    }
+    grown |= fit(backend_, seq_lens_dev_, s * 4);
+    grown |= fit(backend_, query_start_dev_, (s + 1) * 4);
+    grown |= fit(backend_, surv_query_start_dev_, (s + 1) * 4);
+    grown |= fit(backend_, block_tables_dev_, size_t(std::max<int64_t>(table_entries, 1)) * 4);
+    grown |= fit(backend_, sample_params_dev_, n * sizeof(SampleParams));
     if (grown) drop_graphs();
 }
 
 void ModelRunner::reserve(int64_t max_tokens, int64_t max_seqs, int64_t max_blocks_per_seq) {
     SKV_CHECK(max_tokens > 0 && max_seqs > 0 && max_blocks_per_seq > 0, "reserve: bounds must be positive");
-    reserved_seqs_ = std::max(reserved_seqs_, max_seqs);
     reserved_blocks_ = std::max(reserved_blocks_, max_blocks_per_seq);
     const int64_t padded_seqs = std::min(graph_bucket(max_seqs), std::max(kMaxGraphBatch, max_seqs));
     const int64_t rows = std::max(max_tokens, padded_seqs);
     if (model_.reserve_workspace(rows, std::max(max_seqs, padded_seqs))) drop_graphs();
-    ensure_index_buffers(rows, std::max(reserved_seqs_, padded_seqs));
+    ensure_index_buffers(rows, padded_seqs, padded_seqs * reserved_blocks_);
 }
 
 // Host-side planning of one step: validation, cache slots, the survivors' layout, whether the step
@@ -175,19 +174,7 @@ void ModelRunner::prepare(const ForwardBatch& batch, const KvCacheView& kv, Step
     const int64_t rows = whole ? B : T;
     const int64_t survivors = graphed ? B : K;
     if (model_.reserve_workspace(rows, survivors)) drop_graphs();
-    bool grown = false;
-    grown |= fit(backend_, tokens_dev_, h_tokens_.size() * 4);
-    grown |= fit(backend_, positions_dev_, h_positions_.size() * 4);
-    grown |= fit(backend_, slots_dev_, h_slots_.size() * 4);
-    grown |= fit(backend_, query_start_dev_, h_query_start_.size() * 4);
-    grown |= fit(backend_, seq_lens_dev_, h_seq_lens_.size() * 4);
-    grown |= fit(backend_, block_tables_dev_, h_block_tables_.size() * 4);
-    grown |= fit(backend_, logits_idx_dev_, h_logits_idx_.size() * 4);
-    grown |= fit(backend_, surv_query_start_dev_, h_surv_query_start_.size() * 4);
-    grown |= fit(backend_, surv_positions_dev_, h_surv_positions_.size() * 4);
-    grown |= fit(backend_, sample_params_dev_, size_t(survivors) * sizeof(SampleParams));
-    grown |= fit(backend_, sampled_dev_, size_t(survivors) * 4);
-    if (grown) drop_graphs();
+    ensure_index_buffers(std::max(rows, survivors), B, int64_t(h_block_tables_.size()));
     auto up = [&](DeviceBuffer& buf, const std::vector<int32_t>& v) {
         if (!v.empty()) backend_.upload(buf.get(), v.data(), v.size() * 4);
     };

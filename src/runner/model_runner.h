@@ -68,13 +68,12 @@ private:
 
     void prepare(const ForwardBatch& batch, const KvCacheView& kv, Step& step);
     void run(const Step& step, const KvCacheView& kv);
-    void ensure_index_buffers(int64_t tokens, int64_t seqs);
+    void ensure_index_buffers(int64_t rows, int64_t seqs, int64_t table_entries);
     void drop_graphs();
 
     LlamaModel& model_;
     Backend& backend_;
     bool use_graphs_ = false;
-    int64_t reserved_seqs_ = 0;
     int64_t reserved_blocks_ = 0;
 
     // Device index arrays of the current step, and their host staging.

@@ -53,7 +53,7 @@ void ServingMetrics::record(double e2e_s, const double* ttft_s, int64_t completi
     for (const auto& r : finish_reasons) success_[r] += 1;
 }
 
-std::string ServingMetrics::text(const ServingStats& s, const std::string& model_name) const {
+std::string ServingMetrics::text(const EngineStats& s, const std::string& model_name) const {
     std::ostringstream os;
     const std::string labels = "model_name=\"" + model_name + "\"";
     auto scalar = [&](const char* type, const char* name, const char* help, double v) {

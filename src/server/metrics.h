@@ -37,7 +37,7 @@ public:
     // the finish reason of each of its n sequences ("stop", "length", "abort").
     void record(double e2e_s, const double* ttft_s, int64_t completion_tokens, int n,
                 const std::vector<std::string>& finish_reasons);
-    std::string text(const ServingStats& stats, const std::string& model_name) const;
+    std::string text(const EngineStats& stats, const std::string& model_name) const;
 
 private:
     Histogram ttft_{{0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0}};

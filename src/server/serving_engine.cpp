@@ -14,8 +14,7 @@ ServingEngine::ServingEngine(std::unique_ptr<Engine> engine) : engine_(std::move
     info_.vocab = engine_->config().vocab;
     info_.has_chat_template = engine_->has_chat_template();
     info_.generation_defaults = engine_->generation_defaults();
-    const EngineStats st = engine_->stats();
-    snapshot_.kv_blocks_total = st.kv_blocks_total;
+    snapshot_ = engine_->stats();
     thread_ = std::thread([this] { loop(); });
 }
 
@@ -50,7 +49,7 @@ void ServingEngine::shutdown() {
     cv_.notify_all();
 }
 
-ServingStats ServingEngine::stats() const {
+EngineStats ServingEngine::stats() const {
     std::lock_guard<std::mutex> lock(mu_);
     return snapshot_;
 }
@@ -158,13 +157,8 @@ void ServingEngine::loop() {
         {
             std::lock_guard<std::mutex> lock(mu_);
             const EngineStats st = engine_->stats();
-            snapshot_.running = st.running;
-            snapshot_.waiting = st.waiting + int64_t(incoming_.size());
-            snapshot_.kv_blocks_used = st.kv_blocks_used;
-            snapshot_.kv_blocks_total = st.kv_blocks_total;
-            snapshot_.prefix_cache_hit_rate = st.prefix_cache_hit_rate;
-            snapshot_.prompt_tokens_total = st.prompt_tokens_total;
-            snapshot_.generation_tokens_total = st.generation_tokens_total;
+            snapshot_ = st;
+            snapshot_.waiting += int64_t(incoming_.size());
             if (stopping_ && live_.empty() && incoming_.empty()) {
                 const double steps = double(std::max<int64_t>(st.steps, 1));
                 std::fprintf(stderr,

@@ -36,16 +36,6 @@ struct StreamCallbacks {
     std::function<void(const std::string& error)> on_done;
 };
 
-struct ServingStats {
-    int64_t running = 0;
-    int64_t waiting = 0;
-    int64_t kv_blocks_used = 0;
-    int64_t kv_blocks_total = 0;
-    double prefix_cache_hit_rate = 0.0;
-    int64_t prompt_tokens_total = 0;      // prompt tokens processed (every choice counts)
-    int64_t generation_tokens_total = 0;  // tokens generated
-};
-
 struct ModelInfo {
     std::string path;
     int64_t context_length = 0;
@@ -71,7 +61,8 @@ public:
     void abort(uint64_t id);
     // Aborts everything and refuses new work (submit then calls on_done("shutting down")).
     void shutdown();
-    ServingStats stats() const;
+    // The engine's statistics after its last step; `waiting` also counts requests not yet handed to it.
+    EngineStats stats() const;
     const BpeTokenizer& tokenizer() const { return engine_->tokenizer(); }
     std::string apply_chat_template(const nlohmann::json& messages, bool add_generation_prompt) const {
         return engine_->apply_chat_template(messages, add_generation_prompt);
@@ -98,7 +89,7 @@ private:
     std::vector<uint64_t> aborts_;
     bool stopping_ = false;
     uint64_t next_id_ = 1;
-    ServingStats snapshot_;
+    EngineStats snapshot_;
     std::unordered_map<uint64_t, Live> live_;  // engine thread only
     std::thread thread_;
 };
