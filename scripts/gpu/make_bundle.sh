@@ -25,7 +25,7 @@ fi
 B=build/gpu
 cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSWIFTKV_CUDA=ON -DSWIFTKV_NATIVE=OFF \
   -DSWIFTKV_CPU_ARCH=x86-64-v3 -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache >/dev/null
-targets=(swiftkv test_cuda_ops test_cuda_train_ops test_cuda_forward test_backend attention_selftest gemv_selftest)
+targets=(swiftkv test_cuda_ops test_cuda_train_ops test_cuda_forward test_backend test_train_ops attention_selftest gemv_selftest)
 [ "${SLIM:-0}" = 1 ] && targets=(swiftkv)
 ninja -C "$B" -j"${JOBS:-2}" "${targets[@]}"
 stage=$(mktemp -d)

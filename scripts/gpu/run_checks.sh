@@ -2,9 +2,10 @@
 # Runs on the GPU machine (H100/H200): builds nothing (carry .devbundle/bundle.tar.xz made by
 # make_bundle.sh), then checks and measures swiftkv's CUDA backend in one go. Phases (any subset, in
 # order): ops hf swiftkv bench serve torch greedy distill. Results and logs go to $OUT (or ./gpu-out).
-#   ops    attention self-test (tensor-core kernels against an f64 reference), test_backend (the op
-#          suites that run on every backend, against f64 references), test_cuda_ops (every CUDA op
-#          against the CPU op over a grid of shapes) and test_cuda_train_ops (the training ops)
+#   ops    attention self-test (tensor-core kernels against an f64 reference), GEMV self-test,
+#          test_backend and test_train_ops (every op on every backend against f64 references, with the
+#          model-sized grids on CUDA), test_cuda_ops / test_cuda_train_ops (what only CUDA has: graphs,
+#          memory accounting, the forced SIMT training attention, timings), test_cuda_forward
 #   hf     transformers builds random bf16 Llama checkpoints (small; Llama-3.1-8B layer shape with 4
 #          layers); swiftkv's logits on the GPU must match transformers' (compare_logits.py); SwiftKV
 #          survivor logits must match swiftkv's own full-student path on the GPU
@@ -47,10 +48,12 @@ ops)
   note "op tests on every backend against double-precision references (test_backend: the suites instantiated on all backends)"
   $R/bin/test_backend --gtest_brief=1 2>&1 | tee "$OUT/test_backend.log" | tail -30
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  note "CUDA op tests against the CPU backend"
+  note "training ops on every backend against double-precision references (test_train_ops)"
+  $R/bin/test_train_ops --gtest_brief=1 2>&1 | tee "$OUT/test_train_ops.log" | tail -30
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  note "CUDA only: memory accounting, graph capture/replay (test_cuda_ops); the training attention's SIMT path and timings (test_cuda_train_ops)"
   $R/bin/test_cuda_ops --gtest_brief=1 2>&1 | tee "$OUT/test_cuda_ops.log" | tail -30
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  note "CUDA training ops (distillation backward, losses, AdamW) against the CPU backend"
   $R/bin/test_cuda_train_ops --gtest_brief=1 2>&1 | tee "$OUT/test_cuda_train_ops.log" | tail -30
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   note "CUDA forward (graphs replayed, SwiftKV survivors) against the CPU forward"

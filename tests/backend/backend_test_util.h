@@ -5,11 +5,14 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend/backend.h"
@@ -25,6 +28,16 @@ inline std::vector<std::string> all_backend_names() {
     std::vector<std::string> names{"cpu"};
     if (cuda_backend_available()) names.push_back("cuda");
     return names;
+}
+
+// Whether a suite also runs its model-sized cases (rows, widths and contexts of real models, which pick a
+// device backend's other kernels: vectorised, multi-block, split and tensor-core paths) on this
+// backend. The CPU backend's paths are all chosen at the smaller sizes every backend runs, and its
+// double-precision references at model sizes would cost CI minutes. SWIFTKV_TEST_MODEL_SIZED=1 runs
+// them on every backend (e.g. to check a new reference against the CPU backend).
+inline bool device_sized(const std::string& backend) {
+    const char* all = std::getenv("SWIFTKV_TEST_MODEL_SIZED");
+    return backend != "cpu" || (all != nullptr && std::string(all) == "1");
 }
 
 inline std::unique_ptr<Backend> make_backend(const std::string& name) {
@@ -64,6 +77,17 @@ private:
     size_t size_;
     T* ptr_ = nullptr;
 };
+
+// Runs fn(begin, end) over [0, n) split across the host's cores: the double-precision references of
+// the model-sized cases.
+template <class Fn>
+void parallel_ranges(int64_t n, Fn&& fn) {
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(n, int64_t(std::thread::hardware_concurrency())));
+    std::vector<std::thread> threads;
+    for (int64_t p = 0; p < parts; ++p)
+        threads.emplace_back([&, p] { fn(n * p / parts, n * (p + 1) / parts); });
+    for (auto& t : threads) t.join();
+}
 
 class Random {
 public:
@@ -123,7 +147,7 @@ private:
 };
 
 // Relative tolerance of a result stored in the backend's act dtype: f32_tol for f32, and for bf16 its
-// rounding (half an ulp is 2^-9 relative) plus f32 arithmetic.
+// rounding (8 significant bits: at most 2^-8 = 3.9e-3 relative) plus f32 arithmetic.
 inline double act_tol(const Backend& backend, double f32_tol) {
     return backend.act_dtype() == DType::F32 ? f32_tol : 4e-3;
 }

@@ -1,13 +1,18 @@
 // Paged causal GQA attention on every backend against a double-precision reference, over a grid of
-// head_dim (64, 128, and an odd 36), GQA ratios 1/2/3/4, block sizes 16 and 1, and mixed batches:
+// head_dim (64, 128, and odd 36 and 8), GQA ratios 1/2/3/4, block sizes 16 and 1, and mixed batches:
 // prefill (query rows = context), chunked prefill (a suffix), decode (one row), sequences with zero
-// rows, long decodes that take the split-context path. K/V go into the cache through kv_write at
-// shuffled blocks; unused cache slots hold NaN and unused block-table entries are -1, so reading
-// anything outside the context shows up.
-// Tolerance per output element: |err| <= 1e-5 * sum_j p_j |v_j| (the weighted average's condition scale,
-// as for matmul; p the reference softmax) + 4 * 2^-24 * S * sum_j p_j |v_j - out|, where
+// rows, long decodes that take the split-context path. Device backends also run the model-sized grid
+// (heads 32/8 and 9/3, block sizes 16 and 32, contexts up to 4097: their tensor-core prefill, decode and
+// split-KV kernels). q, the caches and out are in the backend's act dtype (ActArray); K/V go into the
+// cache through kv_write at shuffled blocks; unused cache slots hold NaN and unused block-table entries
+// are -1, so reading anything outside the context shows up.
+// Tolerance per output element: |err| <= t * sum_j p_j |v_j| (the weighted average's condition scale,
+// as for matmul; p the reference softmax) + u * 2^-24 * S * sum_j p_j |v_j - out|, where
 // S = max_j scale * sum_d |q_d k_jd|: the second term is what rounding scores of magnitude S to f32
 // (a few ulps) unavoidably does to the output; it only matters for very peaked softmaxes.
+// f32 (CPU): t = 1e-5, u = 4. bf16 (CUDA): t = 1e-2 -- the output is rounded to bf16 (2^-8 of |out| <=
+// 2^-8 of the scale) and P enters the P.V tensor-core product in bf16 (another 2^-8 of the scale) --
+// and u = 16 (scores accumulate on tensor cores, then scale * log2(e) and exp2 in f32).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -79,7 +84,7 @@ PagedBatch build_batch(const AttentionCase& c, Random& rng) {
 }
 
 // Writes every sequence's K/V through kv_write into caches that start out NaN.
-void fill_cache(Backend& b, const PagedBatch& pb, DeviceArray<float>& k_cache, DeviceArray<float>& v_cache) {
+void fill_cache(Backend& b, PagedBatch& pb, ActArray& k_cache, ActArray& v_cache) {
     const int64_t row = pb.layout.n_kv_heads * pb.layout.head_dim, bs = pb.layout.block_size;
     for (size_t s = 0; s < pb.seq_lens.size(); ++s) {
         const int64_t ctx = pb.seq_lens[s];
@@ -87,35 +92,38 @@ void fill_cache(Backend& b, const PagedBatch& pb, DeviceArray<float>& k_cache, D
         std::vector<int32_t> slots(static_cast<size_t>(ctx));
         for (int64_t t = 0; t < ctx; ++t)
             slots[size_t(t)] = pb.block_tables[s * size_t(pb.max_blocks) + size_t(t / bs)] * int32_t(bs) + int32_t(t % bs);
-        DeviceArray<float> dk(b, pb.keys[s]), dv(b, pb.values[s]);
+        ActArray dk(b, pb.keys[s]), dv(b, pb.values[s]);
+        pb.keys[s] = dk.values();  // as the backend holds them
+        pb.values[s] = dv.values();
         DeviceArray<int32_t> dslots(b, slots);
         b.kv_write(dk.get(), dv.get(), ctx, row, dslots.get(), pb.layout, k_cache.get(), v_cache.get());
     }
 }
 
-void reference(const AttentionCase& c, const PagedBatch& pb, float scale, std::vector<double>& out,
-               std::vector<double>& tol_scale) {
+// The reference output and each element's absolute tolerance (t and u as in the header). Rows of a
+// sequence are computed in parallel (the model-sized cases).
+void reference(const AttentionCase& c, const PagedBatch& pb, float scale, double t, double u, std::vector<double>& out,
+               std::vector<double>& tol) {
     const int64_t hd = c.head_dim, n_kv = c.n_kv_heads, row = pb.n_heads * hd;
     out.assign(size_t(pb.total_queries * row), 0.0);
-    tol_scale.assign(out.size(), 0.0);
-    std::vector<double> p;
+    tol.assign(out.size(), 0.0);
     for (size_t s = 0; s < pb.seq_lens.size(); ++s) {
         const int64_t ctx = pb.seq_lens[s], q0 = pb.query_start[s], nq = pb.query_start[s + 1] - q0;
         const auto& K = pb.keys[s];
         const auto& V = pb.values[s];
-        for (int64_t i = 0; i < nq; ++i) {
-            const int64_t pos = ctx - nq + i;
-            for (int64_t h = 0; h < pb.n_heads; ++h) {
-                const int64_t kvh = h / c.group;
+        parallel_ranges(nq * pb.n_heads, [&](int64_t begin, int64_t end) {
+            std::vector<double> p;
+            for (int64_t ih = begin; ih < end; ++ih) {
+                const int64_t i = ih / pb.n_heads, h = ih % pb.n_heads, kvh = h / c.group, pos = ctx - nq + i;
                 const float* q = pb.q.data() + (q0 + i) * pb.q_stride + h * hd;
                 p.assign(size_t(pos + 1), 0.0);
                 double mx = -std::numeric_limits<double>::infinity(), score_scale = 0;
                 for (int64_t j = 0; j <= pos; ++j) {
                     double dot = 0, mag = 0;
                     for (int64_t d = 0; d < hd; ++d) {
-                        const double t = double(q[d]) * double(K[size_t((j * n_kv + kvh) * hd + d)]);
-                        dot += t;
-                        mag += std::abs(t);
+                        const double term = double(q[d]) * double(K[size_t((j * n_kv + kvh) * hd + d)]);
+                        dot += term;
+                        mag += std::abs(term);
                     }
                     p[size_t(j)] = dot * double(scale);
                     mx = std::max(mx, p[size_t(j)]);
@@ -135,22 +143,22 @@ void reference(const AttentionCase& c, const PagedBatch& pb, float scale, std::v
                     for (int64_t j = 0; j <= pos; ++j) spread += p[size_t(j)] * std::abs(V[size_t((j * n_kv + kvh) * hd + d)] - acc);
                     const size_t at = size_t((q0 + i) * row + h * hd + d);
                     out[at] = acc;
-                    // all_close multiplies by 1e-5: express the score-rounding term in those units.
-                    tol_scale[at] = mag + 4.0 * 0x1p-24 / 1e-5 * score_scale * spread + 1e-30;
+                    tol[at] = t * mag + u * 0x1p-24 * score_scale * spread + 1e-30;
                 }
             }
-        }
+        });
     }
 }
 
 void check_case(Backend& b, const AttentionCase& c, uint32_t seed) {
     Random rng(seed);
-    const PagedBatch pb = build_batch(c, rng);
+    PagedBatch pb = build_batch(c, rng);
     const size_t cache_floats = size_t(pb.layout.num_blocks * pb.layout.block_elems());
     const std::vector<float> nan_fill(cache_floats, std::numeric_limits<float>::quiet_NaN());
-    DeviceArray<float> k_cache(b, nan_fill), v_cache(b, nan_fill);
+    ActArray k_cache(b, nan_fill), v_cache(b, nan_fill);
     fill_cache(b, pb, k_cache, v_cache);
-    DeviceArray<float> dq(b, pb.q), dout(b, size_t(pb.total_queries * pb.n_heads * c.head_dim));
+    ActArray dq(b, pb.q), dout(b, size_t(std::max<int64_t>(pb.total_queries, 1) * pb.n_heads * c.head_dim));
+    pb.q = dq.values();
     DeviceArray<int32_t> dstart(b, pb.query_start), dlens(b, pb.seq_lens), dtables(b, pb.block_tables);
     AttentionBatch batch;
     batch.num_seqs = int64_t(c.seqs.size());
@@ -162,14 +170,20 @@ void check_case(Backend& b, const AttentionCase& c, uint32_t seed) {
     batch.max_seq_len = *std::max_element(pb.seq_lens.begin(), pb.seq_lens.end());
     const float scale = 1.0f / std::sqrt(float(c.head_dim));
     b.attention(dq.get(), pb.q_stride, batch, pb.layout, k_cache.get(), v_cache.get(), pb.n_heads, scale, dout.get());
+    const bool f32 = b.act_dtype() == DType::F32;
     std::vector<double> ref, tol;
-    reference(c, pb, scale, ref, tol);
-    EXPECT_TRUE(all_close(dout.to_host(), ref, tol, 1e-5)) << describe(c);
+    reference(c, pb, scale, f32 ? 1e-5 : 1e-2, f32 ? 4.0 : 16.0, ref, tol);
+    auto got = dout.to_host();
+    got.resize(ref.size());
+    EXPECT_TRUE(all_close(got, ref, tol, 1.0)) << describe(c);
 }
 
 class BackendAttention : public ::testing::TestWithParam<std::string> {
 protected:
-    void SetUp() override { backend_ = make_backend(GetParam()); }
+    void SetUp() override {
+        backend_ = make_backend(GetParam());
+        ASSERT_TRUE(backend_) << "backend " << GetParam() << " unavailable";
+    }
     std::unique_ptr<Backend> backend_;
 };
 
@@ -205,7 +219,41 @@ TEST_P(BackendAttention, ExtremeScores) {
     check_case(*backend_, AttentionCase{64, 3, 3, 16, {{300, 30}, {900, 1}}, 0.01f}, 401);
 }
 
+// Model-sized heads and batches on device backends: decode batches, mixed prefill, chunked prefill with
+// contexts up to 4097 (Llama-3.1-8B's 32/8 heads, and 9/3), block sizes 16 and 32.
+TEST_P(BackendAttention, ModelSizedBatches) {
+    if (!device_sized(GetParam())) GTEST_SKIP() << "the CPU's kernel paths are selected at the smaller sizes above";
+    const std::vector<Seq> decode = {{1, 1}, {17, 1}, {300, 1}, {4097, 1}, {64, 1}};
+    const std::vector<Seq> mixed = {{300, 300}, {500, 17}, {33, 1}, {100, 0}, {1, 1}, {129, 64}, {4097, 3}};
+    const std::vector<Seq> chunked = {{4097, 1}, {1000, 64}, {64, 64}, {2048, 300}};
+    uint32_t seed = 800;
+    for (int64_t hd : {64, 128})
+        for (const auto& [nkv, group] : {std::pair<int64_t, int64_t>{8, 4}, std::pair<int64_t, int64_t>{3, 3}})
+            for (int64_t bs : {16, 32})
+                for (const auto* seqs : {&decode, &mixed, &chunked})
+                    check_case(*backend_, AttentionCase{hd, nkv, group, bs, *seqs, 2.0f}, seed++);
+}
+
+// Arguments every backend checks on the host.
+TEST_P(BackendAttention, RejectsInvalidShapes) {
+    Backend& b = *backend_;
+    const KvLayout layout{4, 16, 2, 64};
+    ActArray kc(b, size_t(layout.num_blocks * layout.block_elems())), vc(b, kc.values().size());
+    ActArray q(b, size_t(6 * 64)), out(b, size_t(6 * 64));
+    DeviceArray<int32_t> ds(b, std::vector<int32_t>{0, 1}), dl(b, std::vector<int32_t>{1}), dt(b, std::vector<int32_t>{0});
+    const AttentionBatch batch{1, 1, ds.get(), dl.get(), dt.get(), 1, 1};
+    EXPECT_NO_THROW(b.attention(q.get(), 6 * 64, batch, layout, kc.get(), vc.get(), 4, 0.125f, out.get()));
+    // 3 query heads over 2 KV heads; a q row shorter than the heads; a layout without heads.
+    EXPECT_THROW(b.attention(q.get(), 6 * 64, batch, layout, kc.get(), vc.get(), 3, 0.125f, out.get()), Error);
+    EXPECT_THROW(b.attention(q.get(), 4 * 64 - 1, batch, layout, kc.get(), vc.get(), 4, 0.125f, out.get()), Error);
+    EXPECT_THROW(b.attention(q.get(), 6 * 64, batch, KvLayout{4, 16, 0, 64}, kc.get(), vc.get(), 4, 0.125f, out.get()),
+                 Error);
+    b.synchronize();
+}
+
+// Batch contents (query_start, seq_lens, block tables) are checked where they live on the host.
 TEST_P(BackendAttention, RejectsInvalidBatches) {
+    if (GetParam() != "cpu") GTEST_SKIP() << "the batch arrays live on the device there; the runner builds them";
     Backend& b = *backend_;
     const KvLayout layout{4, 16, 1, 64};
     DeviceArray<float> kc(b, size_t(layout.num_blocks * layout.block_elems())), vc(b, kc.size());
@@ -223,7 +271,7 @@ TEST_P(BackendAttention, RejectsInvalidBatches) {
     EXPECT_THROW(run({2, 0}, {20}, {0, 1}, 2), Error);  // decreasing query_start
 }
 
-INSTANTIATE_TEST_SUITE_P(AllBackends, BackendAttention, ::testing::ValuesIn(backend_names()),
+INSTANTIATE_TEST_SUITE_P(AllBackends, BackendAttention, ::testing::ValuesIn(all_backend_names()),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

@@ -2,6 +2,9 @@
 // reference computed from the same (bf16-rounded) weight values and the activations as the backend holds
 // them (ActArray). Tolerance: |err| <= 1e-5 * sum_k |x_k w_k| per
 // output, i.e. relative to the dot product's condition scale (f32 accumulation of K terms).
+// Device backends also run model-sized products (Llama-3.1-8B and SmolLM2 projections, LM heads of
+// 128256 rows, 4097-row prefills), with F32 and, where activations are bf16, BF16 output (rounded:
+// 2^-8 of |out| <= 2^-8 of the condition scale, inside act_tol).
 // The CPU backend is also run in each of its internal configurations (BLAS threading, small-row kernel
 // thresholds), since they take different code paths for the same shapes.
 #include <gtest/gtest.h>
@@ -54,6 +57,49 @@ void check_matmul(Backend& b, DType dtype, uint32_t seed, const std::string& wha
 }
 
 class BackendMatmul : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(BackendMatmul, ModelSizedShapes) {
+    if (!device_sized(GetParam())) GTEST_SKIP() << "the CPU's kernel paths are selected at the sizes above";
+    auto backend = make_backend(GetParam());
+    Backend& b = *backend;
+    struct Big { int64_t rows, n, k; };
+    Random rng(15);
+    for (const Big s : {Big{1, 4096, 4096}, Big{3, 576, 576}, Big{17, 14336, 4096}, Big{300, 1024, 576},
+                        Big{4097, 64, 576}, Big{5, 33, 200}, Big{1, 128256, 576}, Big{17, 128256, 576},
+                        Big{300, 4096, 4096}}) {
+        const auto w16 = to_bf16(rng.floats(size_t(s.n * s.k)));
+        DeviceArray<uint16_t> dw(b, w16);
+        std::vector<float> w(w16.size());
+        for (size_t i = 0; i < w.size(); ++i) w[i] = bf16_to_f32(w16[i]);
+        ActArray dx(b, rng.floats(size_t(s.rows * s.k), -2.0f, 2.0f));
+        const std::vector<float>& x = dx.values();
+        std::vector<double> ref(size_t(s.rows * s.n)), scale(ref.size());
+        parallel_ranges(s.rows * s.n, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) {
+                const float* xr = x.data() + (i / s.n) * s.k;
+                const float* wr = w.data() + (i % s.n) * s.k;
+                double acc = 0, mag = 0;
+                for (int64_t k = 0; k < s.k; ++k) {
+                    const double p = double(xr[k]) * double(wr[k]);
+                    acc += p;
+                    mag += std::abs(p);
+                }
+                ref[size_t(i)] = acc;
+                scale[size_t(i)] = mag + 1e-30;
+            }
+        });
+        const WeightMatrix wm{DType::BF16, s.n, s.k, dw.get()};
+        const std::string what = std::to_string(s.rows) + " x " + std::to_string(s.k) + " by " + std::to_string(s.n);
+        DeviceArray<float> out(b, ref.size());
+        b.matmul(dx.get(), s.rows, wm, out.get(), DType::F32);
+        EXPECT_TRUE(all_close(out.to_host(), ref, scale, act_tol(b, 1e-5))) << "F32 out, " << what;
+        if (b.act_dtype() == DType::BF16) {
+            ActArray out16(b, ref.size());
+            b.matmul(dx.get(), s.rows, wm, out16.get(), DType::BF16);
+            EXPECT_TRUE(all_close(out16.to_host(), ref, scale, act_tol(b, 1e-5))) << "BF16 out, " << what;
+        }
+    }
+}
 
 TEST_P(BackendMatmul, F32Weights) {
     auto b = make_backend(GetParam());

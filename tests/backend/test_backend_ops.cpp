@@ -1,8 +1,10 @@
 // Backend ops other than matmul, attention and sample, on every backend, against double-precision
-// references: memory (incl. memory_info, fill_random), embedding, gather_rows, rmsnorm, add_rmsnorm,
-// rope, silu_mul, kv_write, kv_write_layers.
-// Tolerances (f32): elementwise results within 1e-5 relative (plus a tiny absolute floor near zero);
-// copies (embedding, gather, kv_write, the residual add) must be exact.
+// references: memory (incl. memory_info, fill_random against its formula), embedding, gather_rows,
+// rmsnorm, add_rmsnorm, rope, silu_mul, kv_write, kv_write_layers, and zero-sized calls. Device backends
+// also run the model-sized grids (ModelSized*: rows up to 4097, widths up to 20000, Llama-3.1-8B's
+// heads), which select their vectorised and multi-block kernels.
+// Tolerances: elementwise results within act_tol (f32: 1e-5 relative, plus a tiny absolute floor near
+// zero; bf16 output: its rounding); copies (embedding, gather, kv_write, the residual add) must be exact.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -66,6 +68,16 @@ TEST_P(BackendOps, AllocFailureThrowsWithSize) {
     }
 }
 
+// A failed allocation leaves the backend usable.
+TEST_P(BackendOps, WorksAfterAllocFailure) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "AddressSanitizer aborts on failed allocations instead of returning null";
+#endif
+    EXPECT_THROW(b().alloc(size_t(1) << 50), Error);
+    DeviceArray<float> a(b(), std::vector<float>{1.0f, 2.0f, 3.0f});
+    EXPECT_EQ(a.to_host(), (std::vector<float>{1.0f, 2.0f, 3.0f}));
+}
+
 TEST_P(BackendOps, ActDtype) {
     const DType act = b().act_dtype();
     EXPECT_TRUE(act == DType::F32 || act == DType::BF16) << dtype_name(act);
@@ -123,6 +135,38 @@ TEST_P(BackendOps, FillRandomF32) {
     b().fill_random(small.get(), 1000, DType::F32, 1, 0.0f);
     for (float x : small.to_host()) ASSERT_EQ(x, 0.0f);
     b().fill_random(small.get(), 0, DType::F32, 1, 1.0f);
+}
+
+// The fill is this formula on every backend (so random weights are the same everywhere): element i of
+// seed s is scale * (k / 2^23 - 1) with k the top 24 bits of splitmix64(splitmix64(s) + i), in f32;
+// BF16 fills are that value rounded to bf16.
+uint64_t splitmix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+TEST_P(BackendOps, FillRandomIsTheFormula) {
+    for (int64_t n : {int64_t(1), int64_t(1000), int64_t(1) << 20, (int64_t(1) << 20) + 7}) {
+        for (const float scale : {0.02f, 1.0f}) {
+            for (const uint64_t seed : {uint64_t(42), uint64_t(1) << 63}) {
+                DeviceArray<float> f(b(), size_t(n));
+                DeviceArray<uint16_t> h(b(), size_t(n));
+                b().fill_random(f.get(), n, DType::F32, seed, scale);
+                b().fill_random(h.get(), n, DType::BF16, seed, scale);
+                const auto hf = f.to_host();
+                const auto hh = h.to_host();
+                const uint64_t key = splitmix64(seed);
+                for (int64_t i = 0; i < n; ++i) {
+                    const float k = float(uint32_t(splitmix64(key + uint64_t(i)) >> 40));
+                    const float x = scale * (k * 0x1p-23f - 1.0f);
+                    ASSERT_EQ(hf[size_t(i)], x) << "element " << i << " of " << n << ", seed " << seed;
+                    ASSERT_EQ(hh[size_t(i)], f32_to_bf16(x)) << "bf16 element " << i << " of " << n;
+                }
+            }
+        }
+    }
 }
 
 TEST_P(BackendOps, FillRandomBf16) {
@@ -224,6 +268,15 @@ TEST_P(BackendOps, GatherRows) {
         for (int64_t j = 0; j < dim; ++j) ASSERT_EQ(out[i * dim + j], x[size_t(idx[i] * dim + j)]);
 }
 
+// Checks rows [0, n) of out against rows idx[i] of x (row_bytes each), byte for byte.
+::testing::AssertionResult rows_gathered(const std::vector<uint8_t>& out, const std::vector<uint8_t>& x,
+                                         const std::vector<int32_t>& idx, int64_t n, int64_t row_bytes) {
+    for (int64_t i = 0; i < n; ++i)
+        if (std::memcmp(out.data() + i * row_bytes, x.data() + idx[size_t(i)] * row_bytes, size_t(row_bytes)) != 0)
+            return ::testing::AssertionFailure() << "row " << i << " of " << n << ", " << row_bytes << " bytes";
+    return ::testing::AssertionSuccess();
+}
+
 // Rows of any byte size (bf16 rows, odd sizes), including copies large enough to run in parallel.
 TEST_P(BackendOps, GatherRowsBytes) {
     std::mt19937 rng(31);
@@ -238,13 +291,19 @@ TEST_P(BackendOps, GatherRowsBytes) {
             DeviceArray<uint8_t> dx(b(), x), dout(b(), size_t(std::max<int64_t>(1, n * row_bytes)));
             DeviceArray<int32_t> di(b(), idx.empty() ? std::vector<int32_t>{0} : idx);
             b().gather_rows(dx.get(), di.get(), n, row_bytes, dout.get());
-            const auto out = dout.to_host();
-            for (int64_t i = 0; i < n; ++i)
-                ASSERT_EQ(0, std::memcmp(out.data() + i * row_bytes, x.data() + idx[size_t(i)] * row_bytes,
-                                         size_t(row_bytes)))
-                    << "row " << i << " of " << n << ", " << row_bytes << " bytes";
+            ASSERT_TRUE(rows_gathered(dout.to_host(), x, idx, n, row_bytes));
         }
     }
+    // Unaligned source and destination (16-byte rows starting 2 bytes in).
+    std::vector<uint8_t> x(4096);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = uint8_t(i * 7 + 3);
+    const std::vector<int32_t> idx = {3, 0, 100};
+    DeviceArray<uint8_t> dx(b(), x), dout(b(), size_t(64));
+    DeviceArray<int32_t> di(b(), idx);
+    b().gather_rows(dx.get() + 2, di.get(), 3, 16, dout.get() + 2);
+    const auto got = dout.to_host();
+    for (size_t i = 0; i < 3; ++i)
+        for (size_t j = 0; j < 16; ++j) EXPECT_EQ(got[2 + i * 16 + j], x[2 + size_t(idx[i]) * 16 + j]);
 }
 
 // out = x / sqrt(mean(x^2) + eps) * w in double.
@@ -291,32 +350,46 @@ TEST_P(BackendOps, RmsNormAndAddRmsNorm) {
     }
 }
 
+// Rotate-half RoPE of the n_heads heads starting at column `first` of each row, in double (the angle
+// pos * inv_freq in f32, as PyTorch computes it); scale[i] = |x_a| + |x_b| of the pair.
+void rope_reference(const std::vector<float>& x, int64_t rows, int64_t stride, int64_t first, int64_t n_heads,
+                    int64_t head_dim, const std::vector<int32_t>& pos, const std::vector<float>& inv_freq,
+                    std::vector<double>& ref, std::vector<double>& scale) {
+    const int64_t half = head_dim / 2;
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t h = 0; h < n_heads; ++h)
+            for (int64_t i = 0; i < half; ++i) {
+                const size_t ia = size_t(r * stride + first + h * head_dim + i), ib = ia + size_t(half);
+                const float angle = float(pos[size_t(r)]) * inv_freq[size_t(i)];
+                const double cs = std::cos(double(angle)), sn = std::sin(double(angle));
+                ref[ia] = double(x[ia]) * cs - double(x[ib]) * sn;
+                ref[ib] = double(x[ib]) * cs + double(x[ia]) * sn;
+                scale[ia] = scale[ib] = std::abs(double(x[ia])) + std::abs(double(x[ib]));
+            }
+}
+
+std::vector<float> rope_inv_freq(int64_t head_dim, double theta) {
+    std::vector<float> inv_freq(static_cast<size_t>(head_dim / 2));
+    for (size_t i = 0; i < inv_freq.size(); ++i)
+        inv_freq[i] = float(1.0 / std::pow(theta, double(2 * i) / double(head_dim)));
+    return inv_freq;
+}
+
 TEST_P(BackendOps, RopeRotateHalf) {
     Random rng(5);
     struct Case { int64_t rows, n_heads, head_dim, extra; double theta; int32_t max_pos; };
     for (const Case c : {Case{1, 1, 2, 0, 10000.0, 5}, Case{7, 9, 64, 3 * 64 * 2, 10000.0, 4096},
                          Case{40, 3, 128, 5, 500000.0, 130000}, Case{5, 2, 6, 0, 100.0, 50},
                          Case{300, 4, 64, 0, 10000.0, 299}, Case{3, 2, 64, 0, 10000.0, 2147483647}}) {
-        const int64_t half = c.head_dim / 2, stride = c.n_heads * c.head_dim + c.extra;
-        std::vector<float> inv_freq(static_cast<size_t>(half));
-        for (int64_t i = 0; i < half; ++i)
-            inv_freq[size_t(i)] = float(1.0 / std::pow(c.theta, double(2 * i) / double(c.head_dim)));
+        const int64_t stride = c.n_heads * c.head_dim + c.extra;
+        const auto inv_freq = rope_inv_freq(c.head_dim, c.theta);
         std::vector<int32_t> pos(static_cast<size_t>(c.rows));
         for (auto& p : pos) p = rng.integer(0, c.max_pos);
         pos[0] = c.max_pos;
         ActArray dx(b(), rng.floats(size_t(c.rows * stride), -2.0f, 2.0f));
         const std::vector<float>& x = dx.values();
         std::vector<double> ref(x.begin(), x.end()), scale(x.size(), 1e-30);
-        for (int64_t r = 0; r < c.rows; ++r)
-            for (int64_t h = 0; h < c.n_heads; ++h)
-                for (int64_t i = 0; i < half; ++i) {
-                    const size_t ia = size_t(r * stride + h * c.head_dim + i), ib = ia + size_t(half);
-                    const float angle = float(pos[size_t(r)]) * inv_freq[size_t(i)];  // f32, as PyTorch
-                    const double cs = std::cos(double(angle)), sn = std::sin(double(angle));
-                    ref[ia] = double(x[ia]) * cs - double(x[ib]) * sn;
-                    ref[ib] = double(x[ib]) * cs + double(x[ia]) * sn;
-                    scale[ia] = scale[ib] = std::abs(double(x[ia])) + std::abs(double(x[ib]));
-                }
+        rope_reference(x, c.rows, stride, 0, c.n_heads, c.head_dim, pos, inv_freq, ref, scale);
         DeviceArray<float> df(b(), inv_freq);
         DeviceArray<int32_t> dp(b(), pos);
         b().rope(dx.get(), c.rows, stride, c.n_heads, c.head_dim, dp.get(), df.get());
@@ -329,6 +402,17 @@ TEST_P(BackendOps, RopeRotateHalf) {
     }
 }
 
+// silu(gate) * up per row of [gate | up], in double.
+std::vector<double> silu_mul_reference(const std::vector<float>& gu, int64_t rows, int64_t ffn) {
+    std::vector<double> ref(size_t(rows * ffn));
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < ffn; ++j) {
+            const double g = gu[size_t(r * 2 * ffn + j)], u = gu[size_t(r * 2 * ffn + ffn + j)];
+            ref[size_t(r * ffn + j)] = g / (1.0 + std::exp(-g)) * u;
+        }
+    return ref;
+}
+
 TEST_P(BackendOps, SiluMul) {
     Random rng(6);
     for (int64_t rows : {1, 5, 64}) {
@@ -337,13 +421,7 @@ TEST_P(BackendOps, SiluMul) {
             const float specials[] = {0.0f, -100.0f, 100.0f, -87.5f, 88.9f, 1e-8f, -1e-8f, 3.0f};
             for (size_t i = 0; i < 8 && i < size_t(ffn); ++i) values[i] = specials[i];
             ActArray dgu(b(), values), dout(b(), size_t(rows * ffn));
-            const std::vector<float>& gu = dgu.values();
-            std::vector<double> ref(size_t(rows * ffn));
-            for (int64_t r = 0; r < rows; ++r)
-                for (int64_t j = 0; j < ffn; ++j) {
-                    const double g = gu[size_t(r * 2 * ffn + j)], u = gu[size_t(r * 2 * ffn + ffn + j)];
-                    ref[size_t(r * ffn + j)] = g / (1.0 + std::exp(-g)) * u;
-                }
+            const auto ref = silu_mul_reference(dgu.values(), rows, ffn);
             b().silu_mul(dgu.get(), dout.get(), rows, ffn);
             EXPECT_TRUE(all_close(dout.to_host(), ref, relative_scale(ref, 1e-7), act_tol(b(), 1e-5)))
                 << rows << "x" << ffn;
@@ -443,6 +521,197 @@ TEST_P(BackendOps, KvWriteLayers) {
             }
         }
     }
+}
+
+// --- model-sized grids (device backends) -------------------------------------------------------------
+
+// Row counts x widths, skipping combinations above `max_elems` elements.
+std::vector<std::pair<int64_t, int64_t>> shape_grid(std::initializer_list<int64_t> rows,
+                                                    std::initializer_list<int64_t> dims, int64_t max_elems) {
+    std::vector<std::pair<int64_t, int64_t>> out;
+    for (int64_t d : dims)
+        for (int64_t r : rows)
+            if (r * d <= max_elems) out.emplace_back(r, d);
+    return out;
+}
+
+constexpr int64_t kMaxModelElems = int64_t(1) << 24;
+#define SKIP_UNLESS_DEVICE_SIZED() \
+    if (!device_sized(GetParam())) GTEST_SKIP() << "the CPU's kernel paths are selected at the sizes above"
+
+TEST_P(BackendOps, ModelSizedEmbedding) {
+    SKIP_UNLESS_DEVICE_SIZED();
+    Random rng(20);
+    const int64_t vocab = 1000;
+    for (const auto& [n, dim] : shape_grid({1, 3, 17, 300, 4097}, {64, 577, 4096, 14336}, kMaxModelElems)) {
+        const auto table = to_bf16(rng.floats(size_t(vocab * dim)));
+        std::vector<int32_t> tokens(static_cast<size_t>(n));
+        for (auto& t : tokens) t = rng.integer(0, int32_t(vocab - 1));
+        DeviceArray<uint16_t> dt(b(), table);
+        DeviceArray<int32_t> dk(b(), tokens);
+        DeviceArray<float> out(b(), size_t(n * dim));
+        b().embedding(WeightMatrix{DType::BF16, vocab, dim, dt.get()}, dk.get(), n, out.get());
+        const auto got = out.to_host();
+        for (int64_t i = 0; i < n; ++i)
+            for (int64_t j = 0; j < dim; ++j)
+                ASSERT_EQ(got[size_t(i * dim + j)], bf16_to_f32(table[size_t(tokens[size_t(i)] * dim + j)]))
+                    << n << " x " << dim;
+    }
+}
+
+TEST_P(BackendOps, ModelSizedGatherRows) {
+    SKIP_UNLESS_DEVICE_SIZED();
+    std::mt19937 rng(21);
+    const int64_t src_rows = 500;
+    for (int64_t row_bytes : {2, 6, 100, 16, 8192, 28672}) {
+        for (int64_t n : {1, 17, 300}) {
+            std::vector<uint8_t> x(size_t(src_rows * row_bytes));
+            for (auto& v : x) v = uint8_t(rng());
+            std::vector<int32_t> idx(static_cast<size_t>(n));
+            for (auto& i : idx) i = int32_t(rng() % src_rows);
+            DeviceArray<uint8_t> dx(b(), x), dout(b(), size_t(n * row_bytes));
+            DeviceArray<int32_t> di(b(), idx);
+            b().gather_rows(dx.get(), di.get(), n, row_bytes, dout.get());
+            ASSERT_TRUE(rows_gathered(dout.to_host(), x, idx, n, row_bytes));
+        }
+    }
+}
+
+TEST_P(BackendOps, ModelSizedNorms) {
+    SKIP_UNLESS_DEVICE_SIZED();
+    Random rng(22);
+    for (const auto& [rows, dim] :
+         shape_grid({1, 3, 17, 300, 4097}, {64, 576, 4096, 14336, 5, 577, 20000}, kMaxModelElems)) {
+        const auto x = rng.floats(size_t(rows * dim), -3.0f, 3.0f);
+        const auto w = rng.floats(size_t(dim), 0.5f, 1.5f);
+        DeviceArray<float> dx(b(), x), dw(b(), w);
+        ActArray dd(b(), rng.floats(size_t(rows * dim), -2.0f, 2.0f)), dout(b(), x.size());
+        b().rmsnorm(dx.get(), dw.get(), dout.get(), rows, dim, 1e-5f);
+        const auto ref = rmsnorm_reference(x, w, rows, dim, 1e-5f);
+        EXPECT_TRUE(all_close(dout.to_host(), ref, relative_scale(ref, 1e-6), act_tol(b(), 1e-5))) << rows << "x" << dim;
+        EXPECT_EQ(dx.to_host(), x) << "input modified, " << rows << "x" << dim;
+        b().add_rmsnorm(dx.get(), dd.get(), dw.get(), dout.get(), rows, dim, 1e-6f);
+        std::vector<float> summed(x.size());
+        for (size_t i = 0; i < x.size(); ++i) summed[i] = x[i] + dd.values()[i];
+        EXPECT_EQ(dx.to_host(), summed) << "residual, " << rows << "x" << dim;
+        const auto ref2 = rmsnorm_reference(summed, w, rows, dim, 1e-6f);
+        EXPECT_TRUE(all_close(dout.to_host(), ref2, relative_scale(ref2, 1e-6), act_tol(b(), 1e-5))) << rows << "x" << dim;
+    }
+}
+
+TEST_P(BackendOps, ModelSizedSiluMul) {
+    SKIP_UNLESS_DEVICE_SIZED();
+    Random rng(23);
+    for (const auto& [rows, ffn] : shape_grid({1, 3, 17, 300, 4097}, {64, 576, 14336, 13}, kMaxModelElems)) {
+        ActArray dgu(b(), rng.floats(size_t(rows * 2 * ffn), -6.0f, 6.0f)), dout(b(), size_t(rows * ffn));
+        const auto ref = silu_mul_reference(dgu.values(), rows, ffn);
+        b().silu_mul(dgu.get(), dout.get(), rows, ffn);
+        EXPECT_TRUE(all_close(dout.to_host(), ref, relative_scale(ref, 1e-7), act_tol(b(), 1e-5))) << rows << "x" << ffn;
+    }
+}
+
+// Q heads at the start of a fused QKV row, then the K heads through an offset pointer; V untouched.
+TEST_P(BackendOps, ModelSizedRope) {
+    SKIP_UNLESS_DEVICE_SIZED();
+    Random rng(24);
+    struct Heads { int64_t n_heads, n_kv_heads, head_dim; };
+    for (const Heads hc : {Heads{32, 8, 128}, Heads{9, 3, 64}, Heads{4, 2, 6}, Heads{2, 1, 20}}) {
+        for (int64_t rows : {1, 3, 17, 300, 4097}) {
+            const int64_t hd = hc.head_dim, stride = (hc.n_heads + 2 * hc.n_kv_heads) * hd;
+            const int64_t k_first = hc.n_heads * hd;
+            const auto inv_freq = rope_inv_freq(hd, 500000.0);
+            std::vector<int32_t> pos(static_cast<size_t>(rows));
+            for (auto& p : pos) p = rng.integer(0, 131071);
+            pos[0] = 0;
+            ActArray dx(b(), rng.floats(size_t(rows * stride), -2.0f, 2.0f));
+            const std::vector<float>& x = dx.values();
+            std::vector<double> ref(x.begin(), x.end()), scale(x.size(), 1e-30);
+            rope_reference(x, rows, stride, 0, hc.n_heads, hd, pos, inv_freq, ref, scale);
+            rope_reference(x, rows, stride, k_first, hc.n_kv_heads, hd, pos, inv_freq, ref, scale);
+            DeviceArray<float> df(b(), inv_freq);
+            DeviceArray<int32_t> dp(b(), pos);
+            b().rope(dx.get(), rows, stride, hc.n_heads, hd, dp.get(), df.get());
+            b().rope(dx.at(k_first), rows, stride, hc.n_kv_heads, hd, dp.get(), df.get());
+            const auto out = dx.to_host();
+            const std::string what = "heads " + std::to_string(hc.n_heads) + "/" + std::to_string(hc.n_kv_heads) +
+                                     ", head_dim " + std::to_string(hd) + ", rows " + std::to_string(rows);
+            EXPECT_TRUE(all_close(out, ref, scale, act_tol(b(), 1e-5))) << what;
+            for (int64_t r = 0; r < rows; ++r)
+                for (int64_t j = k_first + hc.n_kv_heads * hd; j < stride; ++j)
+                    ASSERT_EQ(out[size_t(r * stride + j)], x[size_t(r * stride + j)]) << "V modified, " << what;
+        }
+    }
+}
+
+// K/V of fused QKV rows (one or several layers per row) into paged caches that start out random;
+// skipped slots and every other slot keep their contents.
+TEST_P(BackendOps, ModelSizedKvWrite) {
+    SKIP_UNLESS_DEVICE_SIZED();
+    Random rng(25);
+    struct KvCase { int64_t block_size, n_kv_heads, head_dim, n_heads, layers; };
+    for (const KvCase kc : {KvCase{16, 8, 128, 32, 1}, KvCase{32, 3, 64, 9, 1}, KvCase{16, 2, 36, 4, 1},
+                            KvCase{16, 8, 128, 32, 3}, KvCase{32, 3, 64, 9, 5}, KvCase{16, 2, 36, 4, 2}}) {
+        for (int64_t rows : {1, 3, 17, 300}) {
+            const int64_t hd = kc.head_dim, nkv = kc.n_kv_heads, bs = kc.block_size;
+            const int64_t layer_width = (kc.n_heads + 2 * nkv) * hd, stride = layer_width * kc.layers;
+            const KvLayout layout{(rows * 3 / 2 + bs - 1) / bs + 2, bs, nkv, hd};
+            const int64_t layer_elems = layout.num_blocks * layout.block_elems();
+            const int64_t cache_stride = layer_elems + (kc.layers > 1 ? 8 : 0);
+            std::vector<int32_t> slots(static_cast<size_t>(layout.num_blocks * bs));
+            std::iota(slots.begin(), slots.end(), 0);
+            std::shuffle(slots.begin(), slots.end(), rng.engine());
+            slots.resize(size_t(rows));
+            for (auto& sl : slots)
+                if (rng.integer(0, 9) == 0) sl = -1;
+            ActArray qkv(b(), rng.floats(size_t(rows * stride)));
+            ActArray kcache(b(), rng.floats(size_t(cache_stride * kc.layers)));
+            ActArray vcache(b(), rng.floats(kcache.values().size()));
+            std::vector<float> k_expect = kcache.values(), v_expect = vcache.values();
+            DeviceArray<int32_t> ds(b(), slots);
+            const int64_t k_off = kc.n_heads * hd, v_off = k_off + nkv * hd;
+            if (kc.layers == 1)
+                b().kv_write(qkv.at(k_off), qkv.at(v_off), rows, stride, ds.get(), layout, kcache.get(), vcache.get());
+            else
+                b().kv_write_layers(qkv.at(k_off), qkv.at(v_off), rows, stride, layer_width, kc.layers, ds.get(), layout,
+                                    kcache.get(), vcache.get(), cache_stride);
+            for (int64_t r = 0; r < rows; ++r) {
+                const int32_t sl = slots[size_t(r)];
+                if (sl < 0) continue;
+                for (int64_t g = 0; g < kc.layers; ++g)
+                    for (int64_t h = 0; h < nkv; ++h)
+                        for (int64_t d = 0; d < hd; ++d) {
+                            const size_t dst = size_t(g * cache_stride + ((sl / bs * nkv + h) * bs + sl % bs) * hd + d);
+                            const size_t src = size_t(r * stride + g * layer_width + h * hd + d);
+                            k_expect[dst] = qkv.values()[src + size_t(k_off)];
+                            v_expect[dst] = qkv.values()[src + size_t(v_off)];
+                        }
+            }
+            const std::string what = "block " + std::to_string(bs) + ", kv heads " + std::to_string(nkv) +
+                                     ", head_dim " + std::to_string(hd) + ", layers " + std::to_string(kc.layers) +
+                                     ", rows " + std::to_string(rows);
+            EXPECT_EQ(kcache.to_host(), k_expect) << "K cache, " << what;
+            EXPECT_EQ(vcache.to_host(), v_expect) << "V cache, " << what;
+        }
+    }
+}
+
+// Zero-sized calls do nothing and do not fail (on a device: launch nothing).
+TEST_P(BackendOps, EmptyCalls) {
+    ActArray a(b(), size_t(64));
+    DeviceArray<float> f(b(), size_t(64));
+    DeviceArray<int32_t> i(b(), size_t(64));
+    const auto before = f.to_host();
+    b().embedding(WeightMatrix{DType::BF16, 4, 16, a.get()}, i.get(), 0, f.get());
+    b().rmsnorm(f.get(), f.get(), a.get(), 0, 16, 1e-5f);
+    b().add_rmsnorm(f.get(), a.get(), f.get(), a.get(), 0, 16, 1e-5f);
+    b().rope(a.get(), 0, 16, 2, 8, i.get(), f.get());
+    b().silu_mul(a.get(), a.get(), 0, 8);
+    b().kv_write(a.get(), a.get(), 0, 16, i.get(), KvLayout{1, 16, 1, 8}, a.get(), a.get());
+    b().gather_rows(f.get(), i.get(), 0, 16, f.get());
+    b().sample(f.get(), 0, 16, nullptr, i.get());
+    b().matmul(a.get(), 0, WeightMatrix{DType::BF16, 4, 16, a.get()}, f.get(), DType::F32);
+    b().synchronize();
+    EXPECT_EQ(f.to_host(), before);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, BackendOps, ::testing::ValuesIn(all_backend_names()),
