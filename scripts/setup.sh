@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(build-essential cmake ninja-build ccache pkg-config clang libclang-rt-14-dev
-  libopenblas-dev libpcre2-dev nlohmann-json3-dev libfmt-dev libcli11-dev libspdlog-dev libboost1.81-dev
+  libopenblas-dev libhwy-dev libpcre2-dev nlohmann-json3-dev libfmt-dev libcli11-dev libspdlog-dev libboost1.81-dev
   libgtest-dev libgmock-dev libbenchmark-dev unzip python3-pip)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do

@@ -17,6 +17,7 @@
 
 #include <fmt/format.h>
 
+#include "backend/cpu/cpu_backend.h"
 #include "cli_common.h"
 #include "convert/swiftkv_convert.h"
 #include "core/error.h"
@@ -166,10 +167,13 @@ int cmd_bench(const cli::ModelArgs& model_args, const BenchArgs& args) {
                           {"results", results}});
     }
     const double rss = peak_rss_mb();
-    fmt::print("\npeak memory (RSS): {:.0f} MB; dtype {}; {} threads; device: {}\n", rss, dtype, threads, cpu_name());
+    const std::string isa = cpu::cpu_isa_name(cpu::default_cpu_isa());
+    fmt::print("\npeak memory (RSS): {:.0f} MB; dtype {}; {} threads; device: {}; CPU kernels: {}; BLAS: {}\n", rss,
+               dtype, threads, cpu_name(), isa, cpu_backend_blas_core());
     if (!args.json_out.empty()) {
-        nlohmann::json out = {{"tool", "swiftkv bench"}, {"dtype", dtype}, {"threads", threads},
-                              {"device", cpu_name()}, {"reps", args.reps}, {"peak_rss_mb", rss}, {"models", models}};
+        nlohmann::json out = {{"tool", "swiftkv bench"}, {"dtype", dtype},          {"threads", threads},
+                              {"device", cpu_name()},    {"cpu_isa", isa},          {"blas_core", cpu_backend_blas_core()},
+                              {"reps", args.reps},       {"peak_rss_mb", rss},      {"models", models}};
         const std::string tmp = args.json_out + ".tmp";
         {
             std::ofstream f(tmp);

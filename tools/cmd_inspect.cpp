@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "backend/cpu/cpu_isa.h"
 #include "cli_common.h"
 #include "model/model_loader.h"
 #include "io/gguf_reader.h"
@@ -26,6 +27,10 @@ int cmd_inspect(const std::string& path, bool all_tensors) {
                        "(--swiftkv on runs SwiftKV)\n");
     }
     fmt::print("KV cache: {} bytes per token (f32)\n", c.kv_bytes_per_token());
+    std::string isas;
+    for (cpu::CpuIsa isa : cpu::supported_cpu_isas()) isas += std::string(isas.empty() ? "" : " ") + cpu::cpu_isa_name(isa);
+    fmt::print("CPU kernels: {} (this machine: {}; SWIFTKV_CPU_ISA picks a lower one)\n",
+               cpu::cpu_isa_name(cpu::default_cpu_isa()), isas);
 
     BpeTokenizer tok = load_tokenizer(*source);
     const auto& spec = tok.spec();

@@ -37,7 +37,7 @@ done
 # Shared libraries from Debian that the GPU machine's image lacks (libc, libstdc++ and CUDA stay).
 for bin in "$stage"/bin/*; do
   ldd "$bin" | awk '/=> \//{print $3}'
-done | sort -u | grep -E 'openblas|pcre2|libfmt|gfortran|quadmath|gtest|gmock|libz\.' | while read -r lib; do
+done | sort -u | grep -E 'openblas|hwy|pcre2|libfmt|gfortran|quadmath|gtest|gmock|libz\.' | while read -r lib; do
   cp -L "$lib" "$stage/lib/"
 done
 mkdir -p .devbundle

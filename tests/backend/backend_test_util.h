@@ -16,19 +16,27 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_backend.h"
 #include "core/dtype.h"
 
 namespace swiftkv::test {
 
 // Backends under test, by name. Suites written for any activation dtype (ActArray, act_tol) run on
-// every backend this machine has (all_backend_names: the CPU, and CUDA where a device is usable);
-// the others on the CPU (backend_names).
+// every backend this machine has (all_backend_names): the CPU with its best instruction set ("cpu"), the
+// CPU with each lower one it supports ("cpu_avx2", "cpu_sse4", "cpu_scalar", ...: cpu/cpu_isa.h, so
+// every SIMD path is tested on any machine), and CUDA where a device is usable; the others on the CPU
+// (backend_names).
 inline std::vector<std::string> backend_names() { return {"cpu"}; }
 inline std::vector<std::string> all_backend_names() {
     std::vector<std::string> names{"cpu"};
+    const auto isas = cpu::supported_cpu_isas();
+    for (size_t i = 0; i + 1 < isas.size(); ++i) names.push_back(std::string("cpu_") + cpu::cpu_isa_name(isas[i]));
     if (cuda_backend_available()) names.push_back("cuda");
     return names;
 }
+
+// A CPU backend, of any instruction set.
+inline bool is_cpu(const std::string& backend) { return backend.rfind("cpu", 0) == 0; }
 
 // Whether a suite also runs its model-sized cases (rows, widths and contexts of real models, which pick a
 // device backend's other kernels: vectorised, multi-block, split and tensor-core paths) on this
@@ -37,11 +45,18 @@ inline std::vector<std::string> all_backend_names() {
 // them on every backend (e.g. to check a new reference against the CPU backend).
 inline bool device_sized(const std::string& backend) {
     const char* all = std::getenv("SWIFTKV_TEST_MODEL_SIZED");
-    return backend != "cpu" || (all != nullptr && std::string(all) == "1");
+    return !is_cpu(backend) || (all != nullptr && std::string(all) == "1");
 }
 
 inline std::unique_ptr<Backend> make_backend(const std::string& name) {
     if (name == "cpu") return make_cpu_backend();
+    if (name.rfind("cpu_", 0) == 0) {
+        const auto isa = cpu::parse_cpu_isa(name.substr(4));
+        if (!isa) return nullptr;
+        CpuBackendOptions options;
+        options.isa = *isa;
+        return make_cpu_backend(options);
+    }
     if (name == "cuda") return make_cuda_backend(0);
     return nullptr;
 }

@@ -81,7 +81,7 @@ TEST_P(BackendOps, WorksAfterAllocFailure) {
 TEST_P(BackendOps, ActDtype) {
     const DType act = b().act_dtype();
     EXPECT_TRUE(act == DType::F32 || act == DType::BF16) << dtype_name(act);
-    if (GetParam() == "cpu") {
+    if (is_cpu(GetParam())) {
         EXPECT_EQ(act, DType::F32);
     }
 }
@@ -190,7 +190,7 @@ TEST_P(BackendOps, FillRandomBf16) {
     const double mean = sum / double(n), var = sum_sq / double(n) - mean * mean;
     EXPECT_LT(std::abs(mean), 0.01 * scale) << mean;
     EXPECT_NEAR(var, double(scale) * scale / 3.0, 0.02 * double(scale) * scale / 3.0);
-    if (GetParam() == "cpu") {
+    if (is_cpu(GetParam())) {
         // The CPU backend rounds its f32 values: BF16 fills are the F32 fill of the same seed, rounded.
         DeviceArray<float> f(b(), size_t(n));
         b().fill_random(f.get(), n, DType::F32, 7, scale);
@@ -203,7 +203,7 @@ TEST_P(BackendOps, FillRandomBf16) {
 TEST_P(BackendOps, WeightDtypes) {
     EXPECT_TRUE(b().supports_weight_dtype(DType::BF16));  // every backend holds bf16 weights
     EXPECT_FALSE(b().supports_weight_dtype(DType::Q4_0));
-    if (GetParam() == "cpu") {
+    if (is_cpu(GetParam())) {
         EXPECT_TRUE(b().supports_weight_dtype(DType::F32));
     }
 }
@@ -238,7 +238,7 @@ TEST_P(BackendOps, EmbeddingF32AndBf16) {
 }
 
 TEST_P(BackendOps, EmbeddingRejectsOutOfRangeTokens) {
-    if (GetParam() != "cpu") GTEST_SKIP() << "token ids live on the device there; the runner checks them on the host";
+    if (!is_cpu(GetParam())) GTEST_SKIP() << "token ids live on the device there; the runner checks them on the host";
     const int64_t vocab = 10, dim = 4;
     DeviceArray<float> table(b(), size_t(vocab * dim));
     DeviceArray<float> out(b(), size_t(2 * dim));
@@ -463,7 +463,7 @@ TEST_P(BackendOps, KvWrite) {
         EXPECT_EQ(vc.to_host(), v_expect);
 
         // A slot past the cache throws, naming the slot, and writes nothing (slots live on the host there).
-        if (GetParam() != "cpu") continue;
+        if (!is_cpu(GetParam())) continue;
         slots[5] = int32_t(slots_total);
         DeviceArray<int32_t> bad(b(), slots);
         try {
@@ -511,7 +511,7 @@ TEST_P(BackendOps, KvWriteLayers) {
                 EXPECT_NE(k_out, k_init);
 
                 // A slot past the cache throws and writes nothing (slots live on the host there).
-                if (GetParam() != "cpu") continue;
+                if (!is_cpu(GetParam())) continue;
                 slots[0] = int32_t(slots_total);
                 DeviceArray<int32_t> bad(b(), slots);
                 EXPECT_THROW(b().kv_write_layers(dx.get(), dx.at(kv_dim), rows, stride, layer_offset, layers,

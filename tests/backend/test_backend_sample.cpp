@@ -153,7 +153,7 @@ protected:
         return sample(all, int64_t(logits.size()), ps);
     }
     // Whether the backend decides top_p / min_p boundaries exactly as the rules (in double).
-    bool exact_rules() const { return GetParam() == "cpu"; }
+    bool exact_rules() const { return is_cpu(GetParam()); }
     std::unique_ptr<Backend> backend_;
 };
 

@@ -132,7 +132,7 @@ protected:
     }
     Backend& b() { return *backend_; }
     TrainingOps& ops() { return training_ops(*backend_); }
-    bool on_cpu() const { return GetParam() == "cpu"; }
+    bool on_cpu() const { return is_cpu(GetParam()); }
     bool bf16_act() const { return backend_->act_dtype() == DType::BF16; }
     // Tolerance of an activation output: f32_tol where activations are f32, bf16_tol where bf16.
     double act_or(double f32_tol, double bf16_tol) const { return bf16_act() ? bf16_tol : f32_tol; }

@@ -69,7 +69,8 @@ private:
 
 class CpuBackend final : public Backend {
 public:
-    explicit CpuBackend(const CpuBackendOptions& options) : options_(options.matmul) {
+    explicit CpuBackend(const CpuBackendOptions& options)
+        : options_(options.matmul), vk_(&cpu::vector_kernels(options.isa ? *options.isa : cpu::default_cpu_isa())) {
         if (options.num_threads > 0) ThreadPool::set_global_threads(options.num_threads);
         pool_ = &ThreadPool::global();
         cpu::setup_openblas(options_.threading, pool_->size());
@@ -168,7 +169,7 @@ public:
                   "matmul: the CPU backend writes F32 outputs only (its activations are F32), not {}",
                   dtype_name(out_dtype));
         op_checks::matmul(rows, w);
-        cpu::matmul(static_cast<const float*>(x), rows, w, static_cast<float*>(out), *pool_, options_);
+        cpu::matmul(static_cast<const float*>(x), rows, w, static_cast<float*>(out), *pool_, options_, *vk_);
     }
 
     void rmsnorm(const float* x, const float* weight, void* out, int64_t rows, int64_t dim, float eps) override {
@@ -297,6 +298,7 @@ private:
     }
 
     cpu::MatmulOptions options_;
+    const cpu::VectorKernels* vk_;  // the SIMD kernels of the chosen instruction set
     cpu::CpuTrainingOps training_;
     ThreadPool* pool_ = nullptr;
     std::mutex rope_mutex_;

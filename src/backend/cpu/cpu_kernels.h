@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_vector_kernels.h"
 #include "core/thread_pool.h"
 
 namespace swiftkv::cpu {
@@ -30,9 +31,9 @@ struct MatmulOptions {
     int64_t max_rows_small_bf16 = 32;
 };
 
-// out[rows, w.rows] = x[rows, w.cols] * W^T for F32 and BF16 weights.
+// out[rows, w.rows] = x[rows, w.cols] * W^T for F32 and BF16 weights, with the SIMD kernels vk.
 void matmul(const float* x, int64_t rows, const WeightMatrix& w, float* out, ThreadPool& pool,
-            const MatmulOptions& options);
+            const MatmulOptions& options, const VectorKernels& vk);
 
 // --- cpu_elementwise.cpp -------------------------------------------------------------------------
 void rmsnorm(const float* x, const float* weight, float* out, int64_t rows, int64_t dim, float eps,

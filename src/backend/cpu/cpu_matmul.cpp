@@ -1,8 +1,9 @@
 // Matrix products of the CPU backend (out = x W^T with W [out features, in features] row-major), and
 // the OpenBLAS setup they rely on.
 //
-// - Few rows (decode): our own kernel, parallel over output features, reading W exactly once. It is
-//   memory-bound; bf16 weights are widened to f32 in registers (a shift), so activations stay exact f32.
+// - Few rows (decode): our own kernel (cpu_gemv.cpp, compiled per instruction set), parallel over output
+//   features, reading W exactly once. It is memory-bound; bf16 weights are widened to f32 in registers
+//   (a shift), so activations stay exact f32.
 // - Many rows (prefill): OpenBLAS sgemm. bf16 weights are widened panel by panel into a per-thread f32
 //   buffer that stays in L2, then multiplied by sgemm.
 //
@@ -19,6 +20,7 @@
 
 #include "backend/cpu/cpu_kernels.h"
 #include "backend/cpu/cpu_simd.h"
+#include "backend/cpu/cpu_vector_kernels.h"
 
 namespace swiftkv::cpu {
 
@@ -53,130 +55,15 @@ void fix_openblas_core() {
 // Below this many multiply-adds a product runs on the calling thread alone.
 constexpr int64_t kParallelMacs = 1 << 16;
 
-// ---- few rows: our kernel --------------------------------------------------------------------------
+// ---- few rows: our kernel (cpu_gemv.cpp, per instruction set) --------------------------------------
 
-#ifdef SKV_CPU_AVX512
-
-template <bool kBf16>
-inline __m512 load_w(const void* w, int64_t offset) {
-    if constexpr (kBf16) return load_bf16x16(static_cast<const uint16_t*>(w) + offset);
-    else return _mm512_loadu_ps(static_cast<const float*>(w) + offset);
-}
-
-template <bool kBf16>
-inline __m512 maskz_load_w(__mmask16 m, const void* w, int64_t offset) {
-    if constexpr (kBf16) return maskz_load_bf16x16(m, static_cast<const uint16_t*>(w) + offset);
-    else return _mm512_maskz_loadu_ps(m, static_cast<const float*>(w) + offset);
-}
-
-// out[r][n0 + j] = dot(x[r], W[n0 + j]) for r < R, j < NW.
-template <int R, int NW, bool kBf16>
-inline void small_rows_block(const float* x, int64_t k_dim, const void* w, int64_t n0, float* out, int64_t ldo) {
-    __m512 acc[R][NW];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-        for (int j = 0; j < NW; ++j) acc[r][j] = _mm512_setzero_ps();
-    // One k step: R x vectors and NW weight vectors. With R <= 4 the x vectors are held and weights
-    // streamed one at a time (R * NW + R + 1 registers); otherwise the weights are held (R * NW + NW + 1).
-    auto step = [&](int64_t k, __mmask16 m) {
-        if constexpr (R <= 4) {
-            __m512 xv[R];
-#pragma GCC unroll 4
-            for (int r = 0; r < R; ++r) xv[r] = _mm512_maskz_loadu_ps(m, x + r * k_dim + k);
-#pragma GCC unroll 16
-            for (int j = 0; j < NW; ++j) {
-                const __m512 wv = m == 0xFFFF ? load_w<kBf16>(w, (n0 + j) * k_dim + k)
-                                              : maskz_load_w<kBf16>(m, w, (n0 + j) * k_dim + k);
-#pragma GCC unroll 4
-                for (int r = 0; r < R; ++r) acc[r][j] = _mm512_fmadd_ps(xv[r], wv, acc[r][j]);
-            }
-        } else {
-            __m512 wv[NW];
-#pragma GCC unroll 8
-            for (int j = 0; j < NW; ++j)
-                wv[j] = m == 0xFFFF ? load_w<kBf16>(w, (n0 + j) * k_dim + k) : maskz_load_w<kBf16>(m, w, (n0 + j) * k_dim + k);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; ++r) {
-                const __m512 xv = _mm512_maskz_loadu_ps(m, x + r * k_dim + k);
-#pragma GCC unroll 8
-                for (int j = 0; j < NW; ++j) acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
-            }
-        }
-    };
-    int64_t k = 0;
-    for (; k + 16 <= k_dim; k += 16) step(k, 0xFFFF);
-    if (k < k_dim) step(k, tail_mask16(k_dim - k));
-    if constexpr (R * NW == 16) {
-        // One transpose tree reduces all 16 accumulators: lane r * NW + j holds out[r][n0 + j].
-        const __m512 sums = transpose_reduce16(&acc[0][0]);
-        alignas(64) float lanes[16];
-        _mm512_store_ps(lanes, sums);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; ++r) std::memcpy(out + r * ldo + n0, lanes + r * NW, NW * sizeof(float));
-    } else {
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-            for (int j = 0; j < NW; ++j) out[r * ldo + n0 + j] = _mm512_reduce_add_ps(acc[r][j]);
-    }
-}
-
-#else
-
-template <int R, int NW, bool kBf16>
-inline void small_rows_block(const float* x, int64_t k_dim, const void* w, int64_t n0, float* out, int64_t ldo) {
-    for (int j = 0; j < NW; ++j) {
-        float wrow_acc[R] = {};
-        for (int64_t k = 0; k < k_dim; ++k) {
-            float wk;
-            if constexpr (kBf16) wk = bf16_to_f32(static_cast<const uint16_t*>(w)[(n0 + j) * k_dim + k]);
-            else wk = static_cast<const float*>(w)[(n0 + j) * k_dim + k];
-            for (int r = 0; r < R; ++r) wrow_acc[r] += x[r * k_dim + k] * wk;
-        }
-        for (int r = 0; r < R; ++r) out[r * ldo + n0 + j] = wrow_acc[r];
-    }
-}
-
-#endif
-
-// Weight rows per block: as many as keep R x NW accumulators plus loads within 32 vector registers, and
-// R x NW = 16 where possible so one transpose tree does all the horizontal sums.
-template <int R>
-constexpr int block_rows() {
-    return R <= 2 ? 8 : R <= 5 ? 4 : 3;
-}
-
-template <int R, bool kBf16>
-void small_rows_range(const float* x, int64_t k_dim, const void* w, int64_t n_begin, int64_t n_end, float* out,
-                      int64_t ldo) {
-    constexpr int NW = block_rows<R>();
-    int64_t n = n_begin;
-    for (; n + NW <= n_end; n += NW) small_rows_block<R, NW, kBf16>(x, k_dim, w, n, out, ldo);
-    for (; n < n_end; ++n) small_rows_block<R, 1, kBf16>(x, k_dim, w, n, out, ldo);
-}
-
-template <bool kBf16>
-void small_rows_dispatch(int64_t r, const float* x, int64_t k_dim, const void* w, int64_t n_begin, int64_t n_end,
-                         float* out, int64_t ldo) {
-    switch (r) {
-        case 1: return small_rows_range<1, kBf16>(x, k_dim, w, n_begin, n_end, out, ldo);
-        case 2: return small_rows_range<2, kBf16>(x, k_dim, w, n_begin, n_end, out, ldo);
-        case 3: return small_rows_range<3, kBf16>(x, k_dim, w, n_begin, n_end, out, ldo);
-        case 4: return small_rows_range<4, kBf16>(x, k_dim, w, n_begin, n_end, out, ldo);
-        case 5: return small_rows_range<5, kBf16>(x, k_dim, w, n_begin, n_end, out, ldo);
-        case 6: return small_rows_range<6, kBf16>(x, k_dim, w, n_begin, n_end, out, ldo);
-        case 7: return small_rows_range<7, kBf16>(x, k_dim, w, n_begin, n_end, out, ldo);
-        default: return small_rows_range<8, kBf16>(x, k_dim, w, n_begin, n_end, out, ldo);
-    }
-}
-
-// Weight rows per outer block (a multiple of every block_rows value): each block is read from memory
-// once and then re-read from cache by every group of 8 rows of x.
+// Weight rows per outer block: each block is read from memory once and then re-read from cache by
+// every group of 8 rows of x.
 constexpr int64_t kWeightBlock = 24;
 
 // Output features split over the pool in contiguous, block-aligned ranges; rows in groups of up to 8.
-void matmul_small_rows(const float* x, int64_t rows, const WeightMatrix& w, float* out, ThreadPool& pool) {
+void matmul_small_rows(const float* x, int64_t rows, const WeightMatrix& w, float* out, ThreadPool& pool,
+                       const VectorKernels& vk) {
     const int64_t n_dim = w.rows, k_dim = w.cols;
     const bool bf16 = w.dtype == DType::BF16;
     auto run = [&](int64_t n_begin, int64_t n_end) {
@@ -184,8 +71,12 @@ void matmul_small_rows(const float* x, int64_t rows, const WeightMatrix& w, floa
             const int64_t n1 = std::min(n_end, n0 + kWeightBlock);
             for (int64_t r0 = 0; r0 < rows; r0 += 8) {
                 const int64_t r = std::min<int64_t>(8, rows - r0);
-                if (bf16) small_rows_dispatch<true>(r, x + r0 * k_dim, k_dim, w.data, n0, n1, out + r0 * n_dim, n_dim);
-                else small_rows_dispatch<false>(r, x + r0 * k_dim, k_dim, w.data, n0, n1, out + r0 * n_dim, n_dim);
+                if (bf16)
+                    vk.small_rows_bf16(x + r0 * k_dim, r, k_dim, static_cast<const uint16_t*>(w.data), n0, n1,
+                                       out + r0 * n_dim, n_dim);
+                else
+                    vk.small_rows_f32(x + r0 * k_dim, r, k_dim, static_cast<const float*>(w.data), n0, n1,
+                                      out + r0 * n_dim, n_dim);
             }
         }
     };
@@ -206,14 +97,6 @@ void sgemm_xwt(const float* x, int64_t rows, const float* w, int64_t n, int64_t 
                 blasint(k_dim), w, blasint(k_dim), 0.0f, out, blasint(ldo));
 }
 
-void widen_bf16(const uint16_t* src, int64_t count, float* dst) {
-    int64_t i = 0;
-#ifdef SKV_CPU_AVX512
-    for (; i + 16 <= count; i += 16) _mm512_storeu_ps(dst + i, load_bf16x16(src + i));
-#endif
-    for (; i < count; ++i) dst[i] = bf16_to_f32(src[i]);
-}
-
 // Bf16 weight rows widened per sgemm call: about 4 MiB of f32. Each call re-packs all of x (4.7 MB for
 // 2048 x 576), so panels are made large; sgemm packs the panel into L2-sized blocks itself.
 int64_t bf16_panel_rows(int64_t k_dim) {
@@ -221,14 +104,15 @@ int64_t bf16_panel_rows(int64_t k_dim) {
 }
 
 // Output features [n_begin, n_end) with bf16 weights, single BLAS thread.
-void bf16_gemm_range(const float* x, int64_t rows, const WeightMatrix& w, int64_t n_begin, int64_t n_end, float* out) {
+void bf16_gemm_range(const float* x, int64_t rows, const WeightMatrix& w, int64_t n_begin, int64_t n_end, float* out,
+                     const VectorKernels& vk) {
     thread_local ScratchBuffer panel;
     const int64_t k_dim = w.cols, panel_rows = bf16_panel_rows(k_dim);
     float* buf = panel.get(size_t(panel_rows * k_dim));
     const uint16_t* wdata = static_cast<const uint16_t*>(w.data);
     for (int64_t n0 = n_begin; n0 < n_end; n0 += panel_rows) {
         const int64_t nr = std::min(panel_rows, n_end - n0);
-        widen_bf16(wdata + n0 * k_dim, nr * k_dim, buf);
+        vk.widen_bf16(wdata + n0 * k_dim, nr * k_dim, buf);
         sgemm_xwt(x, rows, buf, nr, k_dim, out + n0, w.rows);
     }
 }
@@ -260,7 +144,7 @@ void split_product(ThreadPool& pool, int64_t rows, int64_t n_dim, bool allow_row
 }
 
 void matmul_large_rows(const float* x, int64_t rows, const WeightMatrix& w, float* out, ThreadPool& pool,
-                       BlasThreading threading) {
+                       BlasThreading threading, const VectorKernels& vk) {
     const int64_t n_dim = w.rows, k_dim = w.cols;
     const bool small = rows * n_dim * k_dim < kParallelMacs;
     if (w.dtype == DType::F32) {
@@ -276,12 +160,12 @@ void matmul_large_rows(const float* x, int64_t rows, const WeightMatrix& w, floa
     }
     // BF16.
     if (small) {
-        bf16_gemm_range(x, rows, w, 0, n_dim, out);
+        bf16_gemm_range(x, rows, w, 0, n_dim, out, vk);
         return;
     }
     if (threading == BlasThreading::kPool) {
         split_product(pool, rows, n_dim, false, [&](int64_t, int64_t, int64_t nb, int64_t ne) {
-            bf16_gemm_range(x, rows, w, nb, ne, out);
+            bf16_gemm_range(x, rows, w, nb, ne, out, vk);
         });
         return;
     }
@@ -293,7 +177,7 @@ void matmul_large_rows(const float* x, int64_t rows, const WeightMatrix& w, floa
     for (int64_t n0 = 0; n0 < n_dim; n0 += panel_rows) {
         const int64_t nr = std::min(panel_rows, n_dim - n0);
         pool.parallel_for(nr, [&](int64_t b, int64_t e, int) {
-            widen_bf16(wdata + (n0 + b) * k_dim, (e - b) * k_dim, buf + b * k_dim);
+            vk.widen_bf16(wdata + (n0 + b) * k_dim, (e - b) * k_dim, buf + b * k_dim);
         });
         sgemm_xwt(x, rows, buf, nr, k_dim, out + n0, n_dim);
     }
@@ -310,15 +194,15 @@ void setup_openblas(BlasThreading mode, int num_threads) {
 const char* openblas_core_name() { return openblas_get_corename(); }
 
 void matmul(const float* x, int64_t rows, const WeightMatrix& w, float* out, ThreadPool& pool,
-            const MatmulOptions& options) {
+            const MatmulOptions& options, const VectorKernels& vk) {
     if (rows <= 0 || w.rows <= 0) return;
     if (w.cols == 0) {
         std::memset(out, 0, size_t(rows * w.rows) * sizeof(float));
         return;
     }
     const int64_t max_small = w.dtype == DType::BF16 ? options.max_rows_small_bf16 : options.max_rows_small_f32;
-    if (rows <= max_small) matmul_small_rows(x, rows, w, out, pool);
-    else matmul_large_rows(x, rows, w, out, pool, options.threading);
+    if (rows <= max_small) matmul_small_rows(x, rows, w, out, pool, vk);
+    else matmul_large_rows(x, rows, w, out, pool, options.threading, vk);
 }
 
 }  // namespace swiftkv::cpu
