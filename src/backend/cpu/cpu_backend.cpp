@@ -173,13 +173,13 @@ public:
     }
 
     void rmsnorm(const float* x, const float* weight, void* out, int64_t rows, int64_t dim, float eps) override {
-        cpu::rmsnorm(x, weight, static_cast<float*>(out), rows, dim, eps, *pool_);
+        cpu::rmsnorm(x, weight, static_cast<float*>(out), rows, dim, eps, *pool_, *vk_);
     }
 
     void add_rmsnorm(float* residual, const void* delta, const float* weight, void* out, int64_t rows, int64_t dim,
                      float eps) override {
         cpu::add_rmsnorm(residual, static_cast<const float*>(delta), weight, static_cast<float*>(out), rows, dim, eps,
-                         *pool_);
+                         *pool_, *vk_);
     }
 
     void rope(void* x_act, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim, const int32_t* positions,
@@ -201,7 +201,7 @@ public:
                 RopeTable::fill_entry(positions[r], inv_freq, half, cos_sin.data() + r * 2 * half);
                 row_index[size_t(r)] = int32_t(r);
             }
-            cpu::rope_apply(x, rows, row_stride, n_heads, head_dim, row_index.data(), cos_sin.data(), *pool_);
+            cpu::rope_apply(x, rows, row_stride, n_heads, head_dim, row_index.data(), cos_sin.data(), *pool_, *vk_);
             return;
         }
         std::lock_guard<std::mutex> lock(rope_mutex_);
@@ -216,11 +216,11 @@ public:
             table->reset(inv_freq, half);
         }
         const float* cos_sin = table->ensure(max_position);
-        cpu::rope_apply(x, rows, row_stride, n_heads, head_dim, positions, cos_sin, *pool_);
+        cpu::rope_apply(x, rows, row_stride, n_heads, head_dim, positions, cos_sin, *pool_, *vk_);
     }
 
     void silu_mul(const void* gate_up, void* out, int64_t rows, int64_t ffn) override {
-        cpu::silu_mul(static_cast<const float*>(gate_up), static_cast<float*>(out), rows, ffn, *pool_);
+        cpu::silu_mul(static_cast<const float*>(gate_up), static_cast<float*>(out), rows, ffn, *pool_, *vk_);
     }
 
     void kv_write(const void* k, const void* v, int64_t rows, int64_t row_stride, const int32_t* slots,

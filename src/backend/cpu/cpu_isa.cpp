@@ -69,6 +69,7 @@ const VectorKernels& vector_kernels(CpuIsa isa) {
             VectorKernels& k = tables[size_t(i)];
             k.isa = i;
             fill_gemv_kernels(i, k);
+            fill_rowwise_kernels(i, k);
         }
     });
     return tables[size_t(isa)];

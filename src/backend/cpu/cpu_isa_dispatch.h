@@ -62,5 +62,6 @@ constexpr int64_t hwy_target(CpuIsa isa) {
 
 // Each kernel source fills its part of a VectorKernels table.
 void fill_gemv_kernels(CpuIsa isa, VectorKernels& k);
+void fill_rowwise_kernels(CpuIsa isa, VectorKernels& k);
 
 }  // namespace swiftkv::cpu

@@ -37,14 +37,14 @@ void matmul(const float* x, int64_t rows, const WeightMatrix& w, float* out, Thr
 
 // --- cpu_elementwise.cpp -------------------------------------------------------------------------
 void rmsnorm(const float* x, const float* weight, float* out, int64_t rows, int64_t dim, float eps,
-             ThreadPool& pool);
+             ThreadPool& pool, const VectorKernels& vk);
 void add_rmsnorm(float* residual, const float* delta, const float* weight, float* out, int64_t rows,
-                 int64_t dim, float eps, ThreadPool& pool);
+                 int64_t dim, float eps, ThreadPool& pool, const VectorKernels& vk);
 // cos_sin_table: per position, head_dim/2 cos values then head_dim/2 sin values; row r uses the entry of
 // positions[r] (validated by the caller).
 void rope_apply(float* x, int64_t rows, int64_t row_stride, int64_t n_heads, int64_t head_dim,
-                const int32_t* positions, const float* cos_sin_table, ThreadPool& pool);
-void silu_mul(const float* gate_up, float* out, int64_t rows, int64_t ffn, ThreadPool& pool);
+                const int32_t* positions, const float* cos_sin_table, ThreadPool& pool, const VectorKernels& vk);
+void silu_mul(const float* gate_up, float* out, int64_t rows, int64_t ffn, ThreadPool& pool, const VectorKernels& vk);
 
 // Backend::fill_random for F32 and BF16 (the caller checks the dtype): element i is
 //   h = noise_mix64(noise_mix64(seed) + i),  x = scale * (float(h >> 40) * 2^-23 - 1)

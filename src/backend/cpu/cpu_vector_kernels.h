@@ -21,6 +21,15 @@ struct VectorKernels {
                             int64_t n_end, float* out, int64_t ldo);
     // dst[i] = f32(src[i]) for bf16 src. (cpu_gemv.cpp)
     void (*widen_bf16)(const uint16_t* src, int64_t count, float* dst);
+
+    // The row loops of rmsnorm, add_rmsnorm, rope and silu_mul (cpu_rowwise.cpp): sum of x[i]^2 (f32
+    // lane accumulators, added up in double); out = x * scale * weight; h += delta; the rotate-half
+    // rotation (a, b) <- (a cos - b sin, b cos + a sin) of one head; out = silu(g) * u.
+    double (*sum_squares)(const float* x, int64_t n);
+    void (*scale_mul)(const float* x, const float* weight, float scale, float* out, int64_t n);
+    void (*add_inplace)(float* h, const float* delta, int64_t n);
+    void (*rotate_half)(float* a, float* b, const float* cos, const float* sin, int64_t half);
+    void (*silu_mul_row)(const float* gate, const float* up, float* out, int64_t n);
 };
 
 // The kernels of a supported instruction set (see supported_cpu_isas()).
