@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "model/model_loader.h"
 
 namespace swiftkv {
 
@@ -46,7 +47,7 @@ Engine::Engine(const EngineOptions& options) : options_(options) {
     const ModelConfig& c = model_.config();
     context_length_ = model_.context_length(eo.context_length);
     const int64_t bs = eo.block_size;
-    SKV_CHECK(bs > 0 && bs <= 1024, "KV block size {} is out of range (1..1024)", bs);
+    check_kv_block_size(bs);
     runner_ = std::make_unique<ModelRunner>(*model_.model, RunnerOptions{eo.graphs});
     runner_->reserve(eo.max_batched_tokens, eo.max_num_seqs, (context_length_ + bs - 1) / bs);
     KvCacheSizing kv;

@@ -4,14 +4,14 @@
 #include <chrono>
 
 #include "core/error.h"
+#include "model/model_loader.h"
 
 namespace swiftkv {
 
 BatchScorer::BatchScorer(LlamaModel& model, const BatchScorerOptions& options) : model_(model), runner_(model, RunnerOptions{false}), options_(options) {
     SKV_CHECK(options_.batch_tokens > 0, "batch tokens must be positive, got {}", options_.batch_tokens);
     SKV_CHECK(options_.max_seqs > 0, "sequences per step must be positive, got {}", options_.max_seqs);
-    SKV_CHECK(options_.block_size > 0 && options_.block_size <= 1024, "KV block size {} is out of range (1..1024)",
-              options_.block_size);
+    check_kv_block_size(options_.block_size);
     SKV_CHECK(options_.kv_cache_tokens >= 0, "KV cache tokens must be >= 0, got {}", options_.kv_cache_tokens);
     if (options_.kv_cache_tokens > 0) {
         ensure_cache((options_.kv_cache_tokens + options_.block_size - 1) / options_.block_size);

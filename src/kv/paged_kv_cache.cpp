@@ -1,11 +1,12 @@
 #include "kv/paged_kv_cache.h"
 
 #include "core/error.h"
+#include "model/model_loader.h"
 
 namespace swiftkv {
 
 PagedKvCache::PagedKvCache(Backend& backend, const ModelConfig& c, int64_t num_blocks, int64_t block_size) {
-    SKV_CHECK(block_size > 0 && block_size <= 1024, "KV block size {} is out of range (1..1024)", block_size);
+    check_kv_block_size(block_size);
     SKV_CHECK(num_blocks > 0 && num_blocks < (int64_t(1) << 31) / block_size, "KV block count {} is out of range",
               num_blocks);
     view_.layout.num_blocks = num_blocks;

@@ -84,9 +84,14 @@ OpenedModel open_model(const OpenModelOptions& options, Backend& backend) {
     return m;
 }
 
+void check_kv_block_size(int64_t block_size) {
+    SKV_CHECK(block_size > 0 && block_size <= kMaxKvBlockSize, "KV block size {} is out of range (1..{})", block_size,
+              kMaxKvBlockSize);
+}
+
 int64_t kv_cache_blocks(const ModelConfig& config, Backend& backend, int64_t context_length, const KvCacheSizing& sizing) {
     const int64_t bs = sizing.block_size;
-    SKV_CHECK(bs > 0 && bs <= 1024, "KV block size {} is out of range (1..1024)", bs);
+    check_kv_block_size(bs);
     const int64_t blocks_per_seq = (context_length + bs - 1) / bs;
     const int64_t bytes_per_token = config.kv_bytes_per_token(backend.act_dtype());
     int64_t blocks = 0;

@@ -61,6 +61,11 @@ BpeTokenizer load_tokenizer(const ModelSource& source);
 std::optional<std::string> load_chat_template(const ModelSource& source);
 ChatFormat load_chat_format(const ModelSource& source, const BpeTokenizer& tokenizer);
 
+// Tokens per KV block: 1 to kMaxKvBlockSize. check_kv_block_size throws swiftkv::Error naming the value
+// otherwise (the engine, kv_cache_blocks and PagedKvCache all take a block size from options).
+constexpr int64_t kMaxKvBlockSize = 1024;
+void check_kv_block_size(int64_t block_size);
+
 // How large the paged KV cache is.
 struct KvCacheSizing {
     int64_t block_size = 16;
