@@ -21,12 +21,10 @@
 
 namespace swiftkv::test {
 
-// Backends under test, by name. Suites written for any activation dtype (ActArray, act_tol) run on
-// every backend this machine has (all_backend_names): the CPU with its best instruction set ("cpu"), the
-// CPU with each lower one it supports ("cpu_avx2", "cpu_sse4", "cpu_scalar", ...: cpu/cpu_isa.h, so
-// every SIMD path is tested on any machine), and CUDA where a device is usable; the others on the CPU
-// (backend_names).
-inline std::vector<std::string> backend_names() { return {"cpu"}; }
+// Backends under test, by name: every backend this machine has -- the CPU with its best instruction set
+// ("cpu"), the CPU with each lower one it supports ("cpu_avx2", "cpu_sse4", ...: cpu/cpu_isa.h, so every
+// SIMD path is tested on any machine), and CUDA where a device is usable. Suites are written for any
+// activation dtype (ActArray, act_tol).
 inline std::vector<std::string> all_backend_names() {
     std::vector<std::string> names{"cpu"};
     const auto isas = cpu::supported_cpu_isas();

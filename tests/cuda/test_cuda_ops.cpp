@@ -18,7 +18,7 @@
 namespace swiftkv::test {
 namespace {
 
-class CudaOps : public CudaVsCpuTest {};
+class CudaOps : public CudaTest {};
 
 TEST_F(CudaOps, MemoryInfo) {
     size_t free0 = 0, total = 0;

@@ -30,7 +30,7 @@ void set_train_attention_simple_for_testing(bool simple);  // cuda_train_attenti
 namespace swiftkv::test {
 namespace {
 
-class CudaTrainOps : public CudaVsCpuTest {
+class CudaTrainOps : public CudaTest {
 protected:
     void TearDown() override { cuda::detail::set_train_attention_simple_for_testing(false); }
 };

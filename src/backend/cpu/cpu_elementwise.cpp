@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "backend/cpu/cpu_kernels.h"
-#include "backend/cpu/cpu_simd.h"
 #include "backend/sample_row.h"
 #include "backend/sampling_noise.h"
 
